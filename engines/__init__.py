@@ -1,0 +1,1 @@
+"""TensorRT engine builds, trtexec command lines and the engine runner."""

@@ -1,0 +1,1 @@
+"""PyTorch side: config, reference ops, modules, converters, int8, ONNX export."""

@@ -1,0 +1,1 @@
+"""CLI, lowering for ONNX Runtime, validation, benchmarks and kernel bindings."""
