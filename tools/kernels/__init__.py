@@ -1,0 +1,5 @@
+"""ctypes bindings of the dsattn CUDA kernels library (libdsattn_kernels.so).
+
+Tests and benchmarks call the framework-free kernels with PyTorch CUDA tensors' pointers:
+`_lib` loading lives here; each op's binding lives in its own module (attention, gemm, int8).
+"""
