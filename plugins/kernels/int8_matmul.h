@@ -1,0 +1,60 @@
+// dsattn::Int8MatMul kernels (OPS.md §3): weight-only int8 matmul.
+//
+//   output[m, n] = sum_k input[m, k] * (weight_scale[n, k / group] * weight[n, k]) + bias[n]
+//
+// with group = K when group_size == 0 (per output channel). Accumulation is fp32; the scale is
+// applied in fp32 once per (row, group) partial sum. The dequantized weight is never written to
+// device memory: int8 tiles are converted to T in registers / shared memory.
+//
+// Paths (chosen inside dsattn_int8_matmul by M and dtype; callers do not choose):
+//   - small M (weight-streaming GEMV-style kernel, optionally split-K through the workspace),
+//   - large M (tensor-core tiled kernel, mma.sync m16n8k16, int8 B tiles converted in registers),
+//   - float32 T: a simple CUDA-core path (correct, not tuned).
+//
+// CUDA headers only: no TensorRT, no PyTorch. Thread-safety: the functions keep no state; calls
+// on different streams may run concurrently provided they do not share a workspace.
+#pragma once
+#include "dsattn_common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Restriction on group_size beyond OPS.md ("any divisor of K"): a nonzero group_size must be a
+// multiple of DSATTN_INT8_GROUP_MULTIPLE (the kernels load 16 int8 weights per 16-byte vector and
+// apply one scale per vector). K must be a multiple of DSATTN_INT8_K_MULTIPLE (16-byte rows of the
+// int8 weight). Calls breaking either return cudaErrorInvalidValue; the plugin rejects such nodes
+// at build time with a message.
+#define DSATTN_INT8_GROUP_MULTIPLE 16
+#define DSATTN_INT8_K_MULTIPLE 16
+
+typedef struct dsattn_int8_matmul_params {
+  const void* input;          // T [M, K] row-major, M = product of the leading dims of input
+  const int8_t* weight;       // int8 [N, K] row-major (output-major: row n holds output feature n)
+  const float* weight_scale;  // float32 [N, K / g] row-major, g = group_size ? group_size : K
+  const void* bias;           // T [N], or NULL (no bias)
+  void* output;               // T [M, N] row-major; must not alias input, weight, scale or bias
+  int64_t M;                  // rows (>= 0; M == 0 is a no-op that succeeds)
+  int64_t N;                  // output features (>= 1)
+  int64_t K;                  // input features (>= 1, multiple of DSATTN_INT8_K_MULTIPLE)
+  int64_t group_size;         // 0 = per output channel; else divides K, multiple of DSATTN_INT8_GROUP_MULTIPLE
+  dsattn_dtype dtype;         // T of input, bias and output
+} dsattn_int8_matmul_params;
+
+// Bytes of scratch device memory dsattn_int8_matmul needs for these params (split-K partial sums).
+// Depends on M, N, K, group_size and dtype only (not on pointers); 0 when no scratch is needed.
+// Returns 0 for params that dsattn_int8_matmul would reject.
+size_t dsattn_int8_matmul_workspace_size(const dsattn_int8_matmul_params* p);
+
+// Enqueues the matmul on `stream`. Validates host-side and returns cudaErrorInvalidValue (nothing
+// launched) for: NULL p; M < 0; N < 1; K < 1 or K % DSATTN_INT8_K_MULTIPLE; group_size < 0, not
+// dividing K, or not a multiple of DSATTN_INT8_GROUP_MULTIPLE; unknown dtype; NULL input / weight /
+// weight_scale / output when M > 0; input, weight or output not 16-byte aligned; workspace NULL or
+// smaller than dsattn_int8_matmul_workspace_size(p) when that is > 0. Returns the launch error
+// (cudaGetLastError) otherwise. Asynchronous: errors in the kernel itself surface later.
+cudaError_t dsattn_int8_matmul(const dsattn_int8_matmul_params* p, void* workspace,
+                               size_t workspace_bytes, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
