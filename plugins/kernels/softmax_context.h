@@ -23,7 +23,8 @@
 //
 // Cache overflow (OPS.md: "a write past Tmax is an error"): seq_lens lives on the device, so the
 // check runs on the device. Every kernel of the call checks every row; if any row has
-// seq_lens[b] < 0, seq_lens[b] + S > Tmax, or start_pos[b] < 0, NO kernel writes anything (no
+// seq_lens[b] < 0, seq_lens[b] + S > Tmax, or start_pos[b] outside [0, seq_lens[b] + S] (the
+// range dsattn.export.ops accepts), NO kernel writes anything (no
 // cache row, no context element: the context keeps its previous contents) and *status is set to
 // 1 + (the smallest such b). Otherwise *status is set to 0. Every successful call writes *status
 // (the caller need not clear it); read it after the stream completes. qkv, the caches, context and
