@@ -41,19 +41,34 @@ typedef struct dsattn_int8_matmul_params {
   dsattn_dtype dtype;         // T of input, bias and output
 } dsattn_int8_matmul_params;
 
-// Bytes of scratch device memory dsattn_int8_matmul needs for these params (split-K partial sums).
-// Depends on M, N, K, group_size and dtype only (not on pointers); 0 when no scratch is needed.
-// Returns 0 for params that dsattn_int8_matmul would reject.
+// Bytes of scratch device memory dsattn_int8_matmul needs (split-K partial sums of the small-M
+// path, fp32; nonzero only when N is small, e.g. N 4096 at M <= 64). The value is an upper bound
+// for every M' <= p->M with the same N, K and dtype, so a plugin can size it once for its largest M.
+// Depends on M, N, K and dtype only (not on pointers). 0 when no scratch is needed and for params
+// that dsattn_int8_matmul would reject.
 size_t dsattn_int8_matmul_workspace_size(const dsattn_int8_matmul_params* p);
 
 // Enqueues the matmul on `stream`. Validates host-side and returns cudaErrorInvalidValue (nothing
 // launched) for: NULL p; M < 0; N < 1; K < 1 or K % DSATTN_INT8_K_MULTIPLE; group_size < 0, not
 // dividing K, or not a multiple of DSATTN_INT8_GROUP_MULTIPLE; unknown dtype; NULL input / weight /
-// weight_scale / output when M > 0; input, weight or output not 16-byte aligned; workspace NULL or
-// smaller than dsattn_int8_matmul_workspace_size(p) when that is > 0. Returns the launch error
+// weight_scale / output when M > 0; input, weight or output not 16-byte aligned, weight_scale not
+// 4-byte aligned, bias not aligned to its element size; workspace NULL or smaller than
+// dsattn_int8_matmul_workspace_size(p) when that is > 0; sizes whose grid would exceed CUDA's
+// limits (N or K > 2^30, ceil(N/32) * ceil(M/32) >= 2^31). Returns the launch error
 // (cudaGetLastError) otherwise. Asynchronous: errors in the kernel itself surface later.
 cudaError_t dsattn_int8_matmul(const dsattn_int8_matmul_params* p, void* workspace,
                                size_t workspace_bytes, cudaStream_t stream);
+
+// Kernel paths, for tests and benchmarks (dsattn_int8_matmul always uses AUTO).
+#define DSATTN_INT8_PATH_AUTO 0    // choose by dtype, M and group_size
+#define DSATTN_INT8_PATH_SKINNY 1  // weight streaming, fp16/bf16, any valid group_size, any M (slow for large M)
+#define DSATTN_INT8_PATH_TILED 2   // tensor-core tiles, fp16/bf16, group_size 0 or a multiple of 64
+#define DSATTN_INT8_PATH_FP32 3    // float32 T only
+
+// dsattn_int8_matmul with the path forced. Same validation and workspace rule, plus
+// cudaErrorInvalidValue when the path does not support the dtype / group_size.
+cudaError_t dsattn_int8_matmul_path(const dsattn_int8_matmul_params* p, int path, void* workspace,
+                                    size_t workspace_bytes, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,260 @@
+"""Int8MatMul CUDA kernels (libdsattn_kernels.so through tools/kernels/int8.py) against the fp32
+reference dsattn.export.ops.int8_matmul, with the accuracy rule of DESIGN.md.
+
+Accuracy rule: max |ours - ref| <= max(2 * max |torch_T - ref|, floor), where ref is the fp32
+reference on the same inputs, torch_T is PyTorch computing the same in precision T (weight
+dequantized in fp32 and rounded to T, x @ w^T in T, + bias in T) and floor is 1e-3 (fp16) /
+8e-3 (bf16). float32 T: fp64 reference, torch fp32 (no TF32) error, floor 1e-5. Weights cover the
+whole int8 range (-128 included), scales are random per group, outputs are O(1). Outputs are
+NaN-poisoned first; NaN never passes. Every kernel path is checked on its own (forced), plus the
+automatic choice.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.gpu
+
+FLOOR = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 1e-5}
+
+
+@pytest.fixture(scope="module")
+def lib():
+    from dsattn.tools.kernels import _lib
+
+    return _lib.load()  # FileNotFoundError with the build command when it was not built
+
+
+def _make(lead, K, N, group, dtype, with_bias, seed):
+    g = torch.Generator(device="cuda")
+    g.manual_seed(seed)
+    groups = 1 if group == 0 else K // group
+    x = torch.randn(*lead, K, generator=g, device="cuda").to(dtype)
+    q = torch.randint(-128, 128, (N, K), generator=g, device="cuda", dtype=torch.int8)
+    # |q| ~ 74 rms; scale so each output is O(1), varying per (row, group) by up to 4x.
+    scale = (0.25 + torch.rand(N, groups, generator=g, device="cuda")) * (1.6 / (74.0 * K ** 0.5))
+    b = torch.randn(N, generator=g, device="cuda").to(dtype) if with_bias else None
+    return x, q, scale.float().contiguous(), b
+
+
+def _dequant(q, scale, group):
+    K = q.shape[1]
+    gs = K if group == 0 else group
+    return q.double() * scale.double().repeat_interleave(gs, dim=1)
+
+
+def _check(out, x, q, scale, b, group):
+    from dsattn.export import ops
+
+    dtype = x.dtype
+    assert out.dtype == dtype and out.shape == (*x.shape[:-1], q.shape[0])
+    assert not torch.isnan(out).any(), "NaN in the output (unwritten elements keep the NaN poison)"
+    if dtype == torch.float32:
+        w64 = _dequant(q, scale, group)
+        ref = x.double() @ w64.t() + (b.double() if b is not None else 0)
+        prev = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            torch_t = x @ w64.float().t() + (b if b is not None else 0)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = prev
+        ref = ref.float()
+    else:
+        ref = ops.int8_matmul(x.float(), q, scale, b.float() if b is not None else None, group_size=group)
+        w_t = _dequant(q, scale, group).float().to(dtype)
+        torch_t = (x @ w_t.t() + (b if b is not None else 0)).to(dtype)
+    err = (out.float() - ref.float()).abs().max().item()
+    err_torch = (torch_t.float() - ref.float()).abs().max().item()
+    tol = max(2 * err_torch, FLOOR[dtype])
+    assert err <= tol, f"max error {err:.3g} > tolerance {tol:.3g} (torch {dtype} error {err_torch:.3g})"
+
+
+def _run(lib, x, q, scale, b, group, path):
+    from dsattn.tools.kernels import int8
+
+    out = torch.full((*x.shape[:-1], q.shape[0]), float("nan"), dtype=x.dtype, device="cuda")
+    int8.int8_matmul(x, q, scale, b, group_size=group, lib=lib, out=out, path=path)
+    torch.cuda.synchronize()
+    return out
+
+
+def _paths(dtype, group):
+    from dsattn.tools.kernels import int8
+
+    if dtype == torch.float32:
+        return [int8.PATH_AUTO]
+    paths = [int8.PATH_AUTO, int8.PATH_SKINNY]
+    if group == 0 or group % 64 == 0:
+        paths.append(int8.PATH_TILED)
+    return paths
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("M", [1, 3, 7, 16, 33, 97, 1025])
+@pytest.mark.parametrize("group", [0, 64, 128])
+def test_int8_matmul_paths(lib, seed, dtype, M, group):
+    # K 1152 = 9 * 128 (not a multiple of the 128-wide tile's chunk count), N 999: odd, partial tiles.
+    K, N = 1152, 999
+    for i, path in enumerate(_paths(dtype, group)):
+        x, q, scale, b = _make((M,), K, N, group, dtype, with_bias=(i % 2 == 0), seed=seed + i)
+        _check(_run(lib, x, q, scale, b, group, path), x, q, scale, b, group)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("group", [16, 32, 48, 80])
+@pytest.mark.parametrize("M", [1, 12, 70])
+def test_small_groups(lib, seed, dtype, group, M):
+    # Groups that are not multiples of 64 use masked mma passes of the skinny kernel (any M);
+    # K 1040 = 65 * 16 has a partial last 64-chunk.
+    from dsattn.tools.kernels import int8
+
+    K, N = (1040 if 1040 % group == 0 else 960), 517
+    x, q, scale, b = _make((M,), K, N, group, dtype, True, seed)
+    _check(_run(lib, x, q, scale, b, group, int8.PATH_AUTO), x, q, scale, b, group)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("M", [1, 16, 64, 300])
+def test_bench_shape(lib, seed, dtype, M):
+    # The benchmark shape (K 4096, N 12288) on every path, per channel and group 128.
+    K, N = 4096, 12288
+    for group in (0, 128):
+        for path in _paths(dtype, group):
+            x, q, scale, b = _make((M,), K, N, group, dtype, True, seed + path)
+            _check(_run(lib, x, q, scale, b, group, path), x, q, scale, b, group)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("M,N,K", [(1, 256, 4096), (5, 128, 8192), (40, 96, 2048), (16, 4096, 16384)])
+def test_split_k(lib, seed, dtype, M, N, K):
+    # Few output rows: the skinny path splits K across blocks through the workspace.
+    from dsattn.tools.kernels import int8
+
+    for group in (0, 128):
+        x, q, scale, b = _make((M,), K, N, group, dtype, group == 0, seed)
+        _check(_run(lib, x, q, scale, b, group, int8.PATH_SKINNY), x, q, scale, b, group)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
+def test_leading_dims_and_bias(lib, seed, dtype):
+    for lead in [(2, 3), (3, 1, 33), (1, 257)]:
+        for with_bias in (False, True):
+            x, q, scale, b = _make(lead, 512, 384, 64, dtype, with_bias, seed)
+            _check(_run(lib, x, q, scale, b, 64, 0), x, q, scale, b, 64)
+
+
+@pytest.mark.parametrize("M", [1, 3, 97, 1025])
+@pytest.mark.parametrize("group", [0, 16, 128])
+def test_fp32(lib, seed, M, group):
+    x, q, scale, b = _make((M,), 1152, 77, group, torch.float32, M % 2 == 1, seed)
+    _check(_run(lib, x, q, scale, b, group, 0), x, q, scale, b, group)
+
+
+def test_empty_m(lib):
+    from dsattn.tools.kernels import int8
+
+    x = torch.empty(0, 64, dtype=torch.float16, device="cuda")
+    q = torch.ones(32, 64, dtype=torch.int8, device="cuda")
+    s = torch.ones(32, 1, device="cuda")
+    out = int8.int8_matmul(x, q, s, lib=lib)
+    assert out.shape == (0, 32)
+
+
+def test_python_validation(lib):
+    from dsattn.tools.kernels import int8
+
+    x = torch.randn(4, 96, device="cuda", dtype=torch.float16)
+    q = torch.zeros(32, 96, dtype=torch.int8, device="cuda").random_(-128, 127)
+    s = torch.rand(32, 1, device="cuda")
+    with pytest.raises(ValueError, match="group_size=40"):
+        int8.int8_matmul(x, q, torch.rand(32, 2, device="cuda"), group_size=40, lib=lib)
+    with pytest.raises(ValueError, match="group_size=24"):  # divides 96, not a multiple of 16
+        int8.int8_matmul(x, q, torch.rand(32, 4, device="cuda"), group_size=24, lib=lib)
+    with pytest.raises(ValueError, match="K=88"):
+        int8.int8_matmul(torch.randn(4, 88, device="cuda", dtype=torch.float16),
+                         torch.zeros(32, 88, dtype=torch.int8, device="cuda"), s, lib=lib)
+    with pytest.raises(ValueError, match="weight_scale must have shape"):
+        int8.int8_matmul(x, q, torch.rand(32, 2, device="cuda"), lib=lib)
+    with pytest.raises(TypeError, match="weight must be torch.int8"):
+        int8.int8_matmul(x, q.half(), s, lib=lib)
+    with pytest.raises(TypeError, match="bias must be torch.float16"):
+        int8.int8_matmul(x, q, s, torch.zeros(32, device="cuda"), lib=lib)
+    with pytest.raises(ValueError, match="x has K=96"):
+        int8.int8_matmul(x, q[:, :64].contiguous(), s, lib=lib)
+    with pytest.raises(ValueError, match="contiguous"):
+        int8.int8_matmul(torch.randn(96, 4, device="cuda", dtype=torch.float16).t(), q, s, lib=lib)
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        int8.int8_matmul(torch.randn(4 * 96 + 1, device="cuda", dtype=torch.float16)[1:].view(4, 96), q, s,
+                         lib=lib)
+    from dsattn.tools.kernels._lib import KernelError
+
+    with pytest.raises(KernelError, match="path=2"):  # the tiled path takes groups multiple of 64 only
+        int8.int8_matmul(x, q, torch.rand(32, 3, device="cuda"), group_size=32, lib=lib, path=int8.PATH_TILED)
+
+
+def test_c_validation(lib):
+    """The C entry point rejects bad params with cudaErrorInvalidValue (1) and launches nothing."""
+    from dsattn.tools.kernels import int8
+
+    x = torch.randn(8, 256, device="cuda", dtype=torch.float16)
+    q = torch.zeros(64, 256, dtype=torch.int8, device="cuda").random_(-128, 127)
+    s = torch.rand(64, 4, device="cuda")
+    out = torch.full((8, 64), float("nan"), device="cuda", dtype=torch.float16)
+
+    def params(**kw):
+        d = dict(input=x.data_ptr(), weight=q.data_ptr(), weight_scale=s.data_ptr(), bias=None,
+                 output=out.data_ptr(), M=8, N=64, K=256, group_size=64, dtype=1)
+        d.update(kw)
+        return int8.Int8MatMulParams(**d)
+
+    ok = params()
+    ws = int8.workspace_size(ok, lib=lib)
+    buf = torch.empty(max(ws, 1), dtype=torch.uint8, device="cuda")
+    assert int8.raw_call(ok, buf.data_ptr(), ws, lib=lib) == 0
+    torch.cuda.synchronize()
+    assert not torch.isnan(out).any()
+    bad = [
+        params(K=250), params(K=0), params(N=0), params(M=-1), params(group_size=-64), params(group_size=48),
+        params(group_size=40), params(dtype=7), params(input=None), params(weight=None),
+        params(weight_scale=None), params(output=None), params(input=x.data_ptr() + 2),
+        params(weight=q.data_ptr() + 8), params(output=out.data_ptr() + 2), params(weight_scale=s.data_ptr() + 1),
+        params(N=1 << 40),
+    ]
+    for p in bad:
+        assert int8.raw_call(p, buf.data_ptr(), ws, lib=lib) == 1, (p.M, p.N, p.K, p.group_size, p.dtype)
+    # Path / dtype mismatches and a bad path number.
+    assert int8.raw_call(ok, buf.data_ptr(), ws, path=int8.PATH_FP32, lib=lib) == 1
+    assert int8.raw_call(params(group_size=32), buf.data_ptr(), ws, path=int8.PATH_TILED, lib=lib) == 1
+    assert int8.raw_call(ok, buf.data_ptr(), ws, path=9, lib=lib) == 1
+    # A call that needs a workspace fails without one (N 64, K 4096: split-K).
+    x2 = torch.randn(2, 4096, device="cuda", dtype=torch.float16)
+    q2 = torch.zeros(64, 4096, dtype=torch.int8, device="cuda").random_(-128, 127)
+    s2 = torch.rand(64, 1, device="cuda")
+    small = params(input=x2.data_ptr(), weight=q2.data_ptr(), weight_scale=s2.data_ptr(), M=2, K=4096,
+                   group_size=0)
+    need = int8.workspace_size(small, lib=lib)
+    assert need > 0
+    buf2 = torch.empty(need, dtype=torch.uint8, device="cuda")
+    assert int8.raw_call(small, 0, 0, lib=lib) == 1
+    assert int8.raw_call(small, buf2.data_ptr(), need - 1, lib=lib) == 1
+    assert int8.raw_call(small, buf2.data_ptr(), need, lib=lib) == 0
+    # M == 0 is a successful no-op, even without pointers.
+    assert int8.raw_call(params(M=0, input=None, output=None), 0, 0, lib=lib) == 0
+    torch.cuda.synchronize()
+
+
+def test_workspace_bound_is_monotone(lib):
+    """workspace_size(M) bounds the need of every M' <= M (the plugin sizes it for its max M)."""
+    from dsattn.tools.kernels import int8
+
+    for N, K in [(64, 256), (4096, 4096), (300, 8192)]:
+        prev = 0
+        for M in range(1, 200):
+            p = int8.Int8MatMulParams(M=M, N=N, K=K, group_size=0, dtype=1)
+            w = int8.workspace_size(p, lib=lib)
+            assert w >= prev, (N, K, M, w, prev)
+            prev = w
