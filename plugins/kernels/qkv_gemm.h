@@ -85,6 +85,12 @@ size_t dsattn_qkv_gemm_workspace_size(const dsattn_qkv_gemm_params* p);
 cudaError_t dsattn_qkv_gemm(dsattn_gemm_ctx* ctx, const dsattn_qkv_gemm_params* p, void* workspace,
                             size_t workspace_bytes, cudaStream_t stream);
 
+// Testing / benchmarking only (not part of the op's contract; plugins never call it): a
+// process-wide override of the path choice. path 0 automatic, 1 cuBLASLt, 2 the streaming kernel
+// wherever its size conditions hold; stream_bn 0 automatic, else 32 or 64 (its column slab).
+// Not thread-safe: set it before issuing calls. cudaErrorInvalidValue for other values.
+cudaError_t dsattn_qkv_gemm_debug_force_path(int32_t path, int32_t stream_bn);
+
 #ifdef __cplusplus
 }
 #endif
