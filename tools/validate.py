@@ -1,0 +1,638 @@
+"""Validation: run a dsattn model on every runtime asked for and compare with the fp32 reference.
+
+``validate(model_path, ...)`` generates consistent random inputs per case (``prefill``: seq_lens = 0,
+S = ``seq`` new tokens with left padding; ``decode``: S = 1 with ragged seq_lens and start_pos), then
+runs
+
+- the reference: ``dsattn.export.ops.reference_evaluator`` on the custom-op graph converted to
+  float32 (the truth), and on the graph in its own precision T (to measure what T costs);
+- ONNX Runtime on ``lower_for_ort(model)`` for each provider (``cpu``, ``cuda``, or a full
+  provider name); a provider that this onnxruntime does not have is an error that lists the
+  available ones;
+- a TensorRT engine when ``engine``/``plugins`` are given (needs TensorRT and ``dsattn.engines``);
+
+and compares every runtime's outputs with the fp32 reference through Polygraphy's ``Comparator``
+(``CompareFunc.simple``, per-output atol/rtol, max error statistic).
+
+Accuracy rule (DESIGN.md). For an output of type T the default tolerance is
+
+    atol = max(2 x max|reference in T - reference in fp32|, floor_T),  rtol = 0 (16-bit T)
+
+with floor_T = 1e-3 for float16 and 8e-3 for bfloat16. For float32 outputs the reference in T *is*
+the fp32 reference, so the rule reduces to the floor: atol = 1e-5 and rtol = 1e-5 (an element
+passes when |diff| <= atol or |diff| / |ref| <= rtol, Polygraphy's rule; the rtol term covers
+accumulation-order noise on large fp32 values). NaN never passes. ``atol``/``rtol`` override the
+rule: a float applies to every output, a mapping ``{output_name: value}`` to single outputs (the
+key ``""`` is the default for the others, as in Polygraphy).
+
+Input files (``save_inputs``/``load_inputs``) use Polygraphy's JSON format (a list of feed dicts,
+one per case, so ``polygraphy run --load-inputs`` reads them too). bfloat16 arrays are stored as
+raw 2-byte values; loading also accepts float32 arrays whose values are exact in bfloat16.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib
+import importlib.util
+import math
+import os
+import random
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from .lower import lower_for_ort
+
+__all__ = [
+    "validate", "ValidationReport", "ReportRow", "CASES", "default_tolerance", "resolve_provider",
+    "make_session", "run_session", "to_float32_model", "make_inputs", "check_feeds",
+]
+
+CASES = ("prefill", "decode")
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+# Floors of the accuracy rule (DESIGN.md) and the fp32 choice documented above.
+ATOL_FLOOR = {TensorProto.FLOAT16: 1e-3, TensorProto.BFLOAT16: 8e-3, TensorProto.FLOAT: 1e-5}
+RTOL_DEFAULT = {TensorProto.FLOAT16: 0.0, TensorProto.BFLOAT16: 0.0, TensorProto.FLOAT: 1e-5}
+_LOW_PRECISION = (TensorProto.FLOAT16, TensorProto.BFLOAT16)
+
+
+def _bf16():
+    import ml_dtypes
+
+    return ml_dtypes.bfloat16
+
+
+def _np_dtype(elem: int):
+    if elem == TensorProto.BFLOAT16:
+        return np.dtype(_bf16())
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem))
+
+
+def _elem_name(elem: int) -> str:
+    return TensorProto.DataType.Name(elem).lower()
+
+
+# ------------------------------------------------------------------------------------------------
+# ONNX Runtime helpers (bfloat16-capable: numpy has no bfloat16, ORT's Python binding only takes it
+# as an OrtValue over raw 16-bit data)
+# ------------------------------------------------------------------------------------------------
+
+def resolve_provider(name: str) -> str:
+    """'cpu' / 'cuda' / a full provider name -> the provider name; error if ORT does not have it."""
+    import onnxruntime as ort
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"provider must be a non-empty string, got {name!r}")
+    full = PROVIDER_ALIASES.get(name.lower(), name)
+    available = ort.get_available_providers()
+    if full not in available:
+        raise ValueError(f"ONNX Runtime provider {name!r} ({full}) is not available in onnxruntime "
+                         f"{ort.__version__}; available: {', '.join(available)}"
+                         + (" (install onnxruntime-gpu for CUDA)" if full == "CUDAExecutionProvider" else ""))
+    return full
+
+
+def make_session(model: Union[onnx.ModelProto, bytes], provider: str):
+    """An InferenceSession on exactly ``provider`` (CPU is never a silent substitute)."""
+    import onnxruntime as ort
+
+    full = resolve_provider(provider)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # errors only: ORT warns about every CPU-placed shape op on CUDA
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    providers = [full] if full == "CPUExecutionProvider" else [full, "CPUExecutionProvider"]
+    sess = ort.InferenceSession(data, so, providers=providers)
+    if full not in sess.get_providers():
+        raise RuntimeError(f"ONNX Runtime could not start {full} (session providers: {sess.get_providers()}); "
+                           "check the CUDA/cuDNN libraries it needs")
+    return sess
+
+
+def _ort_value(a: np.ndarray):
+    import onnxruntime as ort
+
+    a = np.ascontiguousarray(a)
+    if a.dtype == _bf16():
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(a.view(np.uint16), TensorProto.BFLOAT16)
+    return ort.OrtValue.ortvalue_from_numpy(a)
+
+
+def run_session(sess, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run ``sess`` on numpy feeds (bfloat16 as ml_dtypes arrays); outputs come back on the host."""
+    binding = sess.io_binding()
+    for name, arr in feeds.items():
+        binding.bind_ortvalue_input(name, _ort_value(arr))
+    names = [o.name for o in sess.get_outputs()]
+    for name in names:
+        binding.bind_output(name, "cpu")
+    sess.run_with_iobinding(binding)
+    result = {}
+    for name, ov in zip(names, binding.get_outputs()):
+        if ov.data_type() == "tensor(bfloat16)":
+            out = np.empty(ov.shape(), dtype=np.uint16)
+            if out.size:
+                ctypes.memmove(out.ctypes.data, ov.data_ptr(), out.nbytes)
+            result[name] = out.view(_bf16())
+        else:
+            result[name] = ov.numpy()
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# model helpers
+# ------------------------------------------------------------------------------------------------
+
+def _convert_tensor(t: TensorProto, src: int) -> None:
+    if t.data_type == src:
+        arr = numpy_helper.to_array(t).astype(np.float32)
+        t.CopyFrom(numpy_helper.from_array(arr, t.name))
+
+
+def _convert_graph(g: onnx.GraphProto, src: int) -> None:
+    for t in g.initializer:
+        _convert_tensor(t, src)
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type == src:
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT
+    for n in g.node:
+        for a in n.attribute:
+            if n.op_type == "Cast" and a.name == "to" and a.i == src:
+                a.i = TensorProto.FLOAT
+            elif a.type == onnx.AttributeProto.TENSOR:
+                _convert_tensor(a.t, src)
+            elif a.type == onnx.AttributeProto.GRAPH:
+                _convert_graph(a.g, src)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    _convert_graph(sub, src)
+
+
+def to_float32_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with every float16 / bfloat16 tensor, value and Cast target in float32:
+    the same graph computed in fp32 (the reference of the accuracy rule)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for src in _LOW_PRECISION:
+        _convert_graph(out.graph, src)
+    return out
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[tuple[str, int, list[Union[int, str, None]]]]:
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims: list[Union[int, str, None]] = []
+        for d in tt.shape.dim:
+            dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+        specs.append((vi.name, tt.elem_type, dims))
+    return specs
+
+
+def _roles(model: onnx.ModelProto) -> dict[str, str]:
+    """Graph input name -> role ('cache', 'seq_lens', 'start_pos') from the SoftmaxContext nodes
+    (and, for hand-written graphs, the contract's input names)."""
+    roles: dict[str, str] = {}
+    for name, _, _ in _graph_inputs(model):
+        if name in ("past_key", "past_value"):
+            roles[name] = "cache"
+        elif name in ("seq_lens", "start_pos"):
+            roles[name] = name
+
+    def walk(g):
+        for n in g.node:
+            if n.domain == "dsattn" and n.op_type == "SoftmaxContext":
+                for i, role in ((1, "cache"), (2, "cache"), (3, "seq_lens"), (4, "start_pos")):
+                    if i < len(n.input) and n.input[i]:
+                        roles[n.input[i]] = role
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    walk(a.g)
+
+    walk(model.graph)
+    return roles
+
+
+def _precision(model: onnx.ModelProto) -> int:
+    floats = [e for _, e, _ in _graph_inputs(model) if e in (TensorProto.FLOAT, *_LOW_PRECISION)]
+    for e in _LOW_PRECISION:
+        if e in floats:
+            return e
+    return TensorProto.FLOAT
+
+
+@dataclass
+class _Dims:
+    batch: int
+    seq: int
+    capacity: int
+
+
+def _resolve_sizes(model, batch: Optional[int], seq: Optional[int], capacity: Optional[int]) -> tuple[_Dims, Optional[int]]:
+    """Sizes for the generated inputs: static dims of the model win; a conflicting explicit argument
+    is an error. Returns the sizes and the static S (None when S is dynamic)."""
+    roles = _roles(model)
+    static_b = static_s = static_t = None
+    for name, _, dims in _graph_inputs(model):
+        if dims and isinstance(dims[0], int) and dims[0] > 0:
+            static_b = static_b or dims[0]
+        if roles.get(name) == "cache" and len(dims) == 4 and isinstance(dims[2], int) and dims[2] > 0:
+            static_t = dims[2]
+        if roles.get(name) is None and len(dims) >= 3 and isinstance(dims[1], int) and dims[1] > 0:
+            static_s = dims[1]
+    for arg, val, static, what in (("batch", batch, static_b, "batch"), ("capacity", capacity, static_t, "cache capacity Tmax")):
+        if val is not None and static is not None and val != static:
+            raise ValueError(f"{arg}={val} conflicts with the model's static {what} {static}")
+    b = static_b or (3 if batch is None else batch)
+    s = static_s or (7 if seq is None else seq)
+    if seq is not None and static_s is not None and seq != static_s:
+        raise ValueError(f"seq={seq} conflicts with the model's static sequence length {static_s}")
+    t = static_t or (s + 16 if capacity is None else capacity)
+    for arg, v in (("batch", b), ("seq", s), ("capacity", t)):
+        if not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{arg} must be a positive int, got {v!r}")
+    if s > t:
+        raise ValueError(f"seq={s} new tokens do not fit the cache capacity {t}")
+    return _Dims(b, s, t), static_s
+
+
+def make_inputs(model: onnx.ModelProto, case: str, *, batch: int, seq: int, capacity: int,
+                rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random, consistent feeds for ``case`` ('prefill' or 'decode'): float inputs ~ N(0, 1) in the
+    model's types (the caches are random everywhere: what lies outside the valid rows must not
+    matter), seq_lens + S <= capacity and 0 <= start_pos <= seq_lens + S - 1 per row."""
+    if case not in CASES:
+        raise ValueError(f"case must be one of {CASES}, got {case!r}")
+    B, T = batch, capacity
+    S = seq if case == "prefill" else 1
+    if case == "prefill":
+        lens = np.zeros(B, np.int64)
+        # left padding: row 0 unpadded, the others padded by 0..S-1 tokens (at least one padded row)
+        start = rng.integers(0, S, size=B)
+        start[0] = 0
+        if B > 1 and S > 1 and not start[1:].any():
+            start[1] = rng.integers(1, S)
+    else:
+        lens = rng.integers(1, T, size=B)  # ragged, 1 .. Tmax-1 cached tokens
+        lens[0] = T - 1  # one row fills the cache to the last slot
+        start = np.array([rng.integers(0, l + 1) for l in lens])
+        start[0] = 0
+    roles = _roles(model)
+    feeds: dict[str, np.ndarray] = {}
+    for name, elem, dims in _graph_inputs(model):
+        role = roles.get(name)
+        if role in ("seq_lens", "start_pos"):
+            if elem != TensorProto.INT32:
+                raise ValueError(f"input {name!r} ({role}) must be int32, the model declares {_elem_name(elem)}")
+            feeds[name] = (lens if role == "seq_lens" else start).astype(np.int32)
+            continue
+        if elem not in (TensorProto.FLOAT, *_LOW_PRECISION):
+            raise ValueError(f"cannot generate input {name!r} of type {_elem_name(elem)}: only float inputs, "
+                             "seq_lens and start_pos are generated (use load_inputs)")
+        shape = []
+        for axis, d in enumerate(dims):
+            if isinstance(d, int) and d > 0:
+                shape.append(d)
+            elif axis == 0:
+                shape.append(B)
+            elif role == "cache" and axis == 2:
+                shape.append(T)
+            elif role is None and axis == 1:
+                shape.append(S)
+            else:
+                raise ValueError(f"cannot choose a size for dimension {axis} ({d!r}) of input {name!r} "
+                                 "(use load_inputs)")
+        feeds[name] = rng.standard_normal(shape).astype(np.float32).astype(_np_dtype(elem))
+    return feeds
+
+
+def check_feeds(model: onnx.ModelProto, feeds: Mapping[str, Any], where: str = "inputs") -> dict[str, np.ndarray]:
+    """Check loaded feeds against the model's inputs (names, element types, ranks, static dims and
+    consistent symbolic dims); returns them converted (bfloat16 from raw or exact float32)."""
+    if not isinstance(feeds, Mapping):
+        raise TypeError(f"{where}: expected a mapping input name -> array, got {type(feeds).__name__}")
+    specs = _graph_inputs(model)
+    names = [n for n, _, _ in specs]
+    extra = sorted(set(feeds) - set(names))
+    if extra:
+        raise ValueError(f"{where}: unknown input(s) {extra}; the model's inputs are {names}")
+    out, params = {}, {}
+    for name, elem, dims in specs:
+        if name not in feeds:
+            raise ValueError(f"{where}: input {name!r} is missing")
+        arr = feeds[name]
+        if not isinstance(arr, np.ndarray):
+            raise TypeError(f"{where}: input {name!r} must be a numpy array, got {type(arr).__name__}")
+        want = _np_dtype(elem)
+        if elem == TensorProto.BFLOAT16 and arr.dtype != want:
+            if arr.dtype.kind == "V" and arr.dtype.itemsize == 2:  # raw bf16 from Polygraphy JSON
+                arr = arr.view(want)
+            elif arr.dtype == np.float32 and np.array_equal(arr.astype(want).astype(np.float32), arr, equal_nan=True):
+                arr = arr.astype(want)
+        if arr.dtype != want:
+            raise ValueError(f"{where}: input {name!r} has dtype {arr.dtype}, the model expects {_elem_name(elem)}")
+        if arr.ndim != len(dims):
+            raise ValueError(f"{where}: input {name!r} has shape {list(arr.shape)} (rank {arr.ndim}), the model "
+                             f"expects rank {len(dims)} {dims}")
+        for axis, (got, d) in enumerate(zip(arr.shape, dims)):
+            if isinstance(d, int) and d > 0 and got != d:
+                raise ValueError(f"{where}: input {name!r} has shape {list(arr.shape)}, the model expects "
+                                 f"{d} at dimension {axis} ({dims})")
+            if isinstance(d, str):
+                seen = params.setdefault(d, (got, name))
+                if seen[0] != got:
+                    raise ValueError(f"{where}: input {name!r} has {got} at dimension {axis} ({d!r}) but input "
+                                     f"{seen[1]!r} has {seen[0]} for the same dimension")
+        out[name] = arr
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class ReportRow:
+    case: str
+    runtime: str
+    output: str
+    dtype: str
+    max_abs: float
+    mean_abs: float
+    atol: float
+    rtol: float
+    passed: bool
+
+
+@dataclass
+class ValidationReport:
+    """Result of ``validate``: one row per (case, runtime, output), plus what was skipped and why.
+    ``passed`` is True when every row passed and nothing requested failed."""
+
+    model: str
+    precision: str
+    seed: int
+    rows: list[ReportRow] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.errors and bool(self.rows) and all(r.passed for r in self.rows)
+
+    def rows_for(self, runtime: Optional[str] = None, case: Optional[str] = None) -> list[ReportRow]:
+        return [r for r in self.rows if (runtime is None or r.runtime == runtime) and (case is None or r.case == case)]
+
+    def table(self) -> str:
+        head = ("case", "runtime", "output", "dtype", "max abs err", "mean abs err", "atol", "rtol", "result")
+        body = [(r.case, r.runtime, r.output, r.dtype, f"{r.max_abs:.3e}", f"{r.mean_abs:.3e}", f"{r.atol:.3e}",
+                 f"{r.rtol:.1e}", "PASS" if r.passed else "FAIL") for r in self.rows]
+        widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        lines = [f"dsattn validate: {self.model} (precision {self.precision}, seed {self.seed}); "
+                 "errors vs the fp32 reference", fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+        lines += [fmt.format(*b) for b in body]
+        lines += [f"note: {n}" for n in self.notes]
+        lines += [f"ERROR: {e}" for e in self.errors]
+        lines.append("PASSED" if self.passed else "FAILED")
+        return "\n".join(lines)
+
+    __str__ = table
+
+
+def default_tolerance(elem: int, err_t: float) -> tuple[float, float]:
+    """(atol, rtol) of the accuracy rule for an output of element type ``elem`` whose reference in
+    that precision is off the fp32 reference by ``err_t`` (max abs)."""
+    if elem not in ATOL_FLOOR:
+        return 0.0, 0.0  # integer outputs: exact
+    if not math.isfinite(err_t):
+        raise ValueError(f"the {_elem_name(elem)} reference itself is not finite (max error {err_t})")
+    return max(2.0 * err_t, ATOL_FLOOR[elem]), RTOL_DEFAULT[elem]
+
+
+def _pick(value, name: str, default: float, what: str) -> float:
+    if value is None:
+        return default
+    if isinstance(value, Mapping):
+        v = value.get(name, value.get("", None))
+        return default if v is None else _check_tol(v, f"{what}[{name!r}]")
+    return _check_tol(value, what)
+
+
+def _check_tol(v, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"{what} must be a finite number >= 0, got {v!r}")
+    return float(v)
+
+
+def _as_f32(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    return a.astype(np.float32) if (a.dtype.kind == "f" or a.dtype == _bf16()) else a
+
+
+def _compare(case: str, runtime: str, ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
+             tols: Mapping[str, tuple[float, float]], out_types: Mapping[str, int]) -> list[ReportRow]:
+    """Polygraphy comparison of one runtime's outputs against the fp32 reference."""
+    from polygraphy.comparator import Comparator, CompareFunc, RunResults
+    from polygraphy.comparator.struct import IterationResult
+    from polygraphy.logger import G_LOGGER
+
+    names = list(ref)
+    ref32 = OrderedDict((n, _as_f32(ref[n])) for n in names)
+    got32 = OrderedDict((n, _as_f32(got[n])) for n in names)
+    rr = RunResults()
+    rr.append(("reference-fp32", [IterationResult(ref32, runner_name="reference-fp32")]))
+    rr.append((runtime, [IterationResult(got32, runner_name=runtime)]))
+    func = CompareFunc.simple(atol={n: tols[n][0] for n in names}, rtol={n: tols[n][1] for n in names},
+                              check_error_stat="max")
+    old = G_LOGGER.module_severity
+    G_LOGGER.module_severity = G_LOGGER.ERROR  # the table below replaces Polygraphy's long log
+    try:
+        results = Comparator.compare_accuracy(rr, compare_func=func)
+    finally:
+        G_LOGGER.module_severity = old
+    per_output = next(iter(results[0].values()))[0]
+    rows = []
+    for n in names:
+        res = per_output[n]
+        a, b = ref32[n], got32[n]
+        finite = bool(np.isfinite(b).all()) and a.shape == b.shape
+        diff = np.abs(a.astype(np.float64) - b.astype(np.float64)) if a.shape == b.shape else np.array([np.inf])
+        rows.append(ReportRow(case, runtime, n, _elem_name(out_types.get(n, TensorProto.FLOAT)),
+                              float(diff.max()) if diff.size else 0.0, float(diff.mean()) if diff.size else 0.0,
+                              tols[n][0], tols[n][1], bool(res) and finite))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# TensorRT (thin: TensorRT is not installable in this workplace, see DESIGN.md)
+# ------------------------------------------------------------------------------------------------
+
+def _run_tensorrt(engine: Optional[str], plugins: Sequence[str], model_path: Optional[str],
+                  feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(f"TensorRT was requested (engine={engine!r}, plugins={list(plugins)}) but is not "
+                           f"importable: {exc}") from exc
+    runner = None
+    for mod in ("dsattn.engines.runner", "dsattn.engines"):
+        if importlib.util.find_spec(mod) is not None:
+            m = importlib.import_module(mod)
+            runner = getattr(m, "run_engine", None)
+            if runner is not None:
+                break
+    if runner is None:
+        raise RuntimeError("TensorRT is importable but dsattn.engines provides no run_engine(engine, feeds, "
+                           "plugins=...) to run it")
+    if engine is None:
+        raise RuntimeError("plugins were given without an engine: build one with `dsattn build-engine` and pass "
+                           "--engine")
+    return dict(runner(engine, feeds, plugins=list(plugins)))
+
+
+# ------------------------------------------------------------------------------------------------
+# validate
+# ------------------------------------------------------------------------------------------------
+
+def _run_reference(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from dsattn.export.ops import reference_evaluator
+
+    ev = reference_evaluator(model)
+    names = [o.name for o in model.graph.output]
+    return dict(zip(names, ev.run(None, dict(feeds))))
+
+
+def _load_model(model_path) -> tuple[onnx.ModelProto, str]:
+    if isinstance(model_path, onnx.ModelProto):
+        return model_path, model_path.graph.name or "<model>"
+    if not isinstance(model_path, (str, os.PathLike)):
+        raise TypeError(f"model_path must be a path or an onnx.ModelProto, got {type(model_path).__name__}")
+    path = os.fspath(model_path)
+    if not os.path.isfile(path):
+        raise ValueError(f"model_path {path!r} does not exist")
+    return onnx.load(path), path
+
+
+def validate(model_path, *, providers: Sequence[str] = ("cpu",), plugins: Sequence[str] = (),
+             engine: Optional[str] = None, atol: Union[None, float, Mapping[str, float]] = None,
+             rtol: Union[None, float, Mapping[str, float]] = None, batch: Optional[int] = None,
+             seq: Optional[int] = None, capacity: Optional[int] = None, cases: Sequence[str] = CASES,
+             save_inputs: Optional[str] = None, load_inputs: Optional[str] = None,
+             seed: Optional[int] = None) -> ValidationReport:
+    """Run ``model_path`` (a dsattn ONNX model with custom ops, or a ModelProto) on the reference,
+    ONNX Runtime (each of ``providers``, on the lowered model) and TensorRT (when ``engine`` or
+    ``plugins`` are given), compare with the fp32 reference and return a ValidationReport.
+
+    batch, seq (prefill tokens) and capacity (Tmax) default to the model's static dims, else 3, 7
+    and seq + 16. ``load_inputs`` replaces the generated cases by the feeds of a Polygraphy JSON
+    file (one case per entry); ``save_inputs`` writes the feeds used. ``seed`` None draws a fresh
+    seed (reported, so a run can be replayed).
+    """
+    model, label = _load_model(model_path)
+    if isinstance(providers, str):
+        providers = [p for p in providers.split(",") if p]
+    providers = list(providers)
+    resolved = [resolve_provider(p) for p in providers]  # fail early, naming the provider
+    if isinstance(plugins, (str, os.PathLike)):
+        plugins = [plugins]
+    plugins = [os.fspath(p) for p in plugins]
+    if isinstance(cases, str):
+        cases = [cases]
+    for c in cases:
+        if c not in CASES:
+            raise ValueError(f"cases: unknown case {c!r}; choose from {CASES}")
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    _pick(atol, "", 0.0, "atol")
+    _pick(rtol, "", 0.0, "rtol")
+
+    precision = _precision(model)
+    report = ValidationReport(label, _elem_name(precision), seed)
+    rng = np.random.default_rng(seed)
+
+    # ---- the cases ----
+    case_feeds: list[tuple[str, dict[str, np.ndarray]]] = []
+    if load_inputs is not None:
+        from polygraphy.json import load_json
+
+        data = load_json(load_inputs, description="input data")
+        if isinstance(data, Mapping):
+            data = [data]
+        if not isinstance(data, list) or not data:
+            raise ValueError(f"load_inputs {load_inputs!r}: expected a non-empty list of feed dicts")
+        for i, feeds in enumerate(data):
+            case_feeds.append((f"loaded[{i}]", check_feeds(model, feeds, where=f"load_inputs {load_inputs!r} entry {i}")))
+    else:
+        dims, static_s = _resolve_sizes(model, batch, seq, capacity)
+        for c in cases:
+            if c == "decode" and static_s not in (None, 1):
+                report.notes.append(f"case decode skipped: the model has a static sequence length {static_s}")
+                continue
+            case_feeds.append((c, make_inputs(model, c, batch=dims.batch, seq=dims.seq, capacity=dims.capacity, rng=rng)))
+    if save_inputs is not None:
+        from polygraphy.json import save_json
+
+        save_json([f for _, f in case_feeds], save_inputs, description="input data")
+        report.notes.append(f"inputs saved to {save_inputs}")
+
+    out_types = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
+    model32 = to_float32_model(model) if precision != TensorProto.FLOAT else model
+    lowered = lower_for_ort(model)
+    sessions = {}
+    for full, short in zip(resolved, providers):
+        runtime = f"onnxruntime-{short.lower().replace('executionprovider', '')}"
+        try:
+            sessions[runtime] = make_session(lowered, full)
+        except Exception as exc:  # a runtime that cannot even load the model fails the report
+            report.errors.append(f"{runtime}: cannot create a session for the lowered model: {exc}")
+    want_trt = engine is not None or bool(plugins)
+    if not want_trt:
+        report.notes.append("TensorRT: not requested (pass engine/plugins)")
+
+    for case, feeds in case_feeds:
+        feeds32 = {k: (v.astype(np.float32) if v.dtype.kind == "f" or v.dtype == _bf16() else v) for k, v in feeds.items()}
+        try:
+            ref = _run_reference(model32, feeds32)
+        except ValueError as exc:
+            raise ValueError(f"case {case}: the reference rejects the inputs: {exc}") from exc
+        if precision != TensorProto.FLOAT:
+            ref_t = _run_reference(model, feeds)
+            err_t = {n: float(np.abs(_as_f32(ref_t[n]).astype(np.float64) - ref[n].astype(np.float64)).max())
+                     if ref[n].size else 0.0 for n in ref}
+        else:
+            err_t = {n: 0.0 for n in ref}
+        tols = {}
+        for n in ref:
+            d_atol, d_rtol = default_tolerance(out_types.get(n, TensorProto.FLOAT), err_t[n])
+            tols[n] = (_pick(atol, n, d_atol, "atol"), _pick(rtol, n, d_rtol, "rtol"))
+        if precision != TensorProto.FLOAT:
+            report.rows += _compare(case, f"reference-{_elem_name(precision)}", ref, ref_t, tols, out_types)
+        for runtime, sess in sessions.items():
+            try:
+                got = run_session(sess, feeds)
+            except Exception as exc:
+                report.errors.append(f"{runtime} case {case}: run failed: {exc}")
+                continue
+            report.rows += _compare(case, runtime, ref, got, tols, out_types)
+        if want_trt:
+            try:
+                got = _run_tensorrt(engine, plugins, label, feeds)
+            except Exception as exc:
+                report.errors.append(f"tensorrt case {case}: {exc}")
+            else:
+                report.rows += _compare(case, "tensorrt", ref, got, tols, out_types)
+    return report
