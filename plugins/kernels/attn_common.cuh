@@ -1,0 +1,124 @@
+// Device helpers shared by the SoftmaxContext kernels (softmax_context*.cu). Internal header.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "softmax_context.h"
+
+namespace dsattn {
+namespace attn {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Kernel-side copy of the params: 32-bit sizes (validated host-side to fit), derived values.
+struct Args {
+  const void* qkv;
+  void* kc;
+  void* vc;
+  const int32_t* seq_lens;
+  const int32_t* start_pos;
+  const float* alibi;
+  void* ctx;
+  int32_t* status;
+  void* q_ws;  // rotated q, T [B, H, S, D] (prefill paths only)
+  int B, S, H, Hkv, D, Tmax, group;
+  float scale_log2;  // scale * log2(e): logits are kept in the log2 domain (exp2)
+  float rope_theta;
+  int layout, causal, window, rotary_dim, rotary_style;
+};
+
+template <typename T> __device__ __forceinline__ float to_f(T x);
+template <> __device__ __forceinline__ float to_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ float to_f<__half>(__half x) { return __half2float(x); }
+template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// Offsets of token (b, s)'s q head h / kv head hk inside qkv (elements).
+__device__ __forceinline__ int64_t qkv_row(const Args& a, int b, int s) {
+  return ((int64_t)b * a.S + s) * (int64_t)(a.H + 2 * a.Hkv) * a.D;
+}
+__device__ __forceinline__ int64_t q_off(const Args& a, int h) {
+  return a.layout == 0 ? (int64_t)h * a.D : (int64_t)(3 * h) * a.D;
+}
+__device__ __forceinline__ int64_t k_off(const Args& a, int hk) {
+  return a.layout == 0 ? (int64_t)(a.H + hk) * a.D : (int64_t)(3 * hk + 1) * a.D;
+}
+__device__ __forceinline__ int64_t v_off(const Args& a, int hk) {
+  return a.layout == 0 ? (int64_t)(a.H + a.Hkv + hk) * a.D : (int64_t)(3 * hk + 2) * a.D;
+}
+__device__ __forceinline__ int64_t cache_off(const Args& a, int b, int hk, int j) {
+  return (((int64_t)b * a.Hkv + hk) * a.Tmax + j) * a.D;
+}
+
+// Element d of the rotated vector x (D elements of one head of one token) at rotary position pos.
+// Mirrors the fp32 reference: inv_freq = 1 / theta^(2f / rotary_dim), angle = pos * inv_freq,
+// precise sinf/cosf (angles reach thousands of radians: no fast intrinsics here).
+template <typename T>
+__device__ __forceinline__ float rope_elem(const T* x, int d, const Args& a, float pos) {
+  float xd = to_f(x[d]);
+  const int rd = a.rotary_dim;
+  if (d >= rd) return xd;
+  int f, partner;
+  float sign;
+  if (a.rotary_style == 0) {  // rotate_half: pairs (f, f + rd/2)
+    const int half = rd >> 1;
+    f = d < half ? d : d - half;
+    partner = d < half ? d + half : d - half;
+    sign = d < half ? -1.f : 1.f;
+  } else {  // rotate_every_two: pairs (2f, 2f + 1)
+    f = d >> 1;
+    partner = d ^ 1;
+    sign = (d & 1) ? 1.f : -1.f;
+  }
+  const float inv_freq = 1.0f / powf(a.rope_theta, (float)(2 * f) / (float)rd);
+  const float ang = pos * inv_freq;
+  float sn, cs;
+  sincosf(ang, &sn, &cs);
+  return xd * cs + sign * to_f(x[partner]) * sn;
+}
+
+// Device-side row check (header: "Cache overflow"). Every thread of the block gets the same
+// answer: -1 when all rows are fine, else the smallest bad row. Uses one int of shared memory.
+__device__ __forceinline__ int first_bad_row(const Args& a, int* smem_flag) {
+  if (threadIdx.x < 32) {
+    int bad = 0x7fffffff;
+    for (int b0 = 0; b0 < a.B; b0 += 32) {
+      const int b = b0 + (int)threadIdx.x;
+      bool row_bad = false;
+      if (b < a.B) {
+        const int len = a.seq_lens[b];
+        const int st = a.start_pos ? a.start_pos[b] : 0;
+        row_bad = len < 0 || (int64_t)len + a.S > a.Tmax || st < 0 || (int64_t)st > (int64_t)len + a.S;
+      }
+      const unsigned m = __ballot_sync(0xffffffffu, row_bad);
+      if (m) { bad = b0 + __ffs(m) - 1; break; }
+    }
+    if (threadIdx.x == 0) *smem_flag = bad == 0x7fffffff ? -1 : bad;
+  }
+  __syncthreads();
+  return *smem_flag;
+}
+
+// Whether key j is visible from absolute position p (start s0, L keys in the row).
+__device__ __forceinline__ bool key_visible(const Args& a, int j, int p, int s0, int L) {
+  return j >= s0 && j < L && (!a.causal || j <= p) && (a.window <= 0 || j > p - a.window);
+}
+
+}  // namespace attn
+}  // namespace dsattn
+
+namespace dsattn {
+namespace attn {
+// Tensor-core prefill (softmax_context_prefill.cu): fp16/bf16, D in {64, 128}; reads the rotated
+// q from a.q_ws and K/V from the caches (the append kernel ran first). Returns
+// cudaErrorNotSupported for other dtypes / head sizes (the caller then uses the generic kernel).
+bool prefill_mma_supported(dsattn_dtype dtype, int D);
+cudaError_t launch_prefill_mma(const Args& a, dsattn_dtype dtype, cudaStream_t stream);
+}  // namespace attn
+}  // namespace dsattn

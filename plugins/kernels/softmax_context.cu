@@ -1,0 +1,586 @@
+// dsattn::SoftmaxContext: host API, append kernel, fused decode (split-KV) kernel, combine kernel,
+// generic CUDA-core attention kernel. The tensor-core prefill lives in softmax_context_prefill.cu.
+#include <stdarg.h>
+#include <stdio.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "attn_common.cuh"
+
+namespace dsattn {
+namespace attn {
+namespace {
+
+constexpr int kMaxSplits = 64;      // decode split-KV: upper bound on chunks per row
+constexpr int kMinSplitKeys = 64;   // never cut a row into chunks shorter than this
+constexpr int kDecodeMaxRows = 8;   // decode path: S * (H / Hkv) query rows per CTA at most
+
+// ---------------------------------------------------------------------------------------------
+// Append: one block per new token (b, s). Rotates q and k (cos/sin table of this token's position
+// in shared memory: one sincosf per frequency instead of one per element), writes k, v to the
+// caches and the rotated q to the workspace [B, H, S, D]. 16-byte vectors throughout.
+template <typename T>
+__global__ void __launch_bounds__(256) append_kernel(Args a) {
+  constexpr int VEC = 16 / sizeof(T);
+  __shared__ int s_flag;
+  __shared__ float s_cos[DSATTN_ATTN_MAX_HEAD_SIZE / 2], s_sin[DSATTN_ATTN_MAX_HEAD_SIZE / 2];
+  const int s = blockIdx.x, b = blockIdx.y;
+  const int bad = first_bad_row(a, &s_flag);
+  if (s == 0 && b == 0 && threadIdx.x == 0) *a.status = bad < 0 ? 0 : bad + 1;
+  if (bad >= 0) return;
+  const int seq = a.seq_lens[b];
+  const int s0 = a.start_pos ? a.start_pos[b] : 0;
+  const int rd = a.rotary_dim;
+  if (rd > 0) {
+    const float pos = (float)(seq + s - s0);
+    for (int f = threadIdx.x; f < rd / 2; f += blockDim.x) {
+      const float inv_freq = 1.0f / powf(a.rope_theta, (float)(2 * f) / (float)rd);
+      sincosf(pos * inv_freq, &s_sin[f], &s_cos[f]);
+    }
+    __syncthreads();
+  }
+  const T* row = static_cast<const T*>(a.qkv) + qkv_row(a, b, s);
+  const int D = a.D, cpr = D / VEC;  // 16-byte chunks per head
+  const int nchunks = (a.H + 2 * a.Hkv) * cpr;
+  for (int c = threadIdx.x; c < nchunks; c += blockDim.x) {
+    const int slot = c / cpr, d0 = (c % cpr) * VEC;
+    // slot -> (kind 0 q / 1 k / 2 v, head) per qkv_layout
+    int kind, head;
+    if (a.layout == 0) {
+      kind = slot < a.H ? 0 : (slot < a.H + a.Hkv ? 1 : 2);
+      head = kind == 0 ? slot : (kind == 1 ? slot - a.H : slot - a.H - a.Hkv);
+    } else {
+      kind = slot % 3;
+      head = slot / 3;
+    }
+    const T* src = row + (int64_t)slot * D;
+    union { uint4 u; T e[VEC]; } in, out;
+    in.u = *reinterpret_cast<const uint4*>(src + d0);
+    out.u = in.u;
+    if (kind < 2 && d0 < rd) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) {
+        const int d = d0 + e;
+        if (d < rd) {
+          int f, partner;
+          float sign;
+          if (a.rotary_style == 0) {
+            const int half = rd >> 1;
+            f = d < half ? d : d - half;
+            partner = d < half ? d + half : d - half;
+            sign = d < half ? -1.f : 1.f;
+          } else {
+            f = d >> 1;
+            partner = d ^ 1;
+            sign = (d & 1) ? 1.f : -1.f;
+          }
+          out.e[e] = from_f<T>(to_f(in.e[e]) * s_cos[f] + sign * to_f(src[partner]) * s_sin[f]);
+        }
+      }
+    }
+    T* dst;
+    if (kind == 0)
+      dst = static_cast<T*>(a.q_ws) + (((int64_t)b * a.H + head) * a.S + s) * D;
+    else
+      dst = static_cast<T*>(kind == 1 ? a.kc : a.vc) + cache_off(a, b, head, seq + s);
+    *reinterpret_cast<uint4*>(dst + d0) = out.u;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused decode: grid (nsplit, Hkv, B), 4 warps. Each CTA takes the S * group query rows that share
+// KV head hk (GQA: K/V are read once for the group), rotates q on the fly, and streams one chunk of
+// the row's keys: TX threads per key row, 16 bytes each, UNROLL keys per thread in flight. Keys of
+// the new tokens (j >= seq_lens[b]) are taken from qkv (rotated), never from the cache, so the
+// split-0 CTA can write the new cache rows in the same launch without a race. Online softmax in
+// fp32 (log2 domain), merged across the CTA's key slots in shared memory, then either written to
+// the context (one chunk) or as (normalized partial o, log2-sum-exp) for the combine kernel.
+__device__ __forceinline__ uint4 ld_stream(const void* p) {
+  return __ldcs(reinterpret_cast<const uint4*>(p));
+}
+
+template <typename T, int D, int RMAX>
+__global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, float* part_lse, int nsplit) {
+  constexpr int VEC = 16 / sizeof(T);
+  constexpr int TX = D / VEC;
+  static_assert(TX <= 32 && 32 % TX == 0, "head size must map onto a warp");
+  constexpr int TY = 32 / TX;
+  constexpr int NW = 4;
+  constexpr int KSTEP = TY * NW;  // keys per CTA step == number of partial states to merge
+  constexpr int UNROLL = RMAX <= 1 ? 4 : 2;
+  __shared__ int s_flag;
+  __shared__ float s_q[RMAX * D];
+  __shared__ float s_m[KSTEP][RMAX], s_l[KSTEP][RMAX];
+  __shared__ float s_acc[KSTEP][RMAX][D];
+
+  const int split = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  const int bad = first_bad_row(a, &s_flag);
+  if (split == 0 && hk == 0 && b == 0 && threadIdx.x == 0) *a.status = bad < 0 ? 0 : bad + 1;
+  if (bad >= 0) return;
+  const int seq = a.seq_lens[b];
+  const int s0 = a.start_pos ? a.start_pos[b] : 0;
+  const int L = seq + a.S;
+  const int g = a.group, R = g * a.S;
+  const T* qkv = static_cast<const T*>(a.qkv);
+  T* kc = static_cast<T*>(a.kc);
+  T* vc = static_cast<T*>(a.vc);
+
+  if (split == 0) {  // append the new rows of KV head hk
+    for (int e = threadIdx.x; e < a.S * D; e += blockDim.x) {
+      const int s = e / D, d = e % D;
+      const T* row = qkv + qkv_row(a, b, s);
+      const float pos = (float)(seq + s - s0);
+      const T kv = a.rotary_dim ? from_f<T>(rope_elem(row + k_off(a, hk), d, a, pos)) : row[k_off(a, hk) + d];
+      kc[cache_off(a, b, hk, seq + s) + d] = kv;
+      vc[cache_off(a, b, hk, seq + s) + d] = row[v_off(a, hk) + d];
+    }
+  }
+  for (int e = threadIdx.x; e < R * D; e += blockDim.x) {  // q rows r = s * g + gi
+    const int r = e / D, d = e % D, s = r / g, h = hk * g + r % g;
+    const T* qrow = qkv + qkv_row(a, b, s) + q_off(a, h);
+    const float qv = a.rotary_dim ? rope_elem(qrow, d, a, (float)(seq + s - s0)) : to_f(qrow[d]);
+    s_q[e] = qv * a.scale_log2;
+  }
+  __syncthreads();
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int tx = lane % TX, ty = lane / TX, slot = warp * TY + ty;
+  float q[RMAX][VEC], acc[RMAX][VEC], m[RMAX], l[RMAX], slope[RMAX];
+  int pr[RMAX];
+#pragma unroll
+  for (int r = 0; r < RMAX; ++r) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      q[r][e] = r < R ? s_q[r * D + tx * VEC + e] : 0.f;
+      acc[r][e] = 0.f;
+    }
+    m[r] = -INFINITY;
+    l[r] = 0.f;
+    const int h = hk * g + (r < R ? r % g : 0);
+    slope[r] = a.alibi ? a.alibi[h] * kLog2e : 0.f;
+    pr[r] = seq + (r < R ? r / g : 0);
+  }
+
+  // Keys any row of this CTA can see: [lo, hi). The chunk of this split: [c_lo, c_hi).
+  int lo = s0;
+  if (a.window > 0) lo = max(lo, seq - a.window + 1);
+  const int hi = max(L, lo);
+  const int per = (hi - lo + nsplit - 1) / nsplit;
+  const int chunk = (per + KSTEP - 1) / KSTEP * KSTEP;
+  const int c_lo = lo + split * chunk;
+  const int c_hi = min(hi, c_lo + chunk);
+  const int64_t cache_base = cache_off(a, b, hk, 0) + tx * VEC;
+
+  for (int base = c_lo; base < c_hi; base += KSTEP * UNROLL) {
+    union V16 { uint4 u; T e[VEC]; };
+    V16 kr[UNROLL], vr[UNROLL];
+    int jj[UNROLL];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int j = base + u * KSTEP + slot;
+      jj[u] = j;
+      kr[u].u = make_uint4(0, 0, 0, 0);
+      vr[u].u = make_uint4(0, 0, 0, 0);
+      if (j < c_hi) {
+        if (j < seq) {
+          kr[u].u = ld_stream(kc + cache_base + (int64_t)j * D);
+          vr[u].u = ld_stream(vc + cache_base + (int64_t)j * D);
+        } else {  // a new token: rotated k from qkv, rounded to T exactly as the cache holds it
+          const int s = j - seq;
+          const T* row = qkv + qkv_row(a, b, s);
+          const float pos = (float)(j - s0);
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) {
+            const int d = tx * VEC + e;
+            kr[u].e[e] = a.rotary_dim ? from_f<T>(rope_elem(row + k_off(a, hk), d, a, pos)) : row[k_off(a, hk) + d];
+            vr[u].e[e] = row[v_off(a, hk) + d];
+          }
+        }
+      }
+    }
+    float x[UNROLL][RMAX];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      float kf[VEC];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) kf[e] = to_f(kr[u].e[e]);
+#pragma unroll
+      for (int r = 0; r < RMAX; ++r) {
+        float dot = 0.f;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) dot = fmaf(q[r][e], kf[e], dot);
+#pragma unroll
+        for (int off = TX / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+        const int j = jj[u];
+        const bool ok = r < R && j < c_hi && key_visible(a, j, pr[r], s0, L);
+        x[u][r] = ok ? fmaf(slope[r], (float)(j - s0), dot) : -INFINITY;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < RMAX; ++r) {
+      float mx = m[r];
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) mx = fmaxf(mx, x[u][r]);
+      const float ms = mx == -INFINITY ? 0.f : mx;  // all masked so far: keep exp2 finite
+      const float c = exp2f(m[r] - ms);
+      l[r] *= c;
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) acc[r][e] *= c;
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+        const float pu = exp2f(x[u][r] - ms);
+        l[r] += pu;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) acc[r][e] = fmaf(pu, to_f(vr[u].e[e]), acc[r][e]);
+      }
+      m[r] = mx;
+    }
+  }
+
+  // Merge the KSTEP key slots of the CTA.
+#pragma unroll
+  for (int r = 0; r < RMAX; ++r) {
+    if (r < R) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) s_acc[slot][r][tx * VEC + e] = acc[r][e];
+      if (tx == 0) {
+        s_m[slot][r] = m[r];
+        s_l[slot][r] = l[r];
+      }
+    }
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < R * D; e += blockDim.x) {
+    const int r = e / D, d = e % D, s = r / g, h = hk * g + r % g;
+    float M = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < KSTEP; ++k) M = fmaxf(M, s_m[k][r]);
+    float o = 0.f, lsum = 0.f;
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int k = 0; k < KSTEP; ++k) {
+        const float w = exp2f(s_m[k][r] - M);
+        lsum = fmaf(w, s_l[k][r], lsum);
+        o = fmaf(w, s_acc[k][r][d], o);
+      }
+      o = lsum > 0.f ? o / lsum : 0.f;
+    }
+    const int64_t orow = ((int64_t)b * a.S + s) * a.H + h;
+    if (nsplit == 1) {
+      static_cast<T*>(a.ctx)[orow * D + d] = from_f<T>(o);
+    } else {
+      part_o[(orow * nsplit + split) * D + d] = o;
+      if (d == 0) part_lse[orow * nsplit + split] = (M == -INFINITY || !(lsum > 0.f)) ? -INFINITY : M + log2f(lsum);
+    }
+  }
+}
+
+// Combine the chunks of one (b, s, h) row: weights 2^(lse_i - max lse). Zeros when no key.
+template <typename T>
+__global__ void __launch_bounds__(128) combine_kernel(Args a, const float* part_o, const float* part_lse, int nsplit) {
+  __shared__ int s_flag;
+  if (first_bad_row(a, &s_flag) >= 0) return;
+  const int64_t row = blockIdx.x;
+  const float* lse = part_lse + row * nsplit;
+  float M = -INFINITY;
+  for (int i = 0; i < nsplit; ++i) M = fmaxf(M, lse[i]);
+  float wsum = 0.f;
+  if (M != -INFINITY)
+    for (int i = 0; i < nsplit; ++i) wsum += exp2f(lse[i] - M);
+  for (int d = threadIdx.x; d < a.D; d += blockDim.x) {
+    float o = 0.f;
+    if (M != -INFINITY) {
+      for (int i = 0; i < nsplit; ++i) {
+        const float w = exp2f(lse[i] - M);
+        if (w > 0.f) o = fmaf(w, part_o[(row * nsplit + i) * a.D + d], o);
+      }
+      o /= wsum;
+    }
+    static_cast<T*>(a.ctx)[row * a.D + d] = from_f<T>(o);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generic attention (fp32 prefill, head sizes without a tuned kernel): one warp per query row,
+// keys one at a time (warp dot product + shuffles), online softmax in fp32. Correct, not fast.
+template <typename T>
+__global__ void __launch_bounds__(128) generic_kernel(Args a) {
+  constexpr int PER_LANE = DSATTN_ATTN_MAX_HEAD_SIZE / 32;
+  __shared__ int s_flag;
+  if (first_bad_row(a, &s_flag) >= 0) return;
+  const int lane = threadIdx.x & 31;
+  const int s = blockIdx.x * 4 + (threadIdx.x >> 5), h = blockIdx.y, b = blockIdx.z;
+  if (s >= a.S) return;
+  const int D = a.D, hk = h / a.group;
+  const int seq = a.seq_lens[b];
+  const int s0 = a.start_pos ? a.start_pos[b] : 0;
+  const int L = seq + a.S, p = seq + s;
+  const T* qrow = static_cast<const T*>(a.q_ws) + (((int64_t)b * a.H + h) * a.S + s) * D;
+  float q[PER_LANE], acc[PER_LANE];
+#pragma unroll
+  for (int i = 0; i < PER_LANE; ++i) {
+    const int d = lane + 32 * i;
+    q[i] = d < D ? to_f(qrow[d]) * a.scale_log2 : 0.f;
+    acc[i] = 0.f;
+  }
+  const float slope = a.alibi ? a.alibi[h] * kLog2e : 0.f;
+  int lo = s0, hi = a.causal ? min(L, p + 1) : L;
+  if (a.window > 0) lo = max(lo, p - a.window + 1);
+  const T* kbase = static_cast<const T*>(a.kc) + cache_off(a, b, hk, 0);
+  const T* vbase = static_cast<const T*>(a.vc) + cache_off(a, b, hk, 0);
+  float m = -INFINITY, l = 0.f;
+  for (int j = lo; j < hi; ++j) {
+    float dot = 0.f;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+      const int d = lane + 32 * i;
+      if (d < D) dot = fmaf(q[i], to_f(kbase[(int64_t)j * D + d]), dot);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
+    const float x = fmaf(slope, (float)(j - s0), dot);
+    const float mn = fmaxf(m, x);
+    const float c = exp2f(m - mn), pj = exp2f(x - mn);
+    l = l * c + pj;
+#pragma unroll
+    for (int i = 0; i < PER_LANE; ++i) {
+      const int d = lane + 32 * i;
+      acc[i] = acc[i] * c + (d < D ? pj * to_f(vbase[(int64_t)j * D + d]) : 0.f);
+    }
+    m = mn;
+  }
+  T* out = static_cast<T*>(a.ctx) + (((int64_t)b * a.S + s) * a.H + h) * D;
+#pragma unroll
+  for (int i = 0; i < PER_LANE; ++i) {
+    const int d = lane + 32 * i;
+    if (d < D) out[d] = from_f<T>(l > 0.f ? acc[i] / l : 0.f);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side.
+
+int sm_count() {
+  static int cached[64] = {0};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0) return 132;
+  if (dev < 64 && cached[dev] > 0) return cached[dev];
+  int n = 0;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) n = 132;
+  if (dev < 64) cached[dev] = n;
+  return n;
+}
+
+size_t elem_size(dsattn_dtype t) { return t == DSATTN_FLOAT32 ? 4 : 2; }
+
+bool decode_supported(const dsattn_softmax_context_params& p) {
+  const int64_t rows = p.seq_len * (p.num_heads / p.num_kv_heads);
+  if (rows > kDecodeMaxRows) return false;
+  if (p.dtype == DSATTN_FLOAT32) return p.head_size == 64 || p.head_size == 128;
+  return p.head_size == 64 || p.head_size == 128 || p.head_size == 256;
+}
+
+// Chunks per row for the decode split: as many as fit one wave of ~4 CTAs per SM (the decode
+// kernels use <= 128 registers x 128 threads at RMAX <= 4), chunks >= kMinSplitKeys keys (bounded
+// by Tmax: the real lengths live on the device). Rounded down: a second, partial wave would cost
+// a whole chunk's time.
+int decode_splits(const dsattn_softmax_context_params& p) {
+  const int64_t ctas = p.batch * p.num_kv_heads;
+  const int64_t slots = 4LL * sm_count();
+  int64_t n = slots / ctas;
+  n = std::min<int64_t>(n, (p.max_seq_len + kMinSplitKeys - 1) / kMinSplitKeys);
+  n = std::min<int64_t>(n, kMaxSplits);
+  return (int)std::max<int64_t>(n, 1);
+}
+
+size_t align256(size_t x) { return (x + 255) / 256 * 256; }
+
+size_t decode_ws_bytes(const dsattn_softmax_context_params& p, int nsplit) {
+  if (nsplit <= 1) return 0;
+  const size_t rows = (size_t)p.batch * p.seq_len * p.num_heads * nsplit;
+  return align256(rows * p.head_size * sizeof(float)) + align256(rows * sizeof(float));
+}
+
+cudaError_t fail(char* msg, size_t n, const char* fmt, ...) {
+  if (msg && n) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, n, fmt, ap);
+    va_end(ap);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t validate(const dsattn_softmax_context_params* p, char* msg, size_t n) {
+  if (msg && n) msg[0] = 0;
+  if (!p) return fail(msg, n, "params is NULL");
+  if (p->dtype != DSATTN_FLOAT32 && p->dtype != DSATTN_FLOAT16 && p->dtype != DSATTN_BFLOAT16)
+    return fail(msg, n, "dtype=%d is not float32/float16/bfloat16", (int)p->dtype);
+  if (p->batch < 0 || p->batch > INT32_MAX) return fail(msg, n, "batch=%lld must be in [0, 2^31)", (long long)p->batch);
+  if (p->seq_len < 0 || p->seq_len > INT32_MAX) return fail(msg, n, "seq_len=%lld must be in [0, 2^31)", (long long)p->seq_len);
+  if (p->num_heads < 1 || p->num_heads > 65535) return fail(msg, n, "num_heads=%lld must be in [1, 65535]", (long long)p->num_heads);
+  if (p->num_kv_heads < 1 || p->num_heads % p->num_kv_heads)
+    return fail(msg, n, "num_kv_heads=%lld must be >= 1 and divide num_heads=%lld", (long long)p->num_kv_heads, (long long)p->num_heads);
+  if (p->head_size < DSATTN_ATTN_HEAD_MULTIPLE || p->head_size > DSATTN_ATTN_MAX_HEAD_SIZE || p->head_size % DSATTN_ATTN_HEAD_MULTIPLE)
+    return fail(msg, n, "head_size=%lld must be a multiple of %d in [%d, %d]", (long long)p->head_size,
+                DSATTN_ATTN_HEAD_MULTIPLE, DSATTN_ATTN_HEAD_MULTIPLE, DSATTN_ATTN_MAX_HEAD_SIZE);
+  if (p->max_seq_len < 1 || p->max_seq_len > (1LL << 24))
+    return fail(msg, n, "max_seq_len=%lld must be in [1, 2^24] (positions are exact in fp32)", (long long)p->max_seq_len);
+  if (p->batch * p->num_kv_heads > 65535LL * 65535LL)
+    return fail(msg, n, "batch * num_kv_heads = %lld is too large", (long long)(p->batch * p->num_kv_heads));
+  if (p->batch > 65535) return fail(msg, n, "batch=%lld must be <= 65535 (grid limit)", (long long)p->batch);
+  if (!std::isfinite(p->scale)) return fail(msg, n, "scale=%g must be finite", (double)p->scale);
+  if (p->qkv_layout != 0 && p->qkv_layout != 1) return fail(msg, n, "qkv_layout=%d must be 0 or 1", p->qkv_layout);
+  if (p->qkv_layout == 1 && p->num_kv_heads != p->num_heads)
+    return fail(msg, n, "qkv_layout=1 requires num_kv_heads == num_heads, got %lld and %lld", (long long)p->num_kv_heads, (long long)p->num_heads);
+  if (p->causal != 0 && p->causal != 1) return fail(msg, n, "causal=%d must be 0 or 1", p->causal);
+  if (p->local_window < 0) return fail(msg, n, "local_window=%d must be >= 0", p->local_window);
+  if (p->rotary_dim < 0 || p->rotary_dim % 2 || p->rotary_dim > p->head_size)
+    return fail(msg, n, "rotary_dim=%d must be even and in [0, head_size=%lld]", p->rotary_dim, (long long)p->head_size);
+  if (p->rotary_style != 0 && p->rotary_style != 1) return fail(msg, n, "rotary_style=%d must be 0 or 1", p->rotary_style);
+  if (p->rotary_dim > 0 && !(std::isfinite(p->rope_theta) && p->rope_theta > 0.f))
+    return fail(msg, n, "rope_theta=%g must be finite and > 0", (double)p->rope_theta);
+  if (!p->status) return fail(msg, n, "status is NULL (a device int32 is required)");
+  if (p->batch > 0 && p->seq_len > 0) {
+    if (!p->qkv || !p->key_cache || !p->value_cache || !p->seq_lens || !p->context)
+      return fail(msg, n, "qkv, key_cache, value_cache, seq_lens and context must be non-NULL");
+    const void* ptrs[] = {p->qkv, p->key_cache, p->value_cache, p->context};
+    const char* names[] = {"qkv", "key_cache", "value_cache", "context"};
+    for (int i = 0; i < 4; ++i)
+      if (reinterpret_cast<uintptr_t>(ptrs[i]) % 16) return fail(msg, n, "%s=%p must be 16-byte aligned", names[i], ptrs[i]);
+    if (p->context == p->qkv || p->context == p->key_cache || p->context == p->value_cache || p->key_cache == p->value_cache)
+      return fail(msg, n, "context, key_cache and value_cache must be distinct buffers (and not qkv)");
+  }
+  return cudaSuccess;
+}
+
+size_t workspace_bytes(const dsattn_softmax_context_params& p) {
+  if (p.batch == 0 || p.seq_len == 0) return 0;
+  if (decode_supported(p)) return decode_ws_bytes(p, decode_splits(p));
+  return align256((size_t)p.batch * p.num_heads * p.seq_len * p.head_size * elem_size(p.dtype));
+}
+
+template <typename T, int D, int RMAX>
+cudaError_t launch_decode_t(const Args& a, float* po, float* pl, int nsplit, cudaStream_t st) {
+  dim3 grid(nsplit, a.Hkv, a.B);
+  decode_kernel<T, D, RMAX><<<grid, 128, 0, st>>>(a, po, pl, nsplit);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess || nsplit == 1) return e;
+  combine_kernel<T><<<(unsigned)((int64_t)a.B * a.S * a.H), 128, 0, st>>>(a, po, pl, nsplit);
+  return cudaGetLastError();
+}
+
+template <typename T, int D>
+cudaError_t launch_decode_d(const Args& a, float* po, float* pl, int nsplit, cudaStream_t st) {
+  const int rows = a.group * a.S;
+  if (rows <= 1) return launch_decode_t<T, D, 1>(a, po, pl, nsplit, st);
+  if (rows <= 4) return launch_decode_t<T, D, 4>(a, po, pl, nsplit, st);
+  return launch_decode_t<T, D, 8>(a, po, pl, nsplit, st);
+}
+
+template <typename T>
+cudaError_t launch_decode(const Args& a, float* po, float* pl, int nsplit, cudaStream_t st) {
+  switch (a.D) {
+    case 64: return launch_decode_d<T, 64>(a, po, pl, nsplit, st);
+    case 128: return launch_decode_d<T, 128>(a, po, pl, nsplit, st);
+    default: return cudaErrorNotSupported;
+  }
+}
+template <>
+cudaError_t launch_decode<__half>(const Args& a, float* po, float* pl, int nsplit, cudaStream_t st) {
+  switch (a.D) {
+    case 64: return launch_decode_d<__half, 64>(a, po, pl, nsplit, st);
+    case 128: return launch_decode_d<__half, 128>(a, po, pl, nsplit, st);
+    case 256: return launch_decode_d<__half, 256>(a, po, pl, nsplit, st);
+    default: return cudaErrorNotSupported;
+  }
+}
+template <>
+cudaError_t launch_decode<__nv_bfloat16>(const Args& a, float* po, float* pl, int nsplit, cudaStream_t st) {
+  switch (a.D) {
+    case 64: return launch_decode_d<__nv_bfloat16, 64>(a, po, pl, nsplit, st);
+    case 128: return launch_decode_d<__nv_bfloat16, 128>(a, po, pl, nsplit, st);
+    case 256: return launch_decode_d<__nv_bfloat16, 256>(a, po, pl, nsplit, st);
+    default: return cudaErrorNotSupported;
+  }
+}
+
+template <typename T>
+cudaError_t launch_prefill(const Args& a, dsattn_dtype dtype, cudaStream_t st) {
+  append_kernel<T><<<dim3(a.S, a.B), 256, 0, st>>>(a);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  if (prefill_mma_supported(dtype, a.D)) return launch_prefill_mma(a, dtype, st);
+  generic_kernel<T><<<dim3((a.S + 3) / 4, a.H, a.B), 128, 0, st>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace
+}  // namespace attn
+}  // namespace dsattn
+
+using namespace dsattn::attn;
+
+extern "C" size_t dsattn_softmax_context_workspace_size(const dsattn_softmax_context_params* p) {
+  if (validate(p, nullptr, 0) != cudaSuccess) return 0;
+  return workspace_bytes(*p);
+}
+
+extern "C" cudaError_t dsattn_softmax_context_validate(const dsattn_softmax_context_params* p, char* msg, size_t msg_len) {
+  return validate(p, msg, msg_len);
+}
+
+extern "C" cudaError_t dsattn_softmax_context(const dsattn_softmax_context_params* p, void* workspace,
+                                              size_t workspace_bytes_given, cudaStream_t stream) {
+  if (validate(p, nullptr, 0) != cudaSuccess) return cudaErrorInvalidValue;
+  if (p->batch == 0 || p->seq_len == 0) return cudaMemsetAsync(p->status, 0, sizeof(int32_t), stream);
+  const size_t need = workspace_bytes(*p);
+  if (need > 0 && (!workspace || workspace_bytes_given < need || reinterpret_cast<uintptr_t>(workspace) % 256))
+    return cudaErrorInvalidValue;
+  Args a;
+  a.qkv = p->qkv;
+  a.kc = p->key_cache;
+  a.vc = p->value_cache;
+  a.seq_lens = p->seq_lens;
+  a.start_pos = p->start_pos;
+  a.alibi = p->alibi_slopes;
+  a.ctx = p->context;
+  a.status = p->status;
+  a.q_ws = workspace;
+  a.B = (int)p->batch;
+  a.S = (int)p->seq_len;
+  a.H = (int)p->num_heads;
+  a.Hkv = (int)p->num_kv_heads;
+  a.D = (int)p->head_size;
+  a.Tmax = (int)p->max_seq_len;
+  a.group = a.H / a.Hkv;
+  a.scale_log2 = p->scale * kLog2e;
+  a.rope_theta = p->rope_theta;
+  a.layout = p->qkv_layout;
+  a.causal = p->causal;
+  a.window = p->local_window;
+  a.rotary_dim = p->rotary_dim;
+  a.rotary_style = p->rotary_style;
+
+  if (decode_supported(*p)) {
+    const int nsplit = decode_splits(*p);
+    float* po = nullptr;
+    float* pl = nullptr;
+    if (nsplit > 1) {
+      const size_t rows = (size_t)p->batch * p->seq_len * p->num_heads * nsplit;
+      po = static_cast<float*>(workspace);
+      pl = reinterpret_cast<float*>(static_cast<char*>(workspace) + align256(rows * p->head_size * sizeof(float)));
+    }
+    switch (p->dtype) {
+      case DSATTN_FLOAT16: return launch_decode<__half>(a, po, pl, nsplit, stream);
+      case DSATTN_BFLOAT16: return launch_decode<__nv_bfloat16>(a, po, pl, nsplit, stream);
+      default: return launch_decode<float>(a, po, pl, nsplit, stream);
+    }
+  }
+  switch (p->dtype) {
+    case DSATTN_FLOAT16: return launch_prefill<__half>(a, p->dtype, stream);
+    case DSATTN_BFLOAT16: return launch_prefill<__nv_bfloat16>(a, p->dtype, stream);
+    default: return launch_prefill<float>(a, p->dtype, stream);
+  }
+}

@@ -1,0 +1,275 @@
+"""SoftmaxContext CUDA kernels (plugins/kernels/softmax_context*.cu) against the fp32 reference.
+
+Reference: dsattn.export.ops.softmax_context (fp32). Accuracy rule (DESIGN.md): the kernel's max
+error is at most 2x the error of PyTorch computing the same op in precision T (`_torch_in_t`
+below), with a floor of 1e-3 (fp16) / 8e-3 (bf16) / 1e-4 (fp32). Outputs are poisoned (NaN) before
+each run; cache rows outside [seq_lens[b], seq_lens[b] + S) must come back bit-identical.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from dsattn.tools.kernels import attention  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FLOOR = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 1e-4}
+
+
+def test_params_struct_mirrors_header():
+    """The ctypes mirror lists the header's fields in the header's order (CPU-only check)."""
+    text = (REPO / "plugins" / "kernels" / "softmax_context.h").read_text()
+    body = text[text.index("typedef struct dsattn_softmax_context_params"):]
+    body = body[body.index("{") + 1: body.index("} dsattn_softmax_context_params;")]
+    names = re.findall(r"^\s*[\w\s\*]+?\b(\w+);", body, flags=re.M)
+    assert names == [f[0] for f in attention.SoftmaxContextParams._fields_]
+    import ctypes
+
+    assert ctypes.sizeof(attention.SoftmaxContextParams) == 8 * 8 + 6 * 8 + 2 * 4 + 5 * 4 + 4
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+def _alibi(H):
+    # BLOOM-style geometric slopes (any finite values would do: the kernel reads them from memory).
+    return [2.0 ** (-8.0 * (i + 1) / H) for i in range(H)]
+
+
+def _rotary_t(x, pos, rd, style, theta):
+    """Rotary in x's precision (x [S, heads, D]); cos/sin from fp32 angles rounded to T."""
+    half = rd // 2
+    inv = 1.0 / (theta ** (torch.arange(0, rd, 2, dtype=torch.float32, device=x.device) / rd))
+    ang = pos[:, None] * inv[None, :]
+    cos = torch.cos(ang)[:, None, :].to(x.dtype)
+    sin = torch.sin(ang)[:, None, :].to(x.dtype)
+    rot, rest = x[..., :rd], x[..., rd:]
+    if style == 0:
+        a, b = rot[..., :half], rot[..., half:]
+        rot = torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
+    else:
+        a, b = rot[..., 0::2], rot[..., 1::2]
+        rot = torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2)
+    return torch.cat([rot, rest], dim=-1)
+
+
+def _torch_in_t(qkv, pk, pv, lens, starts, *, H, Hkv, D, scale, layout, causal, window, rd, style,
+                theta, slopes):
+    """The op computed by PyTorch in qkv.dtype (for the error budget of the accuracy rule)."""
+    T = qkv.dtype
+    B, S, _ = qkv.shape
+    if layout == 0:
+        q = qkv[..., : H * D].reshape(B, S, H, D)
+        k = qkv[..., H * D:(H + Hkv) * D].reshape(B, S, Hkv, D)
+        v = qkv[..., (H + Hkv) * D:].reshape(B, S, Hkv, D)
+    else:
+        x = qkv.reshape(B, S, H, 3, D)
+        q, k, v = x[..., 0, :], x[..., 1, :], x[..., 2, :]
+    g = H // Hkv
+    ctx = torch.empty(B, S, H, D, dtype=T, device=qkv.device)
+    newk = torch.empty(B, Hkv, S, D, dtype=T, device=qkv.device)
+    for b in range(B):
+        L0, L = lens[b], lens[b] + S
+        p = torch.arange(L0, L, device=qkv.device)
+        qb, kb = q[b], k[b]
+        if rd:
+            rp = (p - starts[b]).to(torch.float32)
+            qb, kb = _rotary_t(qb, rp, rd, style, theta), _rotary_t(kb, rp, rd, style, theta)
+        newk[b] = kb.transpose(0, 1)
+        keys = torch.cat([pk[b, :, :L0], kb.transpose(0, 1)], 1).repeat_interleave(g, 0)
+        vals = torch.cat([pv[b, :, :L0], v[b].transpose(0, 1)], 1).repeat_interleave(g, 0)
+        logits = torch.matmul(qb.transpose(0, 1), keys.transpose(1, 2)) * scale  # [H, S, L] in T
+        j = torch.arange(L, device=qkv.device)
+        if slopes:
+            sl = torch.tensor(slopes, dtype=T, device=qkv.device)
+            logits = logits + sl[:, None, None] * (j - starts[b]).to(T)[None, None, :]
+        valid = (j >= starts[b])[None, :].expand(S, L)
+        if causal:
+            valid = valid & (j[None, :] <= p[:, None])
+        if window:
+            valid = valid & (j[None, :] > p[:, None] - window)
+        probs = torch.softmax(logits.masked_fill(~valid[None], float("-inf")), dim=-1)
+        probs = torch.nan_to_num(probs, nan=0.0)
+        ctx[b] = torch.matmul(probs, vals).transpose(0, 1)
+    return ctx.reshape(B, S, H * D), newk
+
+
+def _make(dtype, B, S, H, Hkv, D, lens, Tmax, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    qkv = torch.randn(B, S, (H + 2 * Hkv) * D, generator=g, device="cuda").to(dtype)
+    pk = torch.randn(B, Hkv, Tmax, D, generator=g, device="cuda").to(dtype)
+    pv = torch.randn(B, Hkv, Tmax, D, generator=g, device="cuda").to(dtype)
+    return qkv, pk, pv
+
+
+def _check_case(seed, dtype, *, B, S, H, Hkv, D, lens, Tmax, starts=None, layout=0, causal=1,
+                window=0, rd=0, style=0, theta=10000.0, alibi=False, scale=None):
+    from dsattn.export import ops
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    qkv, pk, pv = _make(dtype, B, S, H, Hkv, D, lens, Tmax, seed)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    start_t = torch.tensor(starts, dtype=torch.int32, device="cuda") if starts is not None else None
+    st = starts if starts is not None else [0] * B
+    slopes = _alibi(H) if alibi else []
+    sc = 1.0 / math.sqrt(D) if scale is None else scale
+    kw = dict(num_heads=H, num_kv_heads=Hkv, head_size=D, scale=sc, qkv_layout=layout, causal=causal,
+              local_window=window, rotary_dim=rd, rotary_style=style, rope_theta=theta)
+    ref_ctx, ref_k, ref_v = ops.softmax_context(qkv.float(), pk.float(), pv.float(), seq_lens, start_t,
+                                                alibi_slopes=slopes, **kw)
+    t_ctx, t_k = _torch_in_t(qkv, pk, pv, lens, st, H=H, Hkv=Hkv, D=D, scale=sc, layout=layout,
+                             causal=causal, window=window, rd=rd, style=style, theta=theta, slopes=slopes)
+    k0, v0 = pk.clone(), pv.clone()
+    out = torch.full((B, S, H * D), float("nan"), dtype=dtype, device="cuda")
+    ctx = attention.softmax_context(qkv, pk, pv, seq_lens, start_t, alibi_slopes=slopes or None, out=out, **kw)
+    torch.cuda.synchronize()
+    assert ctx.data_ptr() == out.data_ptr()
+    assert not torch.isnan(ctx).any(), "context has NaN (unwritten or masked-row NaN)"
+    floor = FLOOR[dtype]
+    err_t = (t_ctx.float() - ref_ctx).abs().max().item()
+    err = (ctx.float() - ref_ctx).abs().max().item()
+    tol = max(2 * err_t, floor)
+    assert err <= tol, f"context max error {err:.3g} > tol {tol:.3g} (torch in {dtype}: {err_t:.3g})"
+    # Written cache rows: the rotated k / raw v; every other row bit-identical to before.
+    written = torch.zeros(B, Tmax, dtype=torch.bool, device="cuda")
+    for b in range(B):
+        written[b, lens[b]:lens[b] + S] = True
+        ref_kb = ref_k[b, :, lens[b]:lens[b] + S]
+        kerr = (pk[b, :, lens[b]:lens[b] + S].float() - ref_kb).abs().max().item()
+        kerr_t = (t_k[b].float() - ref_kb).abs().max().item()
+        assert kerr <= max(2 * kerr_t, floor), f"row {b}: cache key error {kerr:.3g}"
+        assert torch.equal(pv[b, :, lens[b]:lens[b] + S], qkv_v(qkv, b, S, H, Hkv, D, layout)), f"row {b}: value rows"
+    keep = ~written[:, None, :, None].expand_as(pk)
+    assert torch.equal(pk[keep], k0[keep]), "key cache rows outside the written range changed"
+    assert torch.equal(pv[keep], v0[keep]), "value cache rows outside the written range changed"
+
+
+def qkv_v(qkv, b, S, H, Hkv, D, layout):
+    """v of row b as [Hkv, S, D] (what the value cache must hold, bit for bit)."""
+    if layout == 0:
+        return qkv[b, :, (H + Hkv) * D:].reshape(S, Hkv, D).transpose(0, 1)
+    return qkv[b].reshape(S, H, 3, D)[:, :, 2].transpose(0, 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# correctness grid: lengths 1 / 97 / 1025 / 4099, odd head counts, GQA, ragged rows, left padding
+
+F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
+CASES = {
+    # decode (S * group <= 8: fused split-KV kernel + combine)
+    "decode_f16_mha_ragged_rope": dict(dtype=F16, B=4, S=1, H=5, Hkv=5, D=128, lens=[0, 96, 1024, 4098],
+                                       Tmax=4101, rd=128, style=0, theta=10000.0),
+    "decode_bf16_gqa4_alibi_gptj_leftpad": dict(dtype=BF16, B=4, S=1, H=12, Hkv=3, D=128, lens=[4098, 96, 1024, 0],
+                                                 Tmax=4099, starts=[7, 0, 300, 0], rd=64, style=1, alibi=True),
+    "decode_f16_s2_gqa4_window_d64": dict(dtype=F16, B=3, S=2, H=8, Hkv=2, D=64, lens=[95, 1023, 4097], Tmax=4100,
+                                          window=50, rd=32, style=0, theta=500000.0),
+    "decode_bf16_bloom_layout1": dict(dtype=BF16, B=3, S=1, H=7, Hkv=7, D=128, lens=[96, 1024, 4098], Tmax=4099,
+                                      starts=[5, 0, 11], layout=1, alibi=True),
+    "decode_f16_d256_s3_noncausal": dict(dtype=F16, B=2, S=3, H=3, Hkv=3, D=256, lens=[94, 1022], Tmax=1100,
+                                         causal=0, rd=256, alibi=True),
+    "decode_f32_gqa2_rope_alibi": dict(dtype=F32, B=2, S=1, H=6, Hkv=3, D=128, lens=[96, 4098], Tmax=4099,
+                                       rd=128, alibi=True, starts=[3, 0]),
+    "decode_bf16_gqa16_falls_to_prefill": dict(dtype=BF16, B=2, S=1, H=16, Hkv=1, D=128, lens=[1024, 96],
+                                               Tmax=1030, rd=128),
+    "decode_f16_all_masked_row": dict(dtype=F16, B=2, S=1, H=3, Hkv=3, D=128, lens=[96, 40], Tmax=100,
+                                      starts=[97, 0], window=8),
+    # prefill (append kernel + tensor-core flash attention)
+    "prefill_f16_ragged_rope": dict(dtype=F16, B=3, S=97, H=5, Hkv=5, D=128, lens=[0, 1000, 4002], Tmax=4099,
+                                    rd=128, style=0),
+    "prefill_bf16_gqa3_alibi_window_gptj": dict(dtype=BF16, B=2, S=1025, H=9, Hkv=3, D=64, lens=[0, 3074],
+                                                Tmax=4099, starts=[0, 17], alibi=True, rd=32, style=1, window=300),
+    "prefill_f16_bloom_layout1_noncausal": dict(dtype=F16, B=2, S=97, H=5, Hkv=5, D=128, lens=[0, 3], Tmax=200,
+                                                starts=[3, 0], layout=1, causal=0, alibi=True),
+    "prefill_f16_leftpad_masked_rows": dict(dtype=F16, B=2, S=97, H=3, Hkv=3, D=128, lens=[0, 0], Tmax=97,
+                                            starts=[10, 0], rd=64),
+    "prefill_bf16_s9_long_past": dict(dtype=BF16, B=2, S=9, H=4, Hkv=2, D=64, lens=[0, 4090], Tmax=4099, rd=64, scale=0.3),
+    # generic CUDA-core path: fp32 prefill, head sizes without a tuned kernel
+    "prefill_f32_generic": dict(dtype=F32, B=2, S=97, H=3, Hkv=3, D=64, lens=[0, 1000], Tmax=1100, rd=64,
+                                alibi=True, starts=[0, 4]),
+    "prefill_f16_d96_generic": dict(dtype=F16, B=2, S=97, H=3, Hkv=1, D=96, lens=[0, 1025], Tmax=1200, rd=96,
+                                    style=1),
+    "decode_bf16_d96_generic": dict(dtype=BF16, B=2, S=1, H=5, Hkv=5, D=96, lens=[1, 4098], Tmax=4099, alibi=True),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_softmax_context_matches_reference(name, seed):
+    case = dict(CASES[name])
+    _check_case(seed, case.pop("dtype"), **case)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [F16, BF16])
+@pytest.mark.parametrize("S", [1, 97])
+def test_overflow_raises_and_writes_nothing(dtype, S, seed):
+    B, H, D, Tmax = 3, 4, 128, 300
+    qkv, pk, pv = _make(dtype, B, S, H, H, D, None, Tmax, seed)
+    k0, v0 = pk.clone(), pv.clone()
+    bad_sets = [
+        ([10, Tmax - S + 1, 0], None, 1),      # seq_lens[1] + S > Tmax
+        ([10, 0, -1], None, 2),                # negative seq_lens
+        ([10, 0, 5], [0, S + 1, 0], 1),        # start_pos beyond seq_lens + S
+    ]
+    for lens, starts, bad in bad_sets:
+        out = torch.full((B, S, H * D), 7.0, dtype=dtype, device="cuda")
+        seq_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")
+        st = torch.tensor(starts, dtype=torch.int32, device="cuda") if starts else None
+        with pytest.raises(ValueError, match=rf"row b={bad}\b"):
+            attention.softmax_context(qkv, pk, pv, seq_lens, st, num_heads=H, head_size=D, rotary_dim=64, out=out)
+        assert torch.equal(pk, k0) and torch.equal(pv, v0), "a rejected call wrote the cache"
+        assert bool((out == 7.0).all()), "a rejected call wrote the context"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [F16, BF16])
+def test_prefill_then_decode_equals_one_prefill(dtype, seed):
+    """Prefill of P tokens then single-token decode steps == one prefill of the whole sequence."""
+    from dsattn.export import ops
+
+    B, H, Hkv, D, P, steps, Tmax = 2, 6, 2, 128, 60, 4, 80
+    kw = dict(num_heads=H, num_kv_heads=Hkv, head_size=D, rotary_dim=128, alibi_slopes=_alibi(H))
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    qkv = torch.randn(B, P + steps, (H + 2 * Hkv) * D, generator=g, device="cuda").to(dtype)
+    starts = torch.tensor([0, 5], dtype=torch.int32, device="cuda")
+    init = torch.randn(B, Hkv, Tmax, D, generator=g, device="cuda").to(dtype)
+    pk1, pv1 = init.clone(), init.clone()
+    outs = [attention.softmax_context(qkv[:, :P].contiguous(), pk1, pv1,
+                                      torch.zeros(B, dtype=torch.int32, device="cuda"), starts, **kw)]
+    for t in range(steps):
+        lens = torch.full((B,), P + t, dtype=torch.int32, device="cuda")
+        outs.append(attention.softmax_context(qkv[:, P + t:P + t + 1].contiguous(), pk1, pv1, lens, starts, **kw))
+    stepwise = torch.cat(outs, 1)
+    pk2, pv2 = init.clone(), init.clone()
+    whole = attention.softmax_context(qkv, pk2, pv2, torch.zeros(B, dtype=torch.int32, device="cuda"), starts, **kw)
+    ref, ref_k, _ = ops.softmax_context(qkv.float(), init.float(), init.float(),
+                                        torch.zeros(B, dtype=torch.int32, device="cuda"), starts, **kw)
+    err = (stepwise.float() - ref).abs().max().item()
+    err_whole = (whole.float() - ref).abs().max().item()
+    assert err <= max(2 * err_whole, FLOOR[dtype]), f"stepwise error {err:.3g} vs one-prefill error {err_whole:.3g}"
+    # The decode kernel and the append kernel rotate k with the same fp32 formula: identical caches.
+    assert torch.equal(pk1, pk2) and torch.equal(pv1, pv2)
+
+
+@pytest.mark.gpu
+def test_bad_arguments_raise():
+    dev = "cuda"
+    qkv = torch.randn(1, 1, 3 * 4 * 64, device=dev, dtype=F16)
+    pk = torch.zeros(1, 4, 16, 64, device=dev, dtype=F16)
+    lens = torch.zeros(1, dtype=torch.int32, device=dev)
+    with pytest.raises(ValueError, match="num_kv_heads=3"):
+        attention.softmax_context(qkv, pk, pk.clone(), lens, num_heads=4, num_kv_heads=3, head_size=64)
+    with pytest.raises(ValueError, match="head_size=60"):
+        attention.softmax_context(qkv, pk, pk.clone(), lens, num_heads=4, head_size=60)
+    with pytest.raises(TypeError, match="seq_lens"):
+        attention.softmax_context(qkv, pk, pk.clone(), lens.long(), num_heads=4, head_size=64)
+    with pytest.raises(ValueError, match="rotary_dim=3"):
+        attention.softmax_context(qkv, pk, pk.clone(), lens, num_heads=4, head_size=64, rotary_dim=3)
+    strided = torch.zeros(1, 4, 16, 128, device=dev, dtype=F16)[..., ::2]
+    with pytest.raises(ValueError, match="contiguous"):
+        attention.softmax_context(qkv, strided, pk.clone(), lens, num_heads=4, head_size=64)
