@@ -444,7 +444,7 @@ def _as_f32(a: np.ndarray) -> np.ndarray:
 def _compare(case: str, runtime: str, ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
              tols: Mapping[str, tuple[float, float]], out_types: Mapping[str, int]) -> list[ReportRow]:
     """Polygraphy comparison of one runtime's outputs against the fp32 reference."""
-    from polygraphy.comparator import Comparator, CompareFunc, RunResults
+    from polygraphy.comparator import Comparator, RunResults
     from polygraphy.comparator.struct import IterationResult
     from polygraphy.logger import G_LOGGER
 
@@ -454,8 +454,14 @@ def _compare(case: str, runtime: str, ref: Mapping[str, np.ndarray], got: Mappin
     rr = RunResults()
     rr.append(("reference-fp32", [IterationResult(ref32, runner_name="reference-fp32")]))
     rr.append((runtime, [IterationResult(got32, runner_name=runtime)]))
-    func = CompareFunc.simple(atol={n: tols[n][0] for n in names}, rtol={n: tols[n][1] for n in names},
-                              check_error_stat="max")
+    try:
+        from polygraphy.comparator import SimpleCompareFunc as make_func
+    except ImportError:  # Polygraphy < 0.50
+        from polygraphy.comparator import CompareFunc
+
+        make_func = CompareFunc.simple
+    func = make_func(atol={n: tols[n][0] for n in names}, rtol={n: tols[n][1] for n in names},
+                     check_error_stat="max")
     old = G_LOGGER.module_severity
     G_LOGGER.module_severity = G_LOGGER.ERROR  # the table below replaces Polygraphy's long log
     try:
