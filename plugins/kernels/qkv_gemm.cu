@@ -385,12 +385,16 @@ stream_gemm_kernel(const T* __restrict__ a, const T* __restrict__ w, const T* __
 template <typename T, typename C>
 cudaError_t launch_stream(const T* a, const T* w, const T* bias, T* out, int M, int N, int K,
                           bool pdl, cudaStream_t stream) {
-  static bool attr_done = false;  // benign race: setting the attribute twice is harmless
-  if (!attr_done) {
-    cudaError_t e = cudaFuncSetAttribute(stream_gemm_kernel<T, C>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
+  // The >48 KB dynamic shared-memory opt-in is per device; benign race (setting it twice is harmless).
+  static bool attr_done[64] = {};
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  if (dev >= 64 || !attr_done[dev]) {
+    e = cudaFuncSetAttribute(stream_gemm_kernel<T, C>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)C::SMEM);
     if (e != cudaSuccess) return e;
-    attr_done = true;
+    if (dev < 64) attr_done[dev] = true;
   }
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3((unsigned)((N + C::BN - 1) / C::BN));
@@ -777,8 +781,10 @@ cudaError_t dsattn_qkv_gemm(dsattn_gemm_ctx* ctx, const dsattn_qkv_gemm_params* 
   if (p->norm_type == DSATTN_NORM_LAYERNORM && !p->beta) return cudaErrorInvalidValue;
   if (p->emit_normed && !p->normed) return cudaErrorInvalidValue;
   if (p->quantized && !p->weight_scale) return cudaErrorInvalidValue;
-  const void* elem_ptrs[] = {p->input, p->bias, p->gamma, p->beta, p->qkv, p->normed,
-                             p->quantized ? nullptr : p->weight};
+  // Only the pointers this call uses (ignored fields may hold anything).
+  const void* elem_ptrs[] = {p->input, p->bias, p->norm_type != DSATTN_NORM_NONE ? p->gamma : nullptr,
+                             p->norm_type == DSATTN_NORM_LAYERNORM ? p->beta : nullptr, p->qkv,
+                             p->emit_normed ? p->normed : nullptr, p->quantized ? nullptr : p->weight};
   for (const void* q : elem_ptrs)
     if (q && !aligned(q, es)) return cudaErrorInvalidValue;
   if (p->quantized && !aligned(p->weight_scale, 4)) return cudaErrorInvalidValue;
@@ -800,7 +806,7 @@ cudaError_t dsattn_qkv_gemm(dsattn_gemm_ctx* ctx, const dsattn_qkv_gemm_params* 
     normalized = true;
   }
   if (path == Path::kStream) {
-    const bool al = aligned(a, 16) && aligned(p->weight, 16) && aligned(p->input, 16);
+    const bool al = aligned(a, 16) && aligned(p->weight, 16);  // 16-byte cp.async of a and W
     if (!al) path = Path::kLt;  // sized without the Lt workspace: Lt runs with what is left
   }
   cudaError_t e = cudaSuccess;

@@ -78,7 +78,9 @@ size_t dsattn_qkv_gemm_workspace_size(const dsattn_qkv_gemm_params* p);
 // emit_normed not 0/1; epsilon negative or not finite; group_size != 0 with quantized=0; NULL
 // input / weight / qkv when M > 0; NULL gamma (norm_type != 0) or beta (norm_type == 1); NULL
 // normed with emit_normed=1; NULL weight_scale with quantized=1; pointers not aligned to their
-// element size; workspace NULL or smaller than dsattn_qkv_gemm_workspace_size(p) when that is > 0.
+// normed with emit_normed=1; NULL weight_scale with quantized=1; pointers not aligned to their
+// element size; workspace NULL or smaller than dsattn_qkv_gemm_workspace_size(p) when that is > 0,
+// or not 256-byte aligned.
 // quantized=1 with dtype or sizes int8_matmul rejects: its error. cuBLASLt failures:
 // cudaErrorNotSupported (no algorithm) or cudaErrorUnknown. Otherwise the launch error.
 // Asynchronous: errors in the kernels themselves surface later.
