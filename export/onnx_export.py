@@ -1,0 +1,291 @@
+"""ONNX export of dsattn modules with the dsattn custom ops (OPS.md).
+
+``torch.onnx.export(dynamo=True)`` traces the module; a ``custom_translation_table`` maps each
+``torch.ops.dsattn.*`` op to a translation that emits one ``dsattn::<Op>`` node carrying the OPS.md
+attributes plus ``plugin_version="1"`` and ``plugin_namespace="dsattn"`` (what TensorRT's ONNX
+parser needs to find the plugin creator). The translations are trace-only Python functions
+(as torchlib's ``trace_only`` functions): they decide in Python which attributes exist (an empty
+``alibi_slopes`` list must be omitted, since an empty FLOATS attribute has no type) and how many
+outputs QKVGemm has. Their signatures mirror the custom-op schemas positionally (torch.export
+passes every argument positionally; the schemas have no defaults, so none can be dropped).
+
+The op schemas are registered with ``onnx.defs`` (``register_onnx_schemas``) so that
+``onnx.checker`` validates dsattn nodes (inputs, outputs, attribute types) like standard ones.
+
+Graph I/O: inputs ``hidden_states`` T [B, S, hidden], ``past_key`` / ``past_value``
+T [B, Hkv, Tmax, D], ``seq_lens`` int32 [B], ``start_pos`` int32 [B]; outputs ``output``
+T [B, S, hidden], ``present_key``, ``present_value`` T [B, Hkv, Tmax, D]. B and S are dynamic
+(``dynamic=True``), Tmax is the fixed cache capacity.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Union
+
+import onnx
+import torch
+from onnx import TensorProto, defs, helper
+
+from . import ops
+from .modules import DeepSpeedSelfAttention, KVCache
+
+__all__ = ["export_onnx", "register_onnx_schemas", "translation_table", "INPUT_NAMES", "OUTPUT_NAMES",
+           "IR_VERSION", "OPSET"]
+
+INPUT_NAMES = ("hidden_states", "past_key", "past_value", "seq_lens", "start_pos")
+OUTPUT_NAMES = ("output", "present_key", "present_value")
+IR_VERSION = 10  # ONNX Runtime >= 1.16 and TensorRT 10/11 read IR 10; must stay <= 13
+OPSET = 18  # default ONNX opset (torchlib builds at 18)
+_COMMON = dict(plugin_version=str(ops.OP_VERSION), plugin_namespace=ops.DOMAIN)
+_TWO_GB = 2 * 1024**3
+
+
+# ------------------------------------------------------------------------------------------------
+# ONNX op schemas
+# ------------------------------------------------------------------------------------------------
+
+def register_onnx_schemas() -> None:
+    """Register the dsattn op schemas (domain ``dsattn``, version 1) with ``onnx.defs``; idempotent."""
+    OS = defs.OpSchema
+    F = OS.FormalParameterOption
+    A = OS.AttrType
+
+    def inp(name, ty, optional=False):
+        return OS.FormalParameter(name, ty, "", param_option=F.Optional if optional else F.Single)
+
+    def attr(name, default):  # attribute with an OPS.md default
+        return OS.Attribute(name, helper.make_attribute(name, default), "")
+
+    def req(name, ty, required=True):
+        return OS.Attribute(name, ty, "", required=required)
+
+    floats = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
+    common = [req("plugin_version", A.STRING, False), req("plugin_namespace", A.STRING, False)]
+    schemas = [
+        OS("QKVGemm", ops.DOMAIN, ops.OP_VERSION, "dsattn QKVGemm (OPS.md §1)",
+           inputs=[inp("input", "T"), inp("weight", "W"), inp("bias", "T", True), inp("gamma", "T", True),
+                   inp("beta", "T", True), inp("weight_scale", "tensor(float)", True)],
+           outputs=[inp("qkv", "T"), inp("normed", "T", True)],
+           type_constraints=[("T", floats, ""), ("W", floats + ["tensor(int8)"], "")],
+           attributes=[attr("norm_type", 1), attr("epsilon", 1e-5), attr("quantized", 0), attr("group_size", 0),
+                       attr("emit_normed", 0)] + common),
+        OS("SoftmaxContext", ops.DOMAIN, ops.OP_VERSION, "dsattn SoftmaxContext (OPS.md §2)",
+           inputs=[inp("qkv", "T"), inp("past_key", "T"), inp("past_value", "T"), inp("seq_lens", "tensor(int32)"),
+                   inp("start_pos", "tensor(int32)", True)],
+           outputs=[inp("context", "T"), inp("present_key", "T"), inp("present_value", "T")],
+           type_constraints=[("T", floats, "")],
+           attributes=[req("num_heads", A.INT), req("num_kv_heads", A.INT, False), req("head_size", A.INT),
+                       req("scale", A.FLOAT, False), attr("qkv_layout", 0), attr("causal", 1),
+                       attr("local_window", 0), attr("rotary_dim", 0), attr("rotary_style", 0),
+                       attr("rope_theta", 10000.0), req("alibi_slopes", A.FLOATS, False)] + common),
+        OS("Int8MatMul", ops.DOMAIN, ops.OP_VERSION, "dsattn Int8MatMul (OPS.md §3)",
+           inputs=[inp("input", "T"), inp("weight", "tensor(int8)"), inp("weight_scale", "tensor(float)"),
+                   inp("bias", "T", True)],
+           outputs=[inp("output", "T")], type_constraints=[("T", floats, "")],
+           attributes=[attr("group_size", 0)] + common),
+    ]
+    for s in schemas:
+        if not defs.has(s.name, s.domain):
+            defs.register_schema(s)
+
+
+# ------------------------------------------------------------------------------------------------
+# translations (custom op -> dsattn node)
+# ------------------------------------------------------------------------------------------------
+
+def _opset():
+    import onnxscript
+
+    register_onnx_schemas()
+    return onnxscript.values.Opset(ops.DOMAIN, ops.OP_VERSION)
+
+
+def _qkv_gemm_translation(input, weight, bias, gamma, beta, weight_scale, norm_type, epsilon, quantized,
+                          group_size, emit_normed):
+    outs = _opset().QKVGemm(input, weight, bias, gamma, beta, weight_scale, norm_type=norm_type,
+                            epsilon=epsilon, quantized=quantized, group_size=group_size,
+                            emit_normed=emit_normed, **_COMMON)
+    # The schema declares the optional output `normed`; without emit_normed the node keeps only
+    # `qkv` (the unused output is dropped in _post_process).
+    return list(outs) if emit_normed else [outs[0]]
+
+
+def _softmax_context_translation(qkv, past_key, past_value, seq_lens, start_pos, num_heads, num_kv_heads,
+                                 head_size, scale, qkv_layout, causal, local_window, rotary_dim, rotary_style,
+                                 rope_theta, alibi_slopes):
+    kw = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_size=head_size, scale=scale,
+              qkv_layout=qkv_layout, causal=causal, local_window=local_window, rotary_dim=rotary_dim,
+              rotary_style=rotary_style, rope_theta=rope_theta)
+    if alibi_slopes:  # an empty FLOATS attribute cannot be typed: absent means "no alibi"
+        kw["alibi_slopes"] = [float(s) for s in alibi_slopes]
+    return _opset().SoftmaxContext(qkv, past_key, past_value, seq_lens, start_pos, **kw, **_COMMON)
+
+
+def _int8_matmul_translation(input, weight, weight_scale, bias, group_size):
+    return _opset().Int8MatMul(input, weight, weight_scale, bias, group_size=group_size, **_COMMON)
+
+
+def translation_table() -> dict:
+    """``custom_translation_table`` for ``torch.onnx.export`` covering the three dsattn ops."""
+    return {torch.ops.dsattn.qkv_gemm.default: _qkv_gemm_translation,
+            torch.ops.dsattn.softmax_context.default: _softmax_context_translation,
+            torch.ops.dsattn.int8_matmul.default: _int8_matmul_translation}
+
+
+# ------------------------------------------------------------------------------------------------
+# export
+# ------------------------------------------------------------------------------------------------
+
+class _Flat(torch.nn.Module):
+    """Flat tensor I/O around a dsattn module (the graph I/O of the contract)."""
+
+    def __init__(self, module: DeepSpeedSelfAttention):
+        super().__init__()
+        self.m = module
+
+    def forward(self, hidden_states, past_key, past_value, seq_lens, start_pos):
+        out, cache = self.m(hidden_states, KVCache(past_key, past_value, seq_lens, start_pos))
+        return out, cache.key, cache.value
+
+
+_ONNX_OF_TORCH = {torch.float32: TensorProto.FLOAT, torch.float16: TensorProto.FLOAT16,
+                  torch.bfloat16: TensorProto.BFLOAT16}
+
+
+def _post_process(model: onnx.ModelProto, T: int) -> onnx.ModelProto:
+    """Fix what the exporter leaves: leaked `_outputs`, unused optional outputs, IR version,
+    opset import; then check that every float tensor is T (weight_scale float32 excepted)."""
+    g = model.graph
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    scale_inputs = set()
+    for n in g.node:
+        if n.domain != ops.DOMAIN:
+            continue
+        keep = [a for a in n.attribute if a.name != "_outputs"]
+        del n.attribute[:]
+        n.attribute.extend(keep)
+        if n.op_type == "QKVGemm" and len(n.output) > 1 and not any(
+                a.name == "emit_normed" and a.i for a in n.attribute):
+            if n.output[1] in used:
+                raise RuntimeError(f"QKVGemm {n.name}: output {n.output[1]} used although emit_normed=0")
+            del n.output[1:]
+        if n.op_type == "QKVGemm" and len(n.input) > 5 and n.input[5]:
+            scale_inputs.add(n.input[5])
+        if n.op_type == "Int8MatMul":
+            scale_inputs.add(n.input[2])
+    others = [o for o in model.opset_import if o.domain != ops.DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(others + [helper.make_opsetid(ops.DOMAIN, ops.OP_VERSION)])
+    model.ir_version = IR_VERSION
+
+    float_types = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+    stray = []
+    for init in g.initializer:
+        if init.data_type in float_types and init.data_type != T and init.name not in scale_inputs:
+            stray.append(f"initializer {init.name} ({TensorProto.DataType.Name(init.data_type)})")
+        if init.name in scale_inputs and init.data_type != TensorProto.FLOAT:
+            stray.append(f"weight_scale {init.name} must be float32")
+    for n in g.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.t and a.t.data_type in float_types and a.t.data_type != T:
+                    stray.append(f"Constant {n.output[0]} ({TensorProto.DataType.Name(a.t.data_type)})")
+        if n.op_type == "Cast":
+            for a in n.attribute:
+                if a.name == "to" and a.i in float_types and a.i != T:
+                    stray.append(f"Cast {n.output[0]} to {TensorProto.DataType.Name(a.i)}")
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        et = vi.type.tensor_type.elem_type
+        if et in float_types and et != T and vi.name not in scale_inputs:
+            stray.append(f"value {vi.name} ({TensorProto.DataType.Name(et)})")
+    if stray:
+        raise RuntimeError("exported graph has tensors outside the module dtype "
+                           f"{TensorProto.DataType.Name(T)}: " + "; ".join(stray))
+    return model
+
+
+def _check_positive(name: str, v) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return v
+
+
+def export_onnx(module: DeepSpeedSelfAttention, path: Union[str, os.PathLike], *, batch: int, seq: int,
+                capacity: int, dynamic: bool = True, opset: int = OPSET) -> str:
+    """Export ``module`` to an ONNX model with dsattn custom ops; returns the path written.
+
+    batch, seq: example batch size and new-token count (with ``dynamic=True`` both axes are
+    dynamic and the example is traced with at least 2 of each, since torch.export specializes
+    sizes 0 and 1); capacity: KV-cache capacity Tmax (static). Weights are initializers, stored
+    as external data (``<file>.data``) when the model exceeds 2 GB. The model is checked with
+    ``onnx.checker`` before returning.
+    """
+    if not isinstance(module, DeepSpeedSelfAttention):
+        raise TypeError(f"module must be a DeepSpeedSelfAttention/BloomSelfAttention, got {type(module).__name__}")
+    _check_positive("batch", batch)
+    _check_positive("seq", seq)
+    _check_positive("capacity", capacity)
+    if seq > capacity:
+        raise ValueError(f"seq={seq} exceeds capacity={capacity}")
+    if not isinstance(dynamic, bool):
+        raise TypeError(f"dynamic must be a bool, got {dynamic!r}")
+    if not isinstance(opset, int) or not 18 <= opset <= 23:
+        raise ValueError(f"opset must be an int in [18, 23], got {opset!r}")
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise ValueError(f"path must end in .onnx, got {str(path)!r}")
+    register_onnx_schemas()
+
+    c = module.config
+    T = module.activation_dtype
+    dev = module.attn_qkvw.device
+    B, S = (max(batch, 2), max(seq, 2)) if dynamic else (batch, seq)
+    if S > capacity:
+        raise ValueError(f"dynamic export traces with seq >= 2, which exceeds capacity={capacity}")
+    Hkv, D = c.kv_heads_per_partition, c.head_size
+    args = (torch.randn(B, S, c.hidden_size, dtype=T, device=dev),
+            torch.zeros(B, Hkv, capacity, D, dtype=T, device=dev),
+            torch.zeros(B, Hkv, capacity, D, dtype=T, device=dev),
+            torch.zeros(B, dtype=torch.int32, device=dev),
+            torch.zeros(B, dtype=torch.int32, device=dev))
+    dyn = None
+    if dynamic:
+        bd = torch.export.Dim("batch", min=1)
+        sd = torch.export.Dim("seq", min=1, max=capacity)
+        dyn = {"hidden_states": {0: bd, 1: sd}, "past_key": {0: bd}, "past_value": {0: bd},
+               "seq_lens": {0: bd}, "start_pos": {0: bd}}
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            prog = torch.onnx.export(_Flat(module).eval(), args, dynamo=True, input_names=list(INPUT_NAMES),
+                                     output_names=list(OUTPUT_NAMES), dynamic_shapes=dyn, opset_version=opset,
+                                     custom_translation_table=translation_table(), optimize=True,
+                                     external_data=False, verbose=False)
+    finally:
+        module.train(was_training)
+    model = _post_process(prog.model_proto, _ONNX_OF_TORCH[T])
+    meta = {"dsattn.config": json.dumps(c.to_dict()), "dsattn.module": type(module).__name__,
+            "dsattn.quantized": str(int(module.quantized)), "dsattn.capacity": str(capacity)}
+    for k, v in meta.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    big = model.ByteSize() > _TWO_GB - 64 * 1024**2 if _fits_bytesize(model) else True
+    if big:
+        data = path.name + ".data"
+        if (path.parent / data).exists():
+            (path.parent / data).unlink()  # onnx appends to an existing data file
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data, size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+    return str(path)
+
+
+def _fits_bytesize(model: onnx.ModelProto) -> bool:
+    """ByteSize() itself fails on protos past 2 GB; count initializer bytes first."""
+    total = sum(len(t.raw_data) for t in model.graph.initializer)
+    return total < _TWO_GB - 64 * 1024**2
