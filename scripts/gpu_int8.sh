@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Int8MatMul on the H100 in one device call: build the kernels library, the int8 GPU tests,
+# compute-sanitizer memcheck on small cases of every path, SASS summary, benchmark.
+# Logs go to $OUT (or ./gpu-out). Prints a short summary last.
+#   DSATTN_INT8_STANDALONE=1: build only int8_matmul.cu into the default library path with nvcc
+#   (when other kernels do not build yet); otherwise the CMake target dsattn_kernels.
+set -uo pipefail
+out="${OUT:-gpu-out}"; mkdir -p "$out"
+summary=()
+step() { local name="$1"; shift; local t0=$SECONDS
+  if "$@" >"$out/$name.log" 2>&1; then summary+=("PASS  $name ($((SECONDS-t0)) s)")
+  else summary+=("FAIL  $name ($((SECONDS-t0)) s): $(tail -3 "$out/$name.log" | tr '\n' ' ' | cut -c1-300)"); fi; }
+export PATH="/usr/local/cuda/bin:/usr/local/cuda-13.0/bin:$PATH"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$out/card.txt"
+step install python3 -m pip install -q --no-deps --no-build-isolation -e .
+lib=build/plugins/kernels/libdsattn_kernels.so
+build_standalone() { mkdir -p build/plugins/kernels && nvcc -std=c++17 -O3 -lineinfo --expt-relaxed-constexpr \
+  -gencode=arch=compute_90a,code=sm_90a -Xptxas=-v -shared -Xcompiler -fPIC -cudart shared \
+  -Iplugins/kernels plugins/kernels/int8_matmul.cu -o "$lib"; }
+build_cmake() { cmake -S plugins -B build/plugins -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
+  && cmake --build build/plugins -j16 --target dsattn_kernels; }
+if [ "${DSATTN_INT8_STANDALONE:-0}" = 1 ]; then step build build_standalone
+else step build build_cmake; [ -f "$lib" ] || step build_standalone build_standalone; fi
+sass_summary() { cuobjdump -sass "$lib" > "$out/all.sass" && python3 - "$out/all.sass" <<'PY'
+import re, sys, collections
+fn, counts = None, collections.defaultdict(collections.Counter)
+for line in open(sys.argv[1]):
+    m = re.search(r"Function : (\S+)", line)
+    if m: fn = m.group(1); continue
+    if fn and "int8" in fn:
+        m = re.search(r"\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]+)(\.[A-Z0-9_.]+)?", line)
+        if m and m.group(1) in ("HMMA", "LDG", "LDGSTS", "LDS", "STS", "STL", "LDL", "PRMT", "STG", "HADD2", "FADD", "LOP3", "SHFL"):
+            counts[fn][m.group(1) + (m.group(2) or "")] += 1
+for fn, c in counts.items():
+    print(fn[:110]); print("   ", dict(sorted(c.items())))
+PY
+rm -f "$out/all.sass"; }
+step sass sass_summary
+step pytest python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels_int8.py
+cat > /tmp/int8_sanitize.py <<'PY'
+import torch
+from dsattn.tools.kernels import int8
+from dsattn.export import ops
+torch.manual_seed(0)
+for dt in (torch.float16, torch.bfloat16, torch.float32):
+    for (M, N, K, g, path) in [(3, 37, 1040, 16, 1), (9, 130, 1152, 128, 1), (17, 64, 4096, 0, 1), (130, 131, 1040, 0, 2),
+                               (5, 99, 1152, 64, 2), (70, 33, 960, 32, 0)]:
+        if dt == torch.float32: path = 3
+        x = torch.randn(M, K, device="cuda").to(dt)
+        q = torch.randint(-128, 128, (N, K), dtype=torch.int8, device="cuda")
+        s = torch.rand(N, 1 if g == 0 else K // g, device="cuda") / 1000
+        b = torch.randn(N, device="cuda").to(dt)
+        y = int8.int8_matmul(x, q, s, b, group_size=g, path=path)
+        ref = ops.int8_matmul(x.float(), q, s, b.float(), group_size=g)
+        torch.cuda.synchronize()
+        print(dt, M, N, K, g, path, (y.float() - ref).abs().max().item())
+PY
+step sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 python3 /tmp/int8_sanitize.py
+if [ "${DSATTN_SKIP_BENCH:-0}" != 1 ]; then
+  step bench python3 -m dsattn.tools.bench_int8 ${DSATTN_BENCH_ARGS:-} --json "$out/bench_int8.json"
+fi
+echo; echo "== summary =="; printf '%s\n' "${summary[@]}"
+grep -E "passed|failed" "$out/pytest.log" | tail -2
+grep -E "ERROR SUMMARY" "$out/sanitizer.log" | tail -1
+head -60 "$out/sass.log"
+grep -E "^\| |^card" "$out/bench.log" 2>/dev/null
