@@ -100,6 +100,19 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {
   return __ldcs(reinterpret_cast<const uint4*>(p));
 }
 
+// 16-byte vector (dims d0 .. d0+VEC-1) of new token s's key (rotated, rounded to T exactly as the
+// cache will hold it) or value, read from qkv.
+template <typename T, int VEC>
+__device__ __noinline__ uint4 new_token_vec(const Args a, int b, int hk, int s, int seq, int s0, int d0, bool key) {
+  union { uint4 u; T e[VEC]; } r;
+  const T* row = static_cast<const T*>(a.qkv) + qkv_row(a, b, s) + (key ? k_off(a, hk) : v_off(a, hk));
+  const float pos = (float)(seq + s - s0);
+#pragma unroll
+  for (int e = 0; e < VEC; ++e)
+    r.e[e] = key && a.rotary_dim ? from_f<T>(rope_elem(row, d0 + e, a, pos)) : row[d0 + e];
+  return r.u;
+}
+
 template <typename T, int D, int RMAX>
 __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, float* part_lse, int nsplit) {
   constexpr int VEC = 16 / sizeof(T);
@@ -172,33 +185,34 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
   const int c_hi = min(hi, c_lo + chunk);
   const int64_t cache_base = cache_off(a, b, hk, 0) + tx * VEC;
 
-  for (int base = c_lo; base < c_hi; base += KSTEP * UNROLL) {
-    union V16 { uint4 u; T e[VEC]; };
-    V16 kr[UNROLL], vr[UNROLL];
-    int jj[UNROLL];
+  union V16 { uint4 u; T e[VEC]; };
+  // Loads of one step (UNROLL keys per thread); the next step's loads are issued before the current
+  // step's math so that each thread keeps 2 * UNROLL * 32 bytes in flight.
+  auto load_step = [&](int base, V16* kr, V16* vr) {
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
       const int j = base + u * KSTEP + slot;
-      jj[u] = j;
       kr[u].u = make_uint4(0, 0, 0, 0);
       vr[u].u = make_uint4(0, 0, 0, 0);
       if (j < c_hi) {
         if (j < seq) {
           kr[u].u = ld_stream(kc + cache_base + (int64_t)j * D);
           vr[u].u = ld_stream(vc + cache_base + (int64_t)j * D);
-        } else {  // a new token: rotated k from qkv, rounded to T exactly as the cache holds it
-          const int s = j - seq;
-          const T* row = qkv + qkv_row(a, b, s);
-          const float pos = (float)(j - s0);
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) {
-            const int d = tx * VEC + e;
-            kr[u].e[e] = a.rotary_dim ? from_f<T>(rope_elem(row + k_off(a, hk), d, a, pos)) : row[k_off(a, hk) + d];
-            vr[u].e[e] = row[v_off(a, hk) + d];
-          }
+        } else {  // a new token (rare: S keys per row): out of line, keeps registers for the stream
+          kr[u].u = new_token_vec<T, VEC>(a, b, hk, j - seq, seq, s0, tx * VEC, true);
+          vr[u].u = new_token_vec<T, VEC>(a, b, hk, j - seq, seq, s0, tx * VEC, false);
         }
       }
     }
+  };
+  V16 kr[UNROLL], vr[UNROLL];
+  if (c_lo < c_hi) load_step(c_lo, kr, vr);
+  for (int base = c_lo; base < c_hi; base += KSTEP * UNROLL) {
+    V16 nk[UNROLL], nv[UNROLL];
+    if (base + KSTEP * UNROLL < c_hi) load_step(base + KSTEP * UNROLL, nk, nv);
+    int jj[UNROLL];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) jj[u] = base + u * KSTEP + slot;
     float x[UNROLL][RMAX];
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
@@ -235,6 +249,11 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
         for (int e = 0; e < VEC; ++e) acc[r][e] = fmaf(pu, to_f(vr[u].e[e]), acc[r][e]);
       }
       m[r] = mx;
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      kr[u] = nk[u];
+      vr[u] = nv[u];
     }
   }
 
@@ -381,13 +400,15 @@ bool decode_supported(const dsattn_softmax_context_params& p) {
   return p.head_size == 64 || p.head_size == 128 || p.head_size == 256;
 }
 
-// Chunks per row for the decode split: as many as fit one wave of ~4 CTAs per SM (the decode
-// kernels use <= 128 registers x 128 threads at RMAX <= 4), chunks >= kMinSplitKeys keys (bounded
-// by Tmax: the real lengths live on the device). Rounded down: a second, partial wave would cost
-// a whole chunk's time.
+// Chunks per row for the decode split: as many as fit one wave of resident CTAs (ptxas: 128
+// registers x 128 threads at RMAX 1 -> 4 CTAs per SM, ~155 at RMAX 4 -> 3, ~230 at RMAX 8 -> 2),
+// chunks >= kMinSplitKeys keys (bounded by Tmax: the real lengths live on the device). Rounded
+// down: a second, partial wave would cost a whole chunk's time.
 int decode_splits(const dsattn_softmax_context_params& p) {
+  const int64_t rows = p.seq_len * (p.num_heads / p.num_kv_heads);
+  const int64_t per_sm = rows <= 1 ? 4 : (rows <= 4 ? 3 : 2);
   const int64_t ctas = p.batch * p.num_kv_heads;
-  const int64_t slots = 4LL * sm_count();
+  const int64_t slots = per_sm * sm_count();
   int64_t n = slots / ctas;
   n = std::min<int64_t>(n, (p.max_seq_len + kMinSplitKeys - 1) / kMinSplitKeys);
   n = std::min<int64_t>(n, kMaxSplits);

@@ -1,0 +1,42 @@
+"""Small SoftmaxContext calls covering every kernel (decode + combine, decode without split, append +
+tensor-core prefill, generic fp32 / odd-head-size path, the rejected-row path), for
+`compute-sanitizer --tool memcheck|racecheck python3 scripts/attn_sanitize.py`. Checks results
+loosely (the pytest suite does the accuracy rule); exits nonzero on any failure."""
+import sys
+
+import torch
+
+from dsattn.export import ops
+from dsattn.tools.kernels import attention
+
+
+def case(dtype, B, S, H, Hkv, D, lens, Tmax, **kw):
+    qkv = torch.randn(B, S, (H + 2 * Hkv) * D, device="cuda").to(dtype)
+    pk = torch.randn(B, Hkv, Tmax, D, device="cuda").to(dtype)
+    pv = torch.randn(B, Hkv, Tmax, D, device="cuda").to(dtype)
+    sl = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    ref, _, _ = ops.softmax_context(qkv.float(), pk.float(), pv.float(), sl, None, num_heads=H,
+                                    num_kv_heads=Hkv, head_size=D, **kw)
+    ctx = attention.softmax_context(qkv, pk, pv, sl, num_heads=H, num_kv_heads=Hkv, head_size=D, **kw)
+    err = (ctx.float() - ref).abs().max().item()
+    ok = err < 0.05
+    print(f"{dtype} B={B} S={S} H={H}/{Hkv} D={D} lens={lens}: err {err:.2e} {'ok' if ok else 'FAIL'}")
+    return ok
+
+
+ok = True
+ok &= case(torch.float16, 2, 1, 4, 2, 128, [5, 300], 310, rotary_dim=128, alibi_slopes=[0.1, 0.2, 0.3, 0.4])
+ok &= case(torch.bfloat16, 64, 1, 4, 4, 64, list(range(64)), 70, rotary_dim=32, rotary_style=1)
+ok &= case(torch.bfloat16, 2, 2, 8, 2, 256, [0, 77], 80, local_window=20)
+ok &= case(torch.float16, 2, 70, 3, 3, 128, [0, 30], 100, rotary_dim=64, alibi_slopes=[0.1, 0.2, 0.3])
+ok &= case(torch.bfloat16, 1, 65, 4, 1, 64, [3], 70, causal=0)
+ok &= case(torch.float32, 2, 9, 3, 3, 64, [0, 20], 40, rotary_dim=64)
+ok &= case(torch.float16, 2, 1, 3, 3, 96, [0, 20], 40)
+try:
+    case(torch.float16, 2, 3, 2, 2, 64, [0, 39], 40)
+    print("overflow not reported: FAIL")
+    ok = False
+except ValueError as e:
+    print(f"overflow reported: {str(e)[:80]}")
+torch.cuda.synchronize()
+sys.exit(0 if ok else 1)

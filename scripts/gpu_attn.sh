@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# K-attn helper's device call: build the kernels library, SoftmaxContext GPU tests, compute-sanitizer
+# on small cases, then the attention benchmark rows. Logs under $OUT (or ./gpu-out).
+#   usage on the device: bash scripts/gpu_attn.sh [nobench]
+set -uo pipefail
+out="${OUT:-gpu-out}"; mkdir -p "$out"
+summary=()
+step() { # step NAME TIMEOUT CMD...
+  local name="$1" to="$2"; shift 2
+  local t0=$SECONDS
+  if timeout "$to" "$@" >"$out/$name.log" 2>&1; then summary+=("PASS  $name ($((SECONDS-t0)) s)")
+  else summary+=("FAIL  $name ($((SECONDS-t0)) s): $(tail -3 "$out/$name.log" | tr '\n' ' ' | cut -c1-300)"); fi
+}
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader | tee "$out/card.txt"
+step install 120 python3 -m pip install -q --no-deps --no-build-isolation -e .
+python3 -c "import dsattn.tools.kernels.attention" || summary+=("FAIL  import dsattn after install")
+step cmake 60 cmake -S plugins -B build/plugins -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_CUDA_ARCHITECTURES=90a -DDSATTN_BUILD_PLUGINS=OFF -DDSATTN_PTXAS_VERBOSE=ON
+step build 240 cmake --build build/plugins -j16 --target dsattn_kernels
+if [ ! -f build/plugins/kernels/libdsattn_kernels.so ]; then
+  # Others' work in progress may not compile: fall back to this op's files alone.
+  mkdir -p build/plugins/kernels
+  step build_attn_only 180 nvcc -shared -Xcompiler -fPIC -O3 -lineinfo --expt-relaxed-constexpr -std=c++17 \
+    -gencode=arch=compute_90a,code=sm_90a -Iplugins/kernels plugins/kernels/softmax_context.cu \
+    plugins/kernels/softmax_context_prefill.cu -o build/plugins/kernels/libdsattn_kernels.so
+fi
+step pytest_attn 300 python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels_attention.py
+step memcheck 200 compute-sanitizer --tool memcheck --error-exitcode 7 python3 scripts/attn_sanitize.py
+if [ "${1:-bench}" != nobench ]; then
+  step bench 300 python3 -m dsattn.tools.bench_attention
+fi
+echo; echo "== pytest =="; grep -E "passed|failed|Error|assert" "$out/pytest_attn.log" | tail -25
+echo "== sanitizer =="; tail -12 "$out/memcheck.log"
+echo "== bench =="; grep -E "^  softmax|^\| soft|device" "$out/bench.log" 2>/dev/null
+echo "== summary =="; printf '%s\n' "${summary[@]}"
