@@ -82,6 +82,8 @@ SC_CASES = [
     SCCase("non_causal_scale", 2, 1, 16, 10, 4, [0, 3], [1, 0], dict(causal=0, scale=0.3)),
     SCCase("no_start_pos", 2, 2, 8, 9, 3, [4, 0], None),
     SCCase("all_masked_row", 2, 2, 8, 9, 2, [2, 3], [0, 5]),
+    # positions near 1024: rotary angles of hundreds of radians (fp32 conditioning of inv_freq)
+    SCCase("rotary_far_positions", 2, 2, 64, 1030, 2, [1024, 600], [0, 17], dict(rotary_dim=64)),
     SCCase("odd_sizes_alibi_rotary", 3, 1, 24, 37, 5, [0, 31, 17], [0, 4, 17],
            dict(rotary_dim=12, rotary_style=0, alibi_slopes=[0.5, 0.125, 0.03125])),
 ]

@@ -409,6 +409,18 @@ def _lower_int8_matmul(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) -> N
     e.to_t(y, "output", output=node.output[0] or None)
 
 
+def _inv_freq(theta: float, rotary_dim: int) -> np.ndarray:
+    """theta^(-2k/rotary_dim), k < rotary_dim/2, in float32 exactly as the reference (and Hugging
+    Face) compute it with torch: its float32 pow is not correctly rounded, and a 1-ulp difference in
+    inv_freq becomes p * 2^-24 radians at position p (5e-5 at p = 1024), which an fp32 comparison
+    sees. Without torch, the correctly rounded float64 value."""
+    try:
+        import torch
+    except ImportError:
+        return (1.0 / (theta ** (np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim))).astype(np.float32)
+    return (1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))).numpy()
+
+
 def _rotary(e: _Emitter, x: str, cos: str, sin: str, rotary_dim: int, head_size: int, style: int,
             hint: str) -> str:
     """Rotate the first rotary_dim dims of x [B, heads, S, D] (fp32); cos/sin are [B, 1, S, rd/2]."""
@@ -523,7 +535,7 @@ def _lower_softmax_context(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) 
 
     if rd:
         # positions relative to start_pos, in fp32 like the reference; inv_freq as torch computes it
-        inv_freq = (1.0 / (np.float32(theta) ** (np.arange(0, rd, 2, dtype=np.float32) / np.float32(rd))))
+        inv_freq = _inv_freq(theta, rd)
         rel = e.op("Cast", [e.op("Sub", [pos, e.unsqueeze(start, [1], "start_b1")], "rope_pos_i64")],
                    "rope_pos", to=TensorProto.FLOAT)  # [B, S]
         ang = e.op("Mul", [e.unsqueeze(rel, [1, 3], "rope_pos_b1s1"),
