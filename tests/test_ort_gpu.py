@@ -40,7 +40,13 @@ def ort_cuda():
 
 
 def _report(name, errors):
-    print(f"[ort-cuda] {name}: " + ", ".join(f"{k} max abs err {v:.3e}" for k, v in errors.items()))
+    """Print the errors, and append them to $OUT/ort_cuda_errors.txt on the device machine (where
+    the run's outputs come back) so the numbers survive a run that only shows a summary."""
+    line = f"[ort-cuda] {name}: " + ", ".join(f"{k} max abs err {v:.3e}" for k, v in errors.items())
+    print(line)
+    if os.environ.get("OUT"):
+        with open(os.path.join(os.environ["OUT"], "ort_cuda_errors.txt"), "a") as f:
+            f.write(line + "\n")
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
@@ -136,7 +142,11 @@ def test_node_placement_cuda(ort_cuda, dtype, tmp_path):
         args = ev.get("args", {})
         if ev.get("cat") == "Node" and "provider" in args and "op_name" in args:
             where.setdefault(args["op_name"], set()).add(args["provider"].replace("ExecutionProvider", ""))
-    print(f"[ort-cuda] placement {dtype}: " + ", ".join(f"{k}:{'/'.join(sorted(v))}" for k, v in sorted(where.items())))
+    placement = ", ".join(f"{k}:{'/'.join(sorted(v))}" for k, v in sorted(where.items()))
+    print(f"[ort-cuda] placement {dtype}: {placement}")
+    if os.environ.get("OUT"):
+        with open(os.path.join(os.environ["OUT"], "ort_cuda_errors.txt"), "a") as f:
+            f.write(f"[ort-cuda] placement {dtype}: {placement}\n")
     must = ("MatMul", "Exp", "Where", "ReduceMax", "ReduceSum", "Cos", "Sin")
     if dtype != "bfloat16":
         must += ("ScatterND",)
@@ -154,6 +164,9 @@ def test_validate_cuda(ort_cuda, tmp_path, seed):
         onnx.save(sc_model(elem, SC_CASES[3]), path)
         rep = validate(str(path), providers=("cpu", "cuda"), seed=seed, batch=2, seq=5, capacity=11)
         print(rep.table())
+        if os.environ.get("OUT"):
+            with open(os.path.join(os.environ["OUT"], "ort_cuda_errors.txt"), "a") as f:
+                f.write(rep.table() + "\n")
         assert rep.passed
         assert {r.runtime for r in rep.rows} >= {"onnxruntime-cpu", "onnxruntime-cuda"}
 
