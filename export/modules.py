@@ -74,6 +74,10 @@ class KVCache:
         return cls(key, torch.zeros_like(key), torch.zeros(batch, dtype=torch.int32, device=device), sp)
 
 
+# A pytree node, so torch.export / torch.compile can take and return a KVCache directly.
+torch.export.register_dataclass(KVCache, serialized_type_name="dsattn.export.KVCache")
+
+
 def bloom_alibi_slopes(num_heads: int) -> list[float]:
     """ALiBi slopes of HF ``build_alibi_tensor`` (float32 math, as HF computes them)."""
     cp2 = 2 ** math.floor(math.log2(num_heads))

@@ -312,3 +312,19 @@ def test_forward_and_cache_errors():
         KVCache(cache.key, cache.value, cache.seq_lens.long(), cache.start_pos)
     c = m.new_cache(3, 7, start_pos=torch.tensor([0, 1, 2]))
     assert c.key.shape == (3, 6, 7, 8) and c.capacity == 7 and c.batch == 3 and c.start_pos.dtype == torch.int32
+
+
+def test_torch_export_takes_kvcache(seed):
+    torch.manual_seed(seed)
+    m = _make("gqa_rope_half_rms")
+    cache = m.new_cache(2, 6, start_pos=[1, 0])
+    x = torch.randn(2, 3, 64)
+    ep = torch.export.export(m, (x, cache))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert {"dsattn.qkv_gemm.default", "dsattn.softmax_context.default"} <= targets
+    out, new = ep.module()(x, cache)
+    with torch.no_grad():
+        exp, exp_cache = m(x, cache)
+    torch.testing.assert_close(out, exp)
+    assert isinstance(new, KVCache) and new.seq_lens.tolist() == [3, 3]
+    torch.testing.assert_close(new.key, exp_cache.key)
