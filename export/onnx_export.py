@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -259,7 +260,11 @@ def export_onnx(module: DeepSpeedSelfAttention, path: Union[str, os.PathLike], *
     was_training = module.training
     module.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # Notes from torch's own internals, not about this model: pytree API deprecation, and
+            # the same "batch" axis named on several inputs (intended: they share one dimension).
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=r".*axis name: batch will not be used")
             prog = torch.onnx.export(_Flat(module).eval(), args, dynamo=True, input_names=list(INPUT_NAMES),
                                      output_names=list(OUTPUT_NAMES), dynamic_shapes=dyn, opset_version=opset,
                                      custom_translation_table=translation_table(), optimize=True,
