@@ -56,6 +56,48 @@ for dt in (torch.float16, torch.bfloat16, torch.float32):
         print(dt, M, N, K, g, path, (y.float() - ref).abs().max().item())
 PY
 step sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 python3 /tmp/int8_sanitize.py
+# Tiled-kernel variants (-DDSATTN_INT8_TILED_CFG=N: mma.sync tile shapes; 9 = mma.sync default,
+# 0 = wgmma) timed against the default build: DSATTN_INT8_VARIANTS="1 2 9".
+if [ -n "${DSATTN_INT8_VARIANTS:-}" ]; then
+  for v in $DSATTN_INT8_VARIANTS; do
+    (mkdir -p build/int8_v$v && nvcc -std=c++17 -O3 -lineinfo --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a \
+      -shared -Xcompiler -fPIC -cudart shared -DDSATTN_INT8_TILED_CFG=$v -Iplugins/kernels plugins/kernels/int8_matmul.cu \
+      -o build/int8_v$v/libdsattn_kernels.so >"$out/build_v$v.log" 2>&1) &
+  done; wait
+  cat > /tmp/int8_variants.py <<'PY'
+import sys, torch
+from dsattn.tools import bench_int8 as b
+from dsattn.tools.kernels import int8, _lib
+libs = {"default": None, **{f"cfg{v}": f"build/int8_v{v}/libdsattn_kernels.so" for v in sys.argv[1:]}}
+for dt in (torch.float16, torch.bfloat16):
+    for M, group in ((256, 0), (2048, 0), (2048, 128)):
+        sets = b._sets(M, 4096, 12288, group, dt, 3)
+        res = {}
+        for name, path in libs.items():
+            l = _lib.load(path)
+            try:
+                res[name] = b._time_us([lambda s=s: int8.int8_matmul(s["x"], s["q"], s["scale"], None, group_size=group,
+                                         lib=l, out=s["y"], path=int8.PATH_TILED) for s in sets], inner=2, reps=5)
+            except Exception as e:
+                res[name] = float("nan"); print(name, "failed", e)
+        cub = b._time_us([lambda s=s: torch.matmul(s["x"], s["w"].t(), out=s["y"]) for s in sets], inner=2, reps=5)
+        print(dt, f"M={M} g={group}", "cuBLAS %.1f" % cub, " ".join(f"{k} {v:.1f}" for k, v in res.items()), flush=True)
+        del sets; torch.cuda.empty_cache()
+PY
+  step variants python3 /tmp/int8_variants.py $DSATTN_INT8_VARIANTS
+fi
+if command -v ncu >/dev/null && [ "${DSATTN_INT8_NCU:-0}" = 1 ]; then
+  cat > /tmp/int8_ncu.py <<'PY'
+import torch
+from dsattn.tools.kernels import int8
+x = torch.randn(2048, 4096, device="cuda", dtype=torch.float16)
+q = torch.randint(-128, 128, (12288, 4096), dtype=torch.int8, device="cuda")
+s = torch.rand(12288, 1, device="cuda") / 1000
+for _ in range(2): int8.int8_matmul(x, q, s, path=int8.PATH_TILED)
+torch.cuda.synchronize()
+PY
+  step ncu timeout 120 ncu -k regex:int8_ -c 1 --section SpeedOfLight --section WarpStateStats --section Occupancy python3 /tmp/int8_ncu.py
+fi
 if [ "${DSATTN_SKIP_BENCH:-0}" != 1 ]; then
   step bench python3 -m dsattn.tools.bench_int8 ${DSATTN_BENCH_ARGS:-} --json "$out/bench_int8.json"
 fi
@@ -63,4 +105,6 @@ echo; echo "== summary =="; printf '%s\n' "${summary[@]}"
 grep -E "passed|failed" "$out/pytest.log" | tail -2
 grep -E "ERROR SUMMARY" "$out/sanitizer.log" | tail -1
 head -60 "$out/sass.log"
+grep -E "^torch|failed" "$out/variants.log" 2>/dev/null
+grep -E "Duration|Throughput|Registers|Achieved Occupancy|Warp Cycles Per Issued|No Eligible" "$out/ncu.log" 2>/dev/null | head -30
 grep -E "^\| |^card" "$out/bench.log" 2>/dev/null

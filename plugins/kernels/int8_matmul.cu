@@ -115,8 +115,6 @@ template <>
 __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
 template <>
 __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <>
-__device__ __forceinline__ float to_f32<float>(float v) { return v; }
 
 template <typename T>
 __device__ __forceinline__ T from_f32(float v);
@@ -124,8 +122,6 @@ template <>
 __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ float from_f32<float>(float v) { return v; }
 
 // ---------------------------------------------------------------------------------------------
 // skinny path
@@ -171,7 +167,7 @@ __device__ __forceinline__ void skinny_a_frags(const uint4 (&w)[kSkinnyRT][2], i
 // group % 64 == 0 or per channel, 2 for group % 32 == 0, 4 for group % 16 == 0); GROUPED: scale
 // the sum of each group (else: one scale per row, applied at the end).
 template <typename T, int MT, int SUB, bool GROUPED>
-__global__ void __launch_bounds__(kSkinnyWarps * 32) int8_skinny_kernel(const SkinnyArgs a) {
+__global__ void __launch_bounds__(kSkinnyWarps * 32, SUB > 1 ? 2 : 3) int8_skinny_kernel(const SkinnyArgs a) {
   constexpr int U = MT <= 2 ? 2 : 1;  // chunks loaded before the first is used (bytes in flight)
   __shared__ float red[kSkinnyWarps][kSkinnyRows][MT * 8 + 1];
 
@@ -214,23 +210,41 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32) int8_skinny_kernel(const Sk
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[rt][mt][e] = 0.f;
 
-  for (int c0 = c_begin + warp; c0 < c_end; c0 += kSkinnyWarps * U) {
-    uint4 wv[U][kSkinnyRT][2];
-    uint4 xv[U][MT][2];
-    bool ok[U];
+  // Weights of the next U chunks are loaded before the current ones are used (software
+  // pipeline: 2 U chunks of weight loads per warp in flight); x comes from L1/L2 (shared by all
+  // blocks), loaded right before use.
+  auto load_w = [&](uint4 (&wv)[U][kSkinnyRT][2], int c0) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = c0 + u * kSkinnyWarps;
       const int64_t kk = int64_t(c) * kChunk + 16 * t;
-      ok[u] = c < c_end && kk < a.K;  // K % 16 == 0: a lane's 16 k are all in or all out
+      const bool ok = c < c_end && kk < a.K;  // K % 16 == 0: a lane's 16 k are all in or all out
 #pragma unroll
       for (int rt = 0; rt < kSkinnyRT; ++rt)
 #pragma unroll
-        for (int h = 0; h < 2; ++h)
-          wv[u][rt][h] = ok[u] ? ld_stream(wrow[rt][h] + kk) : make_uint4(0, 0, 0, 0);
+        for (int h = 0; h < 2; ++h) wv[u][rt][h] = ok ? ld_stream(wrow[rt][h] + kk) : make_uint4(0, 0, 0, 0);
+    }
+  };
+  uint4 wnext[U][kSkinnyRT][2];
+  load_w(wnext, c_begin + warp);
+  for (int c0 = c_begin + warp; c0 < c_end; c0 += kSkinnyWarps * U) {
+    uint4 wv[U][kSkinnyRT][2];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int rt = 0; rt < kSkinnyRT; ++rt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) wv[u][rt][h] = wnext[u][rt][h];
+    load_w(wnext, c0 + kSkinnyWarps * U);
+    uint4 xv[U][MT][2];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = c0 + u * kSkinnyWarps;
+      const int64_t kk = int64_t(c) * kChunk + 16 * t;
+      const bool ok = c < c_end && kk < a.K;
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        const bool v = ok[u] && tok_ok[mt];
+        const bool v = ok && tok_ok[mt];
         xv[u][mt][0] = v ? ld_nc(xrow[mt] + kk) : make_uint4(0, 0, 0, 0);
         xv[u][mt][1] = v ? ld_nc(xrow[mt] + kk + 8) : make_uint4(0, 0, 0, 0);
       }
@@ -423,12 +437,23 @@ cudaError_t launch_skinny(const dsattn_int8_matmul_params& prm, void* ws, cudaSt
 // tiled path
 // ---------------------------------------------------------------------------------------------
 
-constexpr int kBM = 128, kBN = 128, kStages = 4, kTiledThreads = 256;
-constexpr int kXTileBytes = kBM * kChunk * 2;  // T elements, rows of 128 bytes
-constexpr int kWTileBytes = kBN * kChunk;      // int8, rows of 64 bytes
-constexpr int kStageBytes = kXTileBytes + kWTileBytes;
-constexpr int kTiledSmem = kStages * kStageBytes;  // 96 KiB
-constexpr int kRasterGroup = 16;                   // M tiles per raster group (L2 reuse)
+// Tile configuration. 8 warps as 2 (M) x 4 (N); warp tile 64 x (8 NT): 4 m16 tiles x NT n8 tiles.
+// Block tile 128 x 32 NT, k chunk 64, STAGES-deep cp.async ring. The build-time macro
+// DSATTN_INT8_TILED_CFG picks NT / STAGES / loop order of the per-channel kernel for experiments.
+#ifndef DSATTN_INT8_TILED_CFG
+#define DSATTN_INT8_TILED_CFG 0
+#endif
+constexpr int kBM = 128, kTiledThreads = 256;
+constexpr int kXTileBytes = kBM * kChunk * 2;  // T elements, rows of 128 bytes (XOR-swizzled chunks)
+constexpr int kRasterGroup = 16;               // M tiles per raster group (L2 reuse)
+
+template <int NT, int STAGES>
+struct TileCfg {
+  static constexpr int kBN = 4 * NT * 8;
+  static constexpr int kWTileBytes = kBN * kChunk;  // int8, rows of 64 bytes
+  static constexpr int kStageBytes = kXTileBytes + kWTileBytes;
+  static constexpr int kSmem = STAGES * kStageBytes;
+};
 
 struct TiledArgs {
   const void* x;
@@ -457,9 +482,16 @@ __device__ __forceinline__ uint4 lds128(uint32_t addr) {
   return r;
 }
 
-// 8 warps as 2 (M) x 4 (N); warp tile 64 x 32 = 4 m16 tiles x 4 n8 tiles.
-template <typename T, bool GROUPED>
-__global__ void __launch_bounds__(kTiledThreads, GROUPED ? 1 : 2) int8_tiled_kernel(const TiledArgs a) {
+template <bool FIRST, typename A, typename B>
+__device__ __forceinline__ auto& pick(A& a, B& b) {
+  if constexpr (FIRST) return a; else return b;
+}
+
+// XOUTER: load the x fragments of all 4 m16 tiles of a step pair first and run the mmas with the
+// k16 step outermost, so dependent mmas on one accumulator are 4 NT mmas apart (more registers).
+template <typename T, bool GROUPED, int NT, int STAGES, bool XOUTER, int MINB>
+__global__ void __launch_bounds__(kTiledThreads, MINB) int8_tiled_kernel(const TiledArgs a) {
+  using C = TileCfg<NT, STAGES>;
   extern __shared__ __align__(128) unsigned char smem[];
   const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -478,11 +510,11 @@ __global__ void __launch_bounds__(kTiledThreads, GROUPED ? 1 : 2) int8_tiled_ker
     m_tile = first_m + r % gsize;
     n_tile = r / gsize;
   }
-  const int64_t m0 = int64_t(m_tile) * kBM, n0 = int64_t(n_tile) * kBN;
+  const int64_t m0 = int64_t(m_tile) * kBM, n0 = int64_t(n_tile) * C::kBN;
   const T* x = static_cast<const T*>(a.x);
 
   auto load_stage = [&](int slot, int kc) {
-    const uint32_t xs = smem_base + slot * kStageBytes;
+    const uint32_t xs = smem_base + slot * C::kStageBytes;
     const uint32_t ws = xs + kXTileBytes;
     const int64_t k0 = int64_t(kc) * kChunk;
 #pragma unroll
@@ -494,7 +526,7 @@ __global__ void __launch_bounds__(kTiledThreads, GROUPED ? 1 : 2) int8_tiled_ker
       cp_async16(xs + row * 128 + ((ch ^ (row & 7)) << 4), v ? static_cast<const void*>(x + m * a.K + k) : a.x, v);
     }
 #pragma unroll
-    for (int i = 0; i < (kBN * 4) / kTiledThreads; ++i) {  // w: 128 rows x 4 chunks of 16 B
+    for (int i = 0; i < (C::kBN * 4) / kTiledThreads; ++i) {  // w: kBN rows x 4 chunks of 16 B
       const int id = tid + i * kTiledThreads;
       const int row = id >> 2, ch = id & 3;
       const int64_t n = n0 + row, k = k0 + ch * 16;
@@ -503,69 +535,82 @@ __global__ void __launch_bounds__(kTiledThreads, GROUPED ? 1 : 2) int8_tiled_ker
     }
   };
 
-  float acc[4][4][4];
-  float part[GROUPED ? 4 : 1][GROUPED ? 4 : 1][4];
+  float acc[4][NT][4];
+  float part[GROUPED ? 4 : 1][GROUPED ? NT : 1][4];
 #pragma unroll
   for (int i = 0; i < 4; ++i)
 #pragma unroll
-    for (int j = 0; j < 4; ++j)
+    for (int j = 0; j < NT; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
   if constexpr (GROUPED) {
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
+      for (int j = 0; j < NT; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) part[i][j][e] = 0.f;
   }
 
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
+  for (int s = 0; s < STAGES - 1; ++s) {
     if (s < a.chunks) load_stage(s, s);
     cp_async_commit();
   }
 
   for (int kc = 0; kc < a.chunks; ++kc) {
-    cp_async_wait<kStages - 2>();
+    cp_async_wait<STAGES - 2>();
     __syncthreads();  // stage kc landed for every thread; slot (kc-1) % S is free again
     {
-      const int pre = kc + kStages - 1;
-      if (pre < a.chunks) load_stage(pre % kStages, pre);
+      const int pre = kc + STAGES - 1;
+      if (pre < a.chunks) load_stage(pre % STAGES, pre);
       cp_async_commit();
     }
-    const uint32_t xs = smem_base + (kc % kStages) * kStageBytes;
+    const uint32_t xs = smem_base + (kc % STAGES) * C::kStageBytes;
     const uint32_t ws = xs + kXTileBytes;
-    uint4 braw[4];
+    uint4 braw[NT];
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) braw[nt] = lds128(ws + (wn * 32 + nt * 8 + g) * 64 + t * 16);
+    for (int nt = 0; nt < NT; ++nt) braw[nt] = lds128(ws + (wn * NT * 8 + nt * 8 + g) * 64 + t * 16);
 #pragma unroll
     for (int p = 0; p < 2; ++p) {  // steps 2p, 2p+1 use x elements 16t + 8p .. + 8
-      uint32_t bf[2][4][2];
+      uint32_t bf[2][NT][2];
 #pragma unroll
       for (int jj = 0; jj < 2; ++jj)
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
+        for (int nt = 0; nt < NT; ++nt) {
           const int j = 2 * p + jj;
           const uint32_t wword = j == 0 ? braw[nt].x : j == 1 ? braw[nt].y : j == 2 ? braw[nt].z : braw[nt].w;
           Cvt<T>::run(wword, bf[jj][nt][0], bf[jj][nt][1]);
         }
+      auto& dst = pick<GROUPED>(part, acc);  // grouped: the current group's sums
+      if constexpr (XOUTER) {
+        uint4 xa[4], xb[4];
 #pragma unroll
-      for (int mi = 0; mi < 4; ++mi) {
-        const int ra = wm * 64 + mi * 16 + g, rb = ra + 8;
-        const uint4 xa = lds128(xs + ra * 128 + (((2 * t + p) ^ (ra & 7)) << 4));
-        const uint4 xb = lds128(xs + rb * 128 + (((2 * t + p) ^ (rb & 7)) << 4));
+        for (int mi = 0; mi < 4; ++mi) {
+          const int ra = wm * 64 + mi * 16 + g, rb = ra + 8;
+          xa[mi] = lds128(xs + ra * 128 + (((2 * t + p) ^ (ra & 7)) << 4));
+          xb[mi] = lds128(xs + rb * 128 + (((2 * t + p) ^ (rb & 7)) << 4));
+        }
 #pragma unroll
-        for (int jj = 0; jj < 2; ++jj) {
-          const uint32_t a0 = jj ? xa.z : xa.x, a2 = jj ? xa.w : xa.y;
-          const uint32_t a1 = jj ? xb.z : xb.x, a3 = jj ? xb.w : xb.y;
+        for (int jj = 0; jj < 2; ++jj)
 #pragma unroll
-          for (int nt = 0; nt < 4; ++nt) {
-            if constexpr (GROUPED)
-              mma16816<T>(part[mi][nt], a0, a1, a2, a3, bf[jj][nt][0], bf[jj][nt][1]);
-            else
-              mma16816<T>(acc[mi][nt], a0, a1, a2, a3, bf[jj][nt][0], bf[jj][nt][1]);
-          }
+          for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+              mma16816<T>(dst[mi][nt], jj ? xa[mi].z : xa[mi].x, jj ? xb[mi].z : xb[mi].x, jj ? xa[mi].w : xa[mi].y,
+                          jj ? xb[mi].w : xb[mi].y, bf[jj][nt][0], bf[jj][nt][1]);
+      } else {
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi) {
+          const int ra = wm * 64 + mi * 16 + g, rb = ra + 8;
+          const uint4 xa = lds128(xs + ra * 128 + (((2 * t + p) ^ (ra & 7)) << 4));
+          const uint4 xb = lds128(xs + rb * 128 + (((2 * t + p) ^ (rb & 7)) << 4));
+#pragma unroll
+          for (int jj = 0; jj < 2; ++jj)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+              mma16816<T>(dst[mi][nt], jj ? xa.z : xa.x, jj ? xb.z : xb.x, jj ? xa.w : xa.y, jj ? xb.w : xb.y,
+                          bf[jj][nt][0], bf[jj][nt][1]);
         }
       }
     }
@@ -574,8 +619,8 @@ __global__ void __launch_bounds__(kTiledThreads, GROUPED ? 1 : 2) int8_tiled_ker
       if (kend % a.group == 0 || kc + 1 == a.chunks) {  // last chunk of a group
         const int64_t grp = (int64_t(kc) * kChunk) / a.group;
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-          const int64_t n = n0 + wn * 32 + nt * 8 + 2 * t;
+        for (int nt = 0; nt < NT; ++nt) {
+          const int64_t n = n0 + wn * NT * 8 + nt * 8 + 2 * t;
           const float s0 = n < a.N ? __ldg(a.scale + n * a.ngroups + grp) : 0.f;
           const float s1 = n + 1 < a.N ? __ldg(a.scale + (n + 1) * a.ngroups + grp) : 0.f;
 #pragma unroll
@@ -598,8 +643,8 @@ __global__ void __launch_bounds__(kTiledThreads, GROUPED ? 1 : 2) int8_tiled_ker
   const T* bias = static_cast<const T*>(a.bias);
   const bool pair_store = (a.N % 2) == 0;  // T2 stores need even rows (output base is 16-aligned)
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt) {
-    const int64_t n = n0 + wn * 32 + nt * 8 + 2 * t;
+  for (int nt = 0; nt < NT; ++nt) {
+    const int64_t n = n0 + wn * NT * 8 + nt * 8 + 2 * t;
     if (n >= a.N) continue;
     const bool n1 = n + 1 < a.N;
     float s0 = 1.f, s1 = 1.f;
@@ -629,8 +674,9 @@ __global__ void __launch_bounds__(kTiledThreads, GROUPED ? 1 : 2) int8_tiled_ker
   }
 }
 
-template <typename T, bool GROUPED>
+template <typename T, bool GROUPED, int NT, int STAGES, bool XOUTER, int MINB>
 cudaError_t launch_tiled_t(const dsattn_int8_matmul_params& prm, cudaStream_t s) {
+  using C = TileCfg<NT, STAGES>;
   TiledArgs a{};
   a.x = prm.input;
   a.w = prm.weight;
@@ -644,18 +690,306 @@ cudaError_t launch_tiled_t(const dsattn_int8_matmul_params& prm, cudaStream_t s)
   a.ngroups = prm.K / a.group;
   a.chunks = int((prm.K + kChunk - 1) / kChunk);
   a.m_tiles = int((prm.M + kBM - 1) / kBM);
-  a.n_tiles = int((prm.N + kBN - 1) / kBN);
-  cudaError_t e = cudaFuncSetAttribute(int8_tiled_kernel<T, GROUPED>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       kTiledSmem);
+  a.n_tiles = int((prm.N + C::kBN - 1) / C::kBN);
+  auto kern = int8_tiled_kernel<T, GROUPED, NT, STAGES, XOUTER, MINB>;
+  cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (e != cudaSuccess) return e;
   const int64_t blocks = int64_t(a.m_tiles) * a.n_tiles;
-  int8_tiled_kernel<T, GROUPED><<<unsigned(blocks), kTiledThreads, kTiledSmem, s>>>(a);
+  kern<<<unsigned(blocks), kTiledThreads, C::kSmem, s>>>(a);
   return cudaGetLastError();
 }
 
 template <typename T>
+cudaError_t launch_tiled_mma(const dsattn_int8_matmul_params& prm, cudaStream_t s) {
+  if (prm.group_size != 0) return launch_tiled_t<T, true, 4, 4, false, 1>(prm, s);
+#if DSATTN_INT8_TILED_CFG == 1
+  return launch_tiled_t<T, false, 8, 4, false, 1>(prm, s);
+#elif DSATTN_INT8_TILED_CFG == 2
+  return launch_tiled_t<T, false, 4, 4, true, 1>(prm, s);
+#elif DSATTN_INT8_TILED_CFG == 3
+  return launch_tiled_t<T, false, 8, 3, true, 1>(prm, s);
+#elif DSATTN_INT8_TILED_CFG == 4
+  return launch_tiled_t<T, false, 4, 6, false, 1>(prm, s);
+#else
+  return launch_tiled_t<T, false, 4, 4, false, 2>(prm, s);
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// wgmma path (sm_90a): block tile 128 x 256 x 64, 2 warpgroups of 64 rows of M. Per 64-k chunk:
+// cp.async brings the x tile (T) and the int8 weight tile into a 4-slot ring (2 chunks ahead);
+// all 256 threads convert the int8 tile to T into one of two B buffers; each warpgroup then
+// issues 4 asynchronous wgmma m64n256k16 (A = its 64 x rows, B = the converted tile, both read
+// from shared memory in the K-major 128-byte-swizzled layout) and waits for the previous chunk's
+// group only, so the conversion of chunk k+1 overlaps the tensor cores working on chunk k.
+// The converted tile lives only in shared memory. Per-channel scales multiply the fp32 sums in
+// the epilogue (weights converted exactly); group scales (group % 64 == 0) are applied during the
+// conversion, in fp32, rounding q * scale to T once (what PyTorch does with a T weight).
+// ---------------------------------------------------------------------------------------------
+
+constexpr int kWgBN = 256, kWgStages = 4;
+constexpr int kWgXBytes = kBM * kChunk * 2;    // 16 KiB of x per stage
+constexpr int kWgQBytes = kWgBN * kChunk;      // 16 KiB of int8 weight per stage
+constexpr int kWgBBytes = kWgBN * kChunk * 2;  // 32 KiB converted weight per buffer
+constexpr int kWgSmem = kWgStages * (kWgXBytes + kWgQBytes) + 2 * kWgBBytes + 1024;  // + 1 KiB alignment
+
+#define DSATTN_INT8_WGMMA_DEVICE (defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL))
+#if !defined(__CUDA_ARCH__) || DSATTN_INT8_WGMMA_DEVICE  // sm_90a device code (and the host pass)
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t da, uint64_t db, int acc_in);
+
+template <>
+__device__ __forceinline__ void wgmma_m64n256k16<__half>(float (&d)[128], uint64_t da, uint64_t db, int acc_in) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(da), "l"(db), "r"(acc_in));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_m64n256k16<__nv_bfloat16>(float (&d)[128], uint64_t da, uint64_t db, int acc_in) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(da), "l"(db), "r"(acc_in));
+}
+
+// Shared-memory matrix descriptor: K-major, 128-byte swizzle (rows of 128 B, 8-row groups 1024 B
+// apart = stride byte offset; the leading byte offset is unused in this mode).
+__device__ __forceinline__ uint64_t wg_desc(uint32_t addr) {
+  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+}
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+// Keeps the compiler from moving accumulator accesses across the asynchronous wgmma window.
+__device__ __forceinline__ void fence_acc(float (&d)[128]) {
+#pragma unroll
+  for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+__device__ __forceinline__ void sts128(uint32_t addr, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+  asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" ::"r"(addr), "r"(a), "r"(b), "r"(c), "r"(d));
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// 4 int8 -> T(q * s) pairs (lo = e0,e1; hi = e2,e3), q * s computed in fp32 and rounded once.
+template <typename T>
+__device__ __forceinline__ void cvt_scaled(uint32_t w, float s, uint32_t& lo, uint32_t& hi) {
+  const uint32_t u = w ^ 0x80808080u;
+  const float magic = 8388736.0f;  // 2^23 + 128
+  const float f0 = (__uint_as_float(__byte_perm(u, 0x4B000000u, 0x7440)) - magic) * s;
+  const float f1 = (__uint_as_float(__byte_perm(u, 0x4B000000u, 0x7441)) - magic) * s;
+  const float f2 = (__uint_as_float(__byte_perm(u, 0x4B000000u, 0x7442)) - magic) * s;
+  const float f3 = (__uint_as_float(__byte_perm(u, 0x4B000000u, 0x7443)) - magic) * s;
+  lo = pack2<T>(f0, f1);
+  hi = pack2<T>(f2, f3);
+}
+#endif
+
+template <typename T, bool GROUPED>
+__global__ void __launch_bounds__(256, 1) int8_wgmma_kernel(const TiledArgs a) {
+#if DSATTN_INT8_WGMMA_DEVICE
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t base = (raw + 1023u) & ~1023u;  // swizzle atoms are 1024-byte aligned
+  const uint32_t xs0 = base;
+  const uint32_t qs0 = xs0 + kWgStages * kWgXBytes;
+  const uint32_t bs0 = qs0 + kWgStages * kWgQBytes;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wg = warp >> 2, wq = warp & 3;
+
+  int m_tile, n_tile;
+  {
+    const int per_group = kRasterGroup * a.n_tiles;
+    const int grp = blockIdx.x / per_group;
+    const int first_m = grp * kRasterGroup;
+    const int gsize = min(a.m_tiles - first_m, kRasterGroup);
+    const int r = blockIdx.x % per_group;
+    m_tile = first_m + r % gsize;
+    n_tile = r / gsize;
+  }
+  const int64_t m0 = int64_t(m_tile) * kBM, n0 = int64_t(n_tile) * kWgBN;
+  const T* x = static_cast<const T*>(a.x);
+
+  auto load_stage = [&](int slot, int kc) {
+    const uint32_t xs = xs0 + slot * kWgXBytes;
+    const uint32_t qs = qs0 + slot * kWgQBytes;
+    const int64_t k0 = int64_t(kc) * kChunk;
+#pragma unroll
+    for (int i = 0; i < (kBM * 8) / 256; ++i) {  // x: 128 rows x 8 chunks of 16 B, swizzled
+      const int id = tid + i * 256;
+      const int row = id >> 3, ch = id & 7;
+      const int64_t m = m0 + row, k = k0 + ch * 8;
+      const bool v = m < a.M && k < a.K;
+      cp_async16(xs + row * 128 + ((ch ^ (row & 7)) << 4), v ? static_cast<const void*>(x + m * a.K + k) : a.x, v);
+    }
+#pragma unroll
+    for (int i = 0; i < (kWgBN * 4) / 256; ++i) {  // int8 w: 256 rows x 4 chunks of 16 B
+      const int id = tid + i * 256;
+      const int row = id >> 2, ch = id & 3;
+      const int64_t n = n0 + row, k = k0 + ch * 16;
+      const bool v = n < a.N && k < a.K;
+      cp_async16(qs + row * 64 + (ch << 4), v ? static_cast<const void*>(a.w + n * a.K + k) : a.w, v);
+    }
+  };
+
+  float acc[128];
+
+#pragma unroll
+  for (int s = 0; s < kWgStages - 2; ++s) {
+    if (s < a.chunks) load_stage(s, s);
+    cp_async_commit();
+  }
+  for (int kc = 0; kc < a.chunks; ++kc) {
+    cp_async_wait<kWgStages - 3>();  // this thread's copies of chunk kc landed
+    fence_proxy_async();              // ... and are visible to the tensor cores' (async) reads
+    __syncthreads();  // all copies of chunk kc landed; wgmma of chunk kc-2 finished in both warpgroups
+    {
+      const int pre = kc + kWgStages - 2;  // into the slot of chunk kc-2
+      if (pre < a.chunks) load_stage(pre % kWgStages, pre);
+      cp_async_commit();
+    }
+    // Convert the int8 tile into B buffer kc % 2 (last read by the wgmma of chunk kc-2).
+    {
+      const uint32_t qs = qs0 + (kc % kWgStages) * kWgQBytes;
+      const uint32_t bs = bs0 + (kc & 1) * kWgBBytes;
+      const int ch = tid & 3;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int row = (tid >> 2) + 64 * i;
+        const uint4 q = lds128(qs + row * 64 + ch * 16);
+        uint32_t o[8];
+        if constexpr (GROUPED) {
+          const int64_t n = n0 + row;
+          const float sc = n < a.N ? __ldg(a.scale + n * a.ngroups + (int64_t(kc) * kChunk) / a.group) : 0.f;
+          cvt_scaled<T>(q.x, sc, o[0], o[1]);
+          cvt_scaled<T>(q.y, sc, o[2], o[3]);
+          cvt_scaled<T>(q.z, sc, o[4], o[5]);
+          cvt_scaled<T>(q.w, sc, o[6], o[7]);
+        } else {
+          Cvt<T>::run(q.x, o[0], o[1]);
+          Cvt<T>::run(q.y, o[2], o[3]);
+          Cvt<T>::run(q.z, o[4], o[5]);
+          Cvt<T>::run(q.w, o[6], o[7]);
+        }
+        sts128(bs + row * 128 + (((2 * ch) ^ (row & 7)) << 4), o[0], o[1], o[2], o[3]);
+        sts128(bs + row * 128 + (((2 * ch + 1) ^ (row & 7)) << 4), o[4], o[5], o[6], o[7]);
+      }
+    }
+    fence_proxy_async();
+    __syncthreads();
+    wg_fence();
+    {
+      const uint32_t xa = xs0 + (kc % kWgStages) * kWgXBytes + wg * 64 * 128;
+      const uint32_t bb = bs0 + (kc & 1) * kWgBBytes;
+#pragma unroll
+      for (int k = 0; k < 4; ++k)  // the first mma of the kernel ignores the (uninitialized) sums
+        wgmma_m64n256k16<T>(acc, wg_desc(xa + 32 * k), wg_desc(bb + 32 * k), kc > 0 || k > 0);
+    }
+    wg_commit();
+    wg_wait<1>();  // chunk kc-1 done (its B buffer and x slot are reused at kc+1)
+  }
+  wg_wait<0>();
+  fence_acc(acc);
+  cp_async_wait<0>();
+
+  // Epilogue. acc[4j + e]: row wq*16 + lane/4 (+8 for e >= 2), column 8j + 2(lane%4) + (e & 1).
+  T* out = static_cast<T*>(a.out);
+  const T* bias = static_cast<const T*>(a.bias);
+  const bool pair_store = (a.N % 2) == 0;
+  const int64_t mr = m0 + wg * 64 + wq * 16 + (lane >> 2);
+#pragma unroll
+  for (int j = 0; j < 32; ++j) {
+    const int64_t n = n0 + 8 * j + 2 * (lane & 3);
+    if (n >= a.N) continue;
+    const bool n1 = n + 1 < a.N;
+    float s0 = 1.f, s1 = 1.f;
+    if constexpr (!GROUPED) {
+      s0 = __ldg(a.scale + n);
+      s1 = n1 ? __ldg(a.scale + n + 1) : 0.f;
+    }
+    const float b0 = bias ? to_f32<T>(bias[n]) : 0.f;
+    const float b1 = (bias && n1) ? to_f32<T>(bias[n + 1]) : 0.f;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t m = mr + 8 * h;
+      if (m >= a.M) continue;
+      const T v0 = from_f32<T>(fmaf(acc[4 * j + 2 * h], s0, b0));
+      const T v1 = from_f32<T>(fmaf(acc[4 * j + 2 * h + 1], s1, b1));
+      T* o = out + m * a.N + n;
+      if (pair_store) {
+        struct __align__(4) T2 { T lo, hi; };
+        *reinterpret_cast<T2*>(o) = T2{v0, v1};
+      } else {
+        o[0] = v0;
+        if (n1) o[1] = v1;
+      }
+    }
+  }
+#endif
+}
+
+// True when the wgmma kernel has sm_90a code for the current device (else the mma.sync one runs).
+template <typename T, bool GROUPED>
+bool wgmma_usable() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+    return false;
+  if (major != 9 || minor != 0) return false;
+  cudaFuncAttributes attr{};
+  if (cudaFuncGetAttributes(&attr, int8_wgmma_kernel<T, GROUPED>) != cudaSuccess) return false;
+  return attr.binaryVersion == 90;
+}
+
+template <typename T, bool GROUPED>
+cudaError_t launch_wgmma_t(const dsattn_int8_matmul_params& prm, cudaStream_t s) {
+  TiledArgs a{};
+  a.x = prm.input;
+  a.w = prm.weight;
+  a.scale = prm.weight_scale;
+  a.bias = prm.bias;
+  a.out = prm.output;
+  a.M = prm.M;
+  a.N = prm.N;
+  a.K = prm.K;
+  a.group = prm.group_size ? prm.group_size : prm.K;
+  a.ngroups = prm.K / a.group;
+  a.chunks = int((prm.K + kChunk - 1) / kChunk);
+  a.m_tiles = int((prm.M + kBM - 1) / kBM);
+  a.n_tiles = int((prm.N + kWgBN - 1) / kWgBN);
+  auto kern = int8_wgmma_kernel<T, GROUPED>;
+  cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgSmem);
+  if (e != cudaSuccess) return e;
+  kern<<<unsigned(int64_t(a.m_tiles) * a.n_tiles), 256, kWgSmem, s>>>(a);
+  return cudaGetLastError();
+}
+
+// The tiled path: wgmma where the device and the build allow it (sm_90a), else mma.sync.
+template <typename T>
 cudaError_t launch_tiled(const dsattn_int8_matmul_params& prm, cudaStream_t s) {
-  return prm.group_size == 0 ? launch_tiled_t<T, false>(prm, s) : launch_tiled_t<T, true>(prm, s);
+#if DSATTN_INT8_TILED_CFG == 0
+  if (prm.group_size == 0 && wgmma_usable<T, false>()) return launch_wgmma_t<T, false>(prm, s);
+  if (prm.group_size != 0 && wgmma_usable<T, true>()) return launch_wgmma_t<T, true>(prm, s);
+#endif
+  return launch_tiled_mma<T>(prm, s);
 }
 
 // ---------------------------------------------------------------------------------------------
