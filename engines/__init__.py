@@ -6,7 +6,7 @@ need nothing but onnx.
 """
 from dsattn.engines.build import MIN_TENSORRT, build_engine, import_tensorrt, trtexec_command
 from dsattn.engines.profiles import DEFAULT_RANGES, derive_profile
-from dsattn.engines.runner import EngineRunner
+from dsattn.engines.runner import EngineRunner, run_engine
 
 __all__ = ["build_engine", "trtexec_command", "import_tensorrt", "derive_profile", "DEFAULT_RANGES",
-           "EngineRunner", "MIN_TENSORRT"]
+           "EngineRunner", "run_engine", "MIN_TENSORRT"]

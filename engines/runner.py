@@ -56,14 +56,21 @@ class EngineRunner:
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        # Plans from build_engine embed the plugin library; an explicit library is for plans built
-        # without it (trtexec without --setPluginsToSerialize).
-        for lib in [plugins] if isinstance(plugins, (str, Path)) else plugins:
-            if not Path(lib).is_file():
+        libs = [Path(p) for p in ([plugins] if isinstance(plugins, (str, Path)) else plugins)]
+        for lib in libs:
+            if not lib.is_file():
                 raise FileNotFoundError(f"plugin library {str(lib)!r} does not exist")
-            if self._runtime.get_plugin_registry().load_library(str(lib)) is None:
-                raise RuntimeError(f"TensorRT could not load plugin library {str(lib)!r}")
-        self._engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
+        blob = plan.read_bytes()
+        # Plans from build_engine embed the plugin library and deserialize as they are. The explicit
+        # libraries are for plans built without it (trtexec without --setPluginsToSerialize); they
+        # are loaded only when needed, because loadLibrary refuses a library whose creators are
+        # already registered (e.g. by the plan's embedded copy).
+        self._engine = self._runtime.deserialize_cuda_engine(blob)
+        if self._engine is None and libs:
+            for lib in libs:
+                if self._runtime.get_plugin_registry().load_library(str(lib)) is None:
+                    raise RuntimeError(f"TensorRT could not load plugin library {str(lib)!r}")
+            self._engine = self._runtime.deserialize_cuda_engine(blob)
         if self._engine is None:
             raise RuntimeError(f"TensorRT could not deserialize {plan} (plugins missing? see the log above)")
         self._context = self._engine.create_execution_context()
@@ -113,3 +120,8 @@ class EngineRunner:
         stream.synchronize()
         del keep
         return {n: _to_numpy(t) for n, t in outputs.items()}
+
+
+def run_engine(engine, feeds: Mapping[str, Any], *, plugins=()) -> dict[str, Any]:
+    """One-shot helper for ``dsattn validate --engine``: deserialize `engine`, run `feeds` once."""
+    return EngineRunner(engine, plugins).run(feeds)

@@ -127,6 +127,10 @@ def test_build_engine_without_tensorrt(model, tmp_path, no_tensorrt):
     plan.write_bytes(b"x")
     with pytest.raises(ImportError, match="TensorRT >= 10.8"):
         EngineRunner(plan)
+    from dsattn.engines import run_engine  # the entry point dsattn validate --engine calls
+
+    with pytest.raises(ImportError, match="TensorRT >= 10.8"):
+        run_engine(plan, {}, plugins=[])
 
 
 def test_build_engine_checks_before_tensorrt(model, tmp_path, no_tensorrt):
