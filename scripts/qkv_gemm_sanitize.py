@@ -6,9 +6,11 @@ from dsattn.tools.kernels import _lib, gemm
 lib = _lib.load()
 torch.manual_seed(0)
 cases = [  # (M, K, N, dtype, norm, emit, force_path)
-    (3, 1000, 2328, torch.float16, 1, 1, 0),   # streaming kernel + PDL, K / N tails
-    (17, 512, 264, torch.bfloat16, 2, 0, 0),   # streaming, M tile 4
-    (64, 256, 128, torch.float16, 1, 0, 2),    # streaming, M tile 8
+    (3, 1000, 2328, torch.float16, 1, 1, 0),   # fused kernel, K / N tails, emit
+    (13, 512, 264, torch.bfloat16, 2, 0, 0),   # fused, M tile 2
+    (16, 1001, 96, torch.float16, 1, 1, 2),    # fused, odd K: strided prologue
+    (17, 512, 264, torch.bfloat16, 2, 0, 0),   # norm kernel (warp per row) + cuBLASLt
+    (5, 8192, 64, torch.float16, 1, 0, 1),     # norm kernel (CTA per row) + cuBLASLt
     (97, 1001, 291, torch.bfloat16, 1, 1, 0),  # cuBLASLt, odd sizes, scalar norm
     (5, 64, 40, torch.float32, 2, 1, 0),       # fp32 via cuBLASLt
     (4, 256, 96, torch.float16, 0, 1, 0),      # no norm + emit (copy)

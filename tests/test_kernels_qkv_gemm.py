@@ -61,6 +61,10 @@ def _ref32(x, w, b, gamma, beta, norm_type, eps, dtype64=False):
     from dsattn.export import ops
 
     rt = torch.float64 if dtype64 else torch.float32
+    lead = x.shape[:-1]
+    if x.dim() != 3:  # ops takes [B, S, hidden]
+        q, n = _ref32(x.reshape(1, -1, x.shape[-1]), w, b, gamma, beta, norm_type, eps, dtype64)
+        return q.reshape(*lead, -1), n.reshape(x.shape)
 
     def up(t):
         return None if t is None else t.to(rt)
@@ -141,15 +145,20 @@ def test_qkv_gemm_no_bias_emit_normed(lib, seed, dtype, norm_type, M):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("bn", [32, 64])
-@pytest.mark.parametrize("M", [1, 2, 8, 9, 16, 17, 31, 32, 33, 63, 64])
-def test_streaming_kernel_every_m_tile(lib, seed, dtype, bn, M):
-    """The small-M tensor-core path, forced, over every M-tile configuration and tails in K / N."""
+@pytest.mark.parametrize("stages", [0, 3])
+@pytest.mark.parametrize("M", [1, 2, 7, 8, 9, 15, 16])
+def test_fused_kernel_every_m_tile(lib, seed, dtype, stages, M):
+    """The fused small-M kernel, forced, over both M-tile configurations, ring depths (3 wraps the
+    ring many times per tile), tails in K (1000: partial 128-row stage) and N (2328: partial
+    32-column tile), and the register / strided norm prologues (K 4096 / 4104 vs 1000)."""
     from dsattn.tools.kernels import gemm
 
-    gemm.force_path(2, bn, lib=lib)
+    gemm.force_path(2, stages, lib=lib)
     _run_case(lib, M, 1000, 3 * 97 * 8, dtype, 1, True, 0, seed)
     _run_case(lib, M, 4096, 12288, dtype, 2, M % 2 == 0, 1, seed + 1)
+    _run_case(lib, M, 4104, 264, dtype, 1, True, 1, seed + 2)
+    _run_case(lib, M, 1001, 264, dtype, 1, True, 1, seed + 3)  # odd K: scalar prologue
+    _run_case(lib, M, 512, 96, dtype, 0, False, 1, seed + 4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

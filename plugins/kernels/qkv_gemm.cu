@@ -1,17 +1,15 @@
 // dsattn::QKVGemm (OPS.md §1): [LayerNorm | RMSNorm] -> x @ W -> + bias.
 //
-// Two kernels and one library call, chosen per call (see qkv_gemm.h):
-//   norm_rows_kernel   one CTA per row: fp32 statistics, writes norm(x) rounded to T once.
-//   stream_gemm_kernel small M (<= kSmallMaxM), fp16/bf16: the op is bound by reading W
-//                      (K*N*2 bytes) once; each CTA streams a column slab W[:, n0:n0+BN] through a
-//                      cp.async multi-stage pipeline and multiplies it with the (L2-resident)
-//                      normalized rows on the tensor cores (mma.sync m16n8k16, roles swapped:
-//                      the MMA's 16-row side is N, its 8-column side is M, so M=1 wastes 7/8 of
-//                      an MMA, not 15/16). Launched with programmatic dependent launch after
-//                      norm_rows_kernel: W prefetch (independent of the norm) starts before the
-//                      norm finishes; x is read only after griddepcontrol.wait.
-//   cuBLASLt           everything else (large M, fp32, unaligned): matmul + CUBLASLT_EPILOGUE_BIAS,
-//                      descriptors and algorithm cached per shape in the context.
+// Paths, chosen per call (see qkv_gemm.h):
+//   fused_small_kernel  M <= 16, fp16/bf16, sm_90: one persistent kernel; the op is bound by
+//                       reading W (K*N*2 bytes) once. W streams through TMA into a deep shared-
+//                       memory ring; each CTA normalizes x itself (prologue, hidden behind the
+//                       first W stages): no separate norm kernel, no extra launch.
+//   norm kernel + cuBLASLt  everything else (larger M, fp32, unaligned, pre-Hopper): a norm
+//                       kernel (warp per row, row in registers; or CTA per row for long rows)
+//                       writes norm(x) once, then cuBLASLt matmul + CUBLASLT_EPILOGUE_BIAS with
+//                       descriptors and algorithm cached per shape in the context.
+//   quantized = 1       norm kernel, then dsattn_int8_matmul (int8_matmul.h).
 #include "qkv_gemm.h"
 
 #ifndef DSATTN_HAVE_CUBLASLT
@@ -20,6 +18,8 @@
 #if DSATTN_HAVE_CUBLASLT
 #include <cublasLt.h>
 #endif
+#include <cuda.h>  // CUtensorMap types only; the encoder comes from cudaGetDriverEntryPointByVersion
+#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -45,13 +45,11 @@ extern "C" size_t dsattn_int8_matmul_workspace_size(const dsattn_int8_matmul_par
 
 namespace {
 
-constexpr int64_t kSmallMaxM = 64;     // largest M of the streaming kernel (8 MMA column tiles)
 constexpr size_t kAlign = 256;         // workspace sub-buffer alignment
 constexpr int kNormThreads = 256;
 
-// Test / benchmark knob (dsattn_qkv_gemm_debug_force_path): 0 auto, 1 cuBLASLt, 2 streaming.
+// Test / benchmark knob (dsattn_qkv_gemm_debug_force_path): 0 auto, 1 cuBLASLt, 2 fused kernel.
 int g_force_path = 0;
-int g_force_bn = 0;  // 0 auto, else BN of the streaming kernel (32 or 64)
 
 size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
@@ -127,10 +125,7 @@ __device__ __forceinline__ void store_vec(T* p, const float (&v)[VEC]) {
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kNormThreads)
 norm_rows_kernel(const T* __restrict__ x, const T* __restrict__ gamma, const T* __restrict__ beta,
-                 T* __restrict__ out, int64_t K, int norm_type, float eps, int pdl_trigger) {
-  // Let the dependent streaming GEMM start its weight prefetch now (it waits for this grid's
-  // completion, with memory flushed, before it reads `out`: griddepcontrol.wait).
-  if (pdl_trigger) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+                 T* __restrict__ out, int64_t K, int norm_type, float eps) {
   __shared__ float red[kNormThreads / 32];
   const int64_t row = blockIdx.x;
   const T* xr = x + row * K;
@@ -182,19 +177,11 @@ norm_rows_kernel(const T* __restrict__ x, const T* __restrict__ gamma, const T* 
 // MMA roles: A(16x16) = W^T tile (rows n, cols k; smem holds W rows k -> ldmatrix.trans),
 //            B(16x8)  = a^T tile (rows k, cols m; smem holds a rows m -> ldmatrix),
 //            D(16x8)  = out^T tile (rows n, cols m), fp32.
+// Device helpers used only by the sm_90 kernel body (kept out of older targets' passes, where they
+// would be unused).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  // src-size 0 zero-fills the 16 bytes (tails in K, N and M) without reading memory.
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(valid ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2,
                                             uint32_t& r3) {
@@ -231,227 +218,463 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], 
   }
 }
 
-// Tile configuration. BN columns of W per CTA, BK rows of W per stage, MT 8-row tiles of a,
-// WARPS warps each owning BN / WARPS columns (WN = that / 16 MMA row tiles). Shared-memory rows
-// are padded by 8 elements (16 bytes) so the 8 row addresses of an ldmatrix hit distinct banks.
-template <int BN_, int BK_, int MT_, int WARPS_, int STAGES_>
-struct StreamCfg {
-  static constexpr int BN = BN_, BK = BK_, MT = MT_, WARPS = WARPS_, STAGES = STAGES_;
-  static constexpr int THREADS = WARPS * 32;
-  static constexpr int WN = BN / WARPS / 16;
-  static constexpr int W_LD = BN + 8;   // elements per smem row of the W tile
-  static constexpr int A_LD = BK + 8;   // elements per smem row of the a tile
-  static constexpr int W_STAGE = BK * W_LD;  // elements
-  static constexpr int A_STAGE = MT * 8 * A_LD;
-  static constexpr size_t SMEM = size_t(STAGES) * (W_STAGE + A_STAGE) * 2;
-  static_assert(BN % (WARPS * 16) == 0, "each warp owns whole 16-column MMA tiles");
-  static_assert(BK % 16 == 0, "BK is a multiple of the MMA k");
-  static_assert(MT == 1 || MT % 2 == 0, "x4 ldmatrix loads two a tiles");
-};
+#endif  // sm_90 device helpers
 
-template <typename T, typename C>
-__global__ void __launch_bounds__(C::THREADS)
-stream_gemm_kernel(const T* __restrict__ a, const T* __restrict__ w, const T* __restrict__ bias,
-                   T* __restrict__ out, int M, int N, int K, int wait_prior) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* sw = reinterpret_cast<T*>(smem_raw);                    // [STAGES][BK][W_LD]
-  T* sa = sw + C::STAGES * C::W_STAGE;                       // [STAGES][MT*8][A_LD]
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int n0 = blockIdx.x * C::BN;
-  const int ktiles = (K + C::BK - 1) / C::BK;
+// ------------------------------------------------------------------------------------------------
+// Row normalization, shared by the standalone kernels and the fused small-M kernel's prologue.
+//
+// warp_norm_row: one warp normalizes one row. Fast path: the row lives in registers (16-byte
+// vectors, up to kRowVecs per lane), so HBM/L2 is read once and the two-pass variance (exact in
+// fp32 even when |mean| >> std; a one-pass E[x^2]-E[x]^2 would cancel) costs no second read.
+// Otherwise three strided passes over global memory.
+constexpr int kRowVecs = 16;  // 16 x 16 bytes per lane: K <= 4096 (16-bit T) / 2048 (fp32)
 
-  // W tile: BK rows x BN columns = BK * BN / 8 chunks of 16 bytes.
-  auto load_w = [&](int kt, int slot) {
-    constexpr int CPR = C::BN / 8;  // chunks per row
-    T* dst = sw + slot * C::W_STAGE;
+__device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
-    for (int c = tid; c < C::BK * CPR; c += C::THREADS) {
-      const int r = c / CPR, col = (c % CPR) * 8;
-      const int k = kt * C::BK + r, n = n0 + col;
-      const bool ok = (k < K) && (n < N);  // N % 8 == 0: a chunk is all in or all out
-      cp_async16(smem_u32(dst + r * C::W_LD + col), ok ? (w + (int64_t)k * N + n) : w, ok);
-    }
-  };
-  // a tile: MT*8 rows x BK columns.
-  auto load_a = [&](int kt, int slot) {
-    constexpr int CPR = C::BK / 8;
-    T* dst = sa + slot * C::A_STAGE;
-#pragma unroll
-    for (int c = tid; c < C::MT * 8 * CPR; c += C::THREADS) {
-      const int r = c / CPR, col = (c % CPR) * 8;
-      const int k = kt * C::BK + col;
-      const bool ok = (r < M) && (k < K);  // K % 8 == 0
-      cp_async16(smem_u32(dst + r * C::A_LD + col), ok ? (a + (int64_t)r * K + k) : a, ok);
-    }
-  };
-
-  // Prologue: W stages first (they do not depend on the norm kernel), then wait for the
-  // programmatic dependency (no-op when launched normally), then the a stages.
-  // Group s holds a stage s (and group 0 all prologue W stages), so "group s done" means
-  // stage s is complete.
-  for (int s = 0; s < C::STAGES - 1; ++s)
-    if (s < ktiles) load_w(s, s);
-  if (wait_prior) asm volatile("griddepcontrol.wait;" ::: "memory");
-  for (int s = 0; s < C::STAGES - 1; ++s) {
-    if (s < ktiles) load_a(s, s);
-    cp_async_commit();
-  }
-
-  float acc[C::WN][C::MT][4];
-#pragma unroll
-  for (int i = 0; i < C::WN; ++i)
-#pragma unroll
-    for (int j = 0; j < C::MT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
-
-  // ldmatrix row addresses. A (trans): matrix q = lane/8 covers k rows (q>=2 ? 8 : 0) + lane%8
-  // and n columns (q&1 ? 8 : 0). B: matrix q covers a rows lane%8 (+8 per extra tile) and k
-  // columns (q&1 ? 8 : 0) ... see the x4/x2 loads below.
-  const int q = lane >> 3, r8 = lane & 7;
-  const int a_k_off = ((q >> 1) << 3) + r8;     // k row inside a 16-k step
-  const int a_n_off = (q & 1) << 3;             // n column inside a 16-n tile
-  const int warp_n = warp * (C::BN / C::WARPS);
-
-  for (int kt = 0; kt < ktiles; ++kt) {
-    cp_async_wait<C::STAGES - 2>();
-    __syncthreads();
-    const int slot = kt % C::STAGES;
-    const T* tw = sw + slot * C::W_STAGE;
-    const T* ta = sa + slot * C::A_STAGE;
-#pragma unroll
-    for (int ks = 0; ks < C::BK / 16; ++ks) {
-      uint32_t afrag[C::WN][4];
-#pragma unroll
-      for (int i = 0; i < C::WN; ++i)
-        ldmatrix_x4_trans(smem_u32(tw + (ks * 16 + a_k_off) * C::W_LD + warp_n + i * 16 + a_n_off),
-                          afrag[i][0], afrag[i][1], afrag[i][2], afrag[i][3]);
-      if constexpr (C::MT == 1) {
-        // x2: matrices (rows 0-7, k 0-7) and (rows 0-7, k 8-15); lanes 0-15 give addresses.
-        uint32_t b0, b1;
-        const int l = lane & 15;
-        ldmatrix_x2(smem_u32(ta + (l & 7) * C::A_LD + ks * 16 + ((l >> 3) << 3)), b0, b1);
-#pragma unroll
-        for (int i = 0; i < C::WN; ++i) mma16816<T>(acc[i][0], afrag[i], b0, b1);
-      } else {
-#pragma unroll
-        for (int j = 0; j < C::MT; j += 2) {
-          // x4: (tile j, k 0-7), (tile j, k 8-15), (tile j+1, k 0-7), (tile j+1, k 8-15).
-          uint32_t b0, b1, b2, b3;
-          const int row = (j + (q >> 1)) * 8 + r8;
-          ldmatrix_x4(smem_u32(ta + row * C::A_LD + ks * 16 + ((q & 1) << 3)), b0, b1, b2, b3);
-#pragma unroll
-          for (int i = 0; i < C::WN; ++i) {
-            mma16816<T>(acc[i][j], afrag[i], b0, b1);
-            mma16816<T>(acc[i][j + 1], afrag[i], b2, b3);
-          }
-        }
-      }
-    }
-    // Refill the slot consumed in the previous iteration (every warp passed this iteration's
-    // barrier, so nobody still reads it).
-    const int nk = kt + C::STAGES - 1;
-    if (nk < ktiles) {
-      load_w(nk, nk % C::STAGES);
-      load_a(nk, nk % C::STAGES);
-    }
-    cp_async_commit();
-  }
-  cp_async_wait<0>();
-
-  // Epilogue: D fragment (rows n = g, g+8; cols m = 2c, 2c+1) -> out[m, n] + bias[n].
-  const int g = lane >> 2, c = lane & 3;
-#pragma unroll
-  for (int i = 0; i < C::WN; ++i) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int n = n0 + warp_n + i * 16 + g + h * 8;
-      if (n >= N) continue;
-      const float bv = bias ? to_f<T>(bias[n]) : 0.f;
-#pragma unroll
-      for (int j = 0; j < C::MT; ++j) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int m = j * 8 + 2 * c + e;
-          if (m < M) out[(int64_t)m * N + n] = from_f<T>(acc[i][j][h * 2 + e] + bv);
-        }
-      }
-    }
-  }
-}
-
-// Launch one streaming configuration; `pdl` = launched right after norm_rows_kernel on the same
-// stream (programmatic dependent launch; the kernel waits before reading `a`).
-template <typename T, typename C>
-cudaError_t launch_stream(const T* a, const T* w, const T* bias, T* out, int M, int N, int K,
-                          bool pdl, cudaStream_t stream) {
-  // The >48 KB dynamic shared-memory opt-in is per device; benign race (setting it twice is harmless).
-  static bool attr_done[64] = {};
-  int dev = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  if (e != cudaSuccess) return e;
-  if (dev >= 64 || !attr_done[dev]) {
-    e = cudaFuncSetAttribute(stream_gemm_kernel<T, C>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             (int)C::SMEM);
-    if (e != cudaSuccess) return e;
-    if (dev < 64) attr_done[dev] = true;
-  }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((unsigned)((N + C::BN - 1) / C::BN));
-  cfg.blockDim = dim3(C::THREADS);
-  cfg.dynamicSmemBytes = C::SMEM;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, stream_gemm_kernel<T, C>, a, w, bias, out, M, N, K, pdl ? 1 : 0);
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
 }
 
 template <typename T>
-cudaError_t stream_gemm(const T* a, const T* w, const T* bias, T* out, int M, int N, int K,
-                        bool pdl, cudaStream_t s) {
-  // BN 32: N / 32 CTAs (384 for N = 12288, ~3 per SM) balance better over 132 SMs than BN 64.
-  // Stages keep ~48-64 KB of W in flight per CTA.
-  const int bn = g_force_bn ? g_force_bn : 64;
-  if (bn == 32) {
-    if (M <= 8) return launch_stream<T, StreamCfg<32, 64, 1, 2, 8>>(a, w, bias, out, M, N, K, pdl, s);
-    if (M <= 16) return launch_stream<T, StreamCfg<32, 64, 2, 2, 8>>(a, w, bias, out, M, N, K, pdl, s);
-    if (M <= 32) return launch_stream<T, StreamCfg<32, 64, 4, 2, 6>>(a, w, bias, out, M, N, K, pdl, s);
-    return launch_stream<T, StreamCfg<32, 64, 8, 2, 5>>(a, w, bias, out, M, N, K, pdl, s);
+__device__ __forceinline__ void unpack(const uint4& raw, float (&f)[16 / sizeof(T)]) {
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < (int)(16 / sizeof(T)); ++i) f[i] = to_f<T>(e[i]);
+}
+
+// dst2 may be NULL. `fast` = K <= 32*VEC*kRowVecs, K % VEC == 0 and every pointer 16-byte aligned.
+template <typename T>
+__device__ void warp_norm_row(const T* __restrict__ x, const T* __restrict__ gamma,
+                              const T* __restrict__ beta, T* dst1, T* dst2, int K, int norm_type,
+                              float eps, bool fast) {
+  constexpr int VEC = 16 / sizeof(T);
+  const int lane = threadIdx.x & 31;
+  const float inv_k = 1.0f / static_cast<float>(K);
+  if (fast) {
+    const int nvec = K / VEC;
+    uint4 buf[kRowVecs];
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < kRowVecs; ++i) {
+      const int c = lane + 32 * i;
+      if (c < nvec) {
+        buf[i] = __ldg(reinterpret_cast<const uint4*>(x) + c);
+        float f[VEC];
+        unpack<T>(buf[i], f);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) s += f[j];
+      }
+    }
+    const float mean = norm_type == DSATTN_NORM_LAYERNORM ? warp_sum(s) * inv_k : 0.f;
+    float ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < kRowVecs; ++i) {
+      if (lane + 32 * i < nvec) {
+        float f[VEC];
+        unpack<T>(buf[i], f);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          const float d = f[j] - mean;
+          ss = fmaf(d, d, ss);
+        }
+      }
+    }
+    const float rstd = 1.0f / sqrtf(warp_sum(ss) * inv_k + eps);
+#pragma unroll
+    for (int i = 0; i < kRowVecs; ++i) {
+      const int c = lane + 32 * i;
+      if (c < nvec) {
+        float f[VEC], g[VEC], b[VEC];
+        unpack<T>(buf[i], f);
+        if (norm_type != DSATTN_NORM_NONE) unpack<T>(__ldg(reinterpret_cast<const uint4*>(gamma) + c), g);
+        if (norm_type == DSATTN_NORM_LAYERNORM) unpack<T>(__ldg(reinterpret_cast<const uint4*>(beta) + c), b);
+        uint4 o;
+        T* oe = reinterpret_cast<T*>(&o);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          float y = f[j];
+          if (norm_type == DSATTN_NORM_LAYERNORM) y = fmaf((f[j] - mean) * rstd, g[j], b[j]);
+          else if (norm_type == DSATTN_NORM_RMSNORM) y = (f[j] * rstd) * g[j];
+          oe[j] = from_f<T>(y);
+        }
+        reinterpret_cast<uint4*>(dst1)[c] = o;
+        if (dst2) reinterpret_cast<uint4*>(dst2)[c] = o;
+      }
+    }
+    return;
   }
-  if (M <= 8) return launch_stream<T, StreamCfg<64, 64, 1, 4, 8>>(a, w, bias, out, M, N, K, pdl, s);
-  if (M <= 16) return launch_stream<T, StreamCfg<64, 64, 2, 4, 8>>(a, w, bias, out, M, N, K, pdl, s);
-  if (M <= 32) return launch_stream<T, StreamCfg<64, 64, 4, 2, 6>>(a, w, bias, out, M, N, K, pdl, s);
-  return launch_stream<T, StreamCfg<64, 64, 8, 2, 5>>(a, w, bias, out, M, N, K, pdl, s);
+  float s = 0.f;
+  if (norm_type == DSATTN_NORM_LAYERNORM)
+    for (int k = lane; k < K; k += 32) s += to_f<T>(x[k]);
+  const float mean = norm_type == DSATTN_NORM_LAYERNORM ? warp_sum(s) * inv_k : 0.f;
+  float ss = 0.f;
+  for (int k = lane; k < K; k += 32) {
+    const float d = to_f<T>(x[k]) - mean;
+    ss = fmaf(d, d, ss);
+  }
+  const float rstd = 1.0f / sqrtf(warp_sum(ss) * inv_k + eps);
+  for (int k = lane; k < K; k += 32) {
+    const float v = to_f<T>(x[k]);
+    float y = v;
+    if (norm_type == DSATTN_NORM_LAYERNORM) y = fmaf((v - mean) * rstd, to_f<T>(gamma[k]), to_f<T>(beta[k]));
+    else if (norm_type == DSATTN_NORM_RMSNORM) y = (v * rstd) * to_f<T>(gamma[k]);
+    const T o = from_f<T>(y);
+    dst1[k] = o;
+    if (dst2) dst2[k] = o;
+  }
+}
+
+// One warp per row, 8 rows per CTA (K small enough for the register path), or one CTA per row
+// (norm_rows_kernel below) for long rows.
+template <typename T>
+__global__ void __launch_bounds__(256)
+norm_rows_warp_kernel(const T* __restrict__ x, const T* __restrict__ gamma, const T* __restrict__ beta,
+                      T* __restrict__ out, int64_t M, int K, int norm_type, float eps) {
+  const int64_t row = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+  if (row >= M) return;
+  warp_norm_row<T>(x + row * K, gamma, beta, out + row * K, nullptr, K, norm_type, eps, true);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Fused small-M kernel (sm_90): out[m, n] = sum_k norm(x)[m, k] * W[k, n] + bias[n], M <= 16.
+//
+// Bound by reading W once (K*N*2 bytes). A persistent grid (one CTA per SM, 256 threads) walks
+// 32-column tiles of W; W arrives through the bulk tensor copy engine (TMA, 2-D box of 128 k-rows
+// x 32 columns = 8 KB per stage, 64-byte swizzle so ldmatrix reads are conflict-free) into a
+// `stages`-deep ring of shared-memory buffers completed on mbarriers; one thread refills a buffer
+// as soon as all warps are done with it. Before its first tile every CTA normalizes all M rows of
+// x (fp32 statistics, rounded to T once) into shared memory; the first W stages are already in
+// flight then, so the normalization hides behind them and no separate norm kernel (and launch)
+// exists. CTA 0 also writes `normed` when asked.
+// MMA (mma.sync m16n8k16, fp32 accumulate) with roles swapped: A = W^T tile (16 n x 16 k, from
+// the k-major smem tile via ldmatrix.trans), B = normalized x^T (16 k x 8 m), D = out^T. Each of
+// the 8 warps owns one 16-k step of every 128-k stage; partial sums are reduced across warps
+// through shared memory at the end of a tile.
+constexpr int kFusedBN = 32;        // columns per tile (TMA box inner dim: 64 bytes)
+constexpr int kFusedBK = 128;       // k rows per stage (TMA box outer dim)
+constexpr int kFusedWarps = 8;      // one 16-k MMA step per warp per stage
+constexpr int kFusedStageBytes = kFusedBN * kFusedBK * 2;
+constexpr int kFusedMaxStages = 16;
+constexpr int64_t kFusedMaxM = 16;  // 2 MMA column tiles (x must fit in shared memory)
+
+template <typename T>
+struct FusedArgs {
+  const T* x;
+  const T* gamma;
+  const T* beta;
+  const T* bias;
+  T* out;
+  T* normed;  // NULL unless emit_normed
+  int M, N, K;
+  int norm_type;
+  float eps;
+  int stages;
+  int x_ld;   // elements per smem row of x (>= round_up(K, kFusedBK), == 8 mod 64: conflict-free)
+  int tiles;  // ceil(N / kFusedBN)
+  int row_fast;
+};
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], "
+      "[%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1)
+      : "memory");
+}
+
+#endif  // sm_90 device helpers
+
+template <typename T, int MT>
+__global__ void __launch_bounds__(kFusedWarps * 32, 1)
+fused_small_kernel(const __grid_constant__ CUtensorMap wmap, const FusedArgs<T> a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ unsigned char smem_raw[];
+  // Stage buffers need 512-byte alignment for the 64-byte swizzle: align the base to 1024.
+  const uint32_t raw = smem_u32(smem_raw);
+  const uint32_t pad = ((raw + 1023u) & ~1023u) - raw;
+  unsigned char* base = smem_raw + pad;
+  const uint32_t w_s = raw + pad;                                   // stages * 8 KB
+  T* xs = reinterpret_cast<T*>(base + a.stages * kFusedStageBytes);  // [MT*8][x_ld]
+  float* red = reinterpret_cast<float*>(base + a.stages * kFusedStageBytes +
+                                        (size_t)MT * 8 * a.x_ld * sizeof(T));  // [warps][MT*8][32]
+  uint64_t* bars = reinterpret_cast<uint64_t*>(red + kFusedWarps * MT * 8 * kFusedBN);
+  const uint32_t bar0 = smem_u32(bars);
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int ktiles = (a.K + kFusedBK - 1) / kFusedBK;
+  const int my_tiles = a.tiles > (int)blockIdx.x ? (a.tiles - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+  const int total = my_tiles * ktiles;
+
+  auto issue = [&](int it) {  // TMA for flattened iteration `it` into its ring slot
+    const int slot = it % a.stages;
+    const int tile = blockIdx.x + (it / ktiles) * gridDim.x;
+    const int kt = it % ktiles;
+    const uint32_t bar = bar0 + 8 * slot;
+    mbar_expect_tx(bar, kFusedStageBytes);
+    tma_load_2d(w_s + slot * kFusedStageBytes, &wmap, bar, tile * kFusedBN, kt * kFusedBK);
+  };
+
+  if (tid == 0) {
+    for (int s = 0; s < a.stages; ++s) mbar_init(bar0 + 8 * s, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  }
+  __syncthreads();
+  if (tid == 0)
+    for (int it = 0; it < a.stages && it < total; ++it) issue(it);
+
+  // Prologue (overlaps the W prefetch): normalized x into smem, zero rows >= M and columns >= K.
+  const int kpad = ktiles * kFusedBK;
+  for (int m = warp; m < MT * 8; m += kFusedWarps) {
+    T* dst = xs + (size_t)m * a.x_ld;
+    if (m < a.M) {
+      T* dst2 = (a.normed && blockIdx.x == 0) ? a.normed + (size_t)m * a.K : nullptr;
+      warp_norm_row<T>(a.x + (size_t)m * a.K, a.gamma, a.beta, dst, dst2, a.K, a.norm_type, a.eps,
+                       a.row_fast != 0);
+      for (int k = a.K + lane; k < kpad; k += 32) dst[k] = from_f<T>(0.f);
+    } else {
+      for (int k = lane; k < kpad; k += 32) dst[k] = from_f<T>(0.f);
+    }
+  }
+  __syncthreads();
+
+  float acc[2][MT][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < MT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+  const int q = lane >> 3, r8 = lane & 7;
+  const int krow_in_step = ((q >> 1) << 3) + r8;  // A (trans): k row of this lane's matrix row
+  const int nchunk_off = q & 1;                   // A: 8-column chunk inside the 16-column tile
+  const int g = lane >> 2, c4 = lane & 3;
+
+  for (int it = 0; it < total; ++it) {
+    const int slot = it % a.stages;
+    const int kt = it % ktiles;
+    mbar_wait(bar0 + 8 * slot, (uint32_t)((it / a.stages) & 1));
+    const uint32_t ws = w_s + slot * kFusedStageBytes;
+    const int krow = warp * 16 + krow_in_step;  // k row inside the stage (0..127)
+    const int kglob = kt * kFusedBK + warp * 16;  // first k of this warp's step
+    uint32_t af[2][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int chunk = i * 2 + nchunk_off;  // 16-byte chunk of the 64-byte row
+      const uint32_t addr = ws + krow * 64 + ((chunk ^ ((krow >> 1) & 3)) << 4);
+      ldmatrix_x4_trans(addr, af[i][0], af[i][1], af[i][2], af[i][3]);
+    }
+    if constexpr (MT == 1) {
+      const int l = lane & 15;
+      uint32_t b0, b1;
+      ldmatrix_x2(smem_u32(xs + (l & 7) * a.x_ld + kglob + ((l >> 3) << 3)), b0, b1);
+#pragma unroll
+      for (int i = 0; i < 2; ++i) mma16816<T>(acc[i][0], af[i], b0, b1);
+    } else {
+#pragma unroll
+      for (int j = 0; j < MT; j += 2) {
+        uint32_t b0, b1, b2, b3;
+        const int row = (j + (q >> 1)) * 8 + r8;
+        ldmatrix_x4(smem_u32(xs + row * a.x_ld + kglob + ((q & 1) << 3)), b0, b1, b2, b3);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          mma16816<T>(acc[i][j], af[i], b0, b1);
+          mma16816<T>(acc[i][j + 1], af[i], b2, b3);
+        }
+      }
+    }
+    if (kt == ktiles - 1) {
+      // Tile done: reduce the 8 warps' partial sums, add bias, store (coalesced along n).
+      float* rw = red + warp * (MT * 8 * kFusedBN);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < MT; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int n = i * 16 + g + ((e >> 1) << 3);
+            const int m = j * 8 + 2 * c4 + (e & 1);
+            rw[m * kFusedBN + n] = acc[i][j][e];
+            acc[i][j][e] = 0.f;
+          }
+      __syncthreads();
+      const int tile = blockIdx.x + (it / ktiles) * gridDim.x;
+      for (int idx = tid; idx < a.M * kFusedBN; idx += kFusedWarps * 32) {
+        const int m = idx / kFusedBN, n = idx % kFusedBN;
+        const int gn = tile * kFusedBN + n;
+        if (gn >= a.N) continue;
+        float v = a.bias ? to_f<T>(a.bias[gn]) : 0.f;
+#pragma unroll
+        for (int w = 0; w < kFusedWarps; ++w) v += red[(w * MT * 8 + m) * kFusedBN + n];
+        a.out[(size_t)m * a.N + gn] = from_f<T>(v);
+      }
+    }
+    __syncthreads();  // every warp is done with `slot` (and with red[])
+    if (tid == 0 && it + a.stages < total) issue(it + a.stages);
+  }
+#else
+  __trap();  // host code launches this kernel only on sm_90+
+#endif
+}
+
+// ------------------------------------------------------------------------------------------------
+// Host side of the fused kernel.
+struct DeviceInfo {
+  int sms = 0, smem_optin = 0, major = 0;
+};
+
+DeviceInfo device_info(int dev) {
+  static std::mutex mu;
+  static std::map<int, DeviceInfo> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(dev);
+  if (it != cache.end()) return it->second;
+  DeviceInfo d;
+  cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, dev);
+  cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, dev);
+  cache[dev] = d;
+  return d;
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static std::once_flag once;
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
+  std::call_once(once, [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) ==
+            cudaSuccess &&
+        q == cudaDriverEntryPointSuccess)
+      fn = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  });
+  return fn;
+}
+
+int fused_x_ld(int64_t K) { return (int)(round_up((size_t)K, kFusedBK) + 8); }  // == 8 (mod 64)
+
+// Shared-memory bytes of the fused kernel for `stages` (1024 alignment slack included).
+size_t fused_smem(int64_t M, int64_t K, int stages) {
+  const int MT = M <= 8 ? 1 : 2;
+  return 1024 + (size_t)stages * kFusedStageBytes + (size_t)MT * 8 * fused_x_ld(K) * 2 +
+         (size_t)kFusedWarps * MT * 8 * kFusedBN * 4 + kFusedMaxStages * 8;
+}
+
+int g_force_stages = 0;  // 0 auto; else a fixed ring depth (benchmarks)
+
+// Stages that fit (0: the fused kernel cannot run this shape on this device).
+int fused_stages(const DeviceInfo& d, int64_t M, int64_t K) {
+  if (d.major < 9) return 0;
+  int s = g_force_stages ? g_force_stages : kFusedMaxStages;
+  while (s >= 3 && fused_smem(M, K, s) > (size_t)d.smem_optin) --s;
+  return s >= 3 ? s : 0;
+}
+
+template <typename T, int MT>
+cudaError_t launch_fused_t(const CUtensorMap& map, const FusedArgs<T>& args, const DeviceInfo& d, int dev,
+                           size_t smem, cudaStream_t s) {
+  static int attr_bytes[64] = {};  // per device: the opt-in set so far (benign race)
+  if (dev >= 64 || attr_bytes[dev] < (int)smem) {
+    cudaError_t e = cudaFuncSetAttribute(fused_small_kernel<T, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         d.smem_optin);
+    if (e != cudaSuccess) return e;
+    if (dev < 64) attr_bytes[dev] = d.smem_optin;
+  }
+  // Equal tile counts per CTA (ceil(tiles / SMs) each): the slowest CTA sets the time anyway.
+  const int per = (args.tiles + d.sms - 1) / d.sms;
+  const int grid = (args.tiles + per - 1) / per;
+  fused_small_kernel<T, MT><<<grid, kFusedWarps * 32, smem, s>>>(map, args);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_fused(const dsattn_qkv_gemm_params* p, int stages, const DeviceInfo& d, int dev,
+                         cudaStream_t s) {
+  auto encode = tensor_map_encoder();
+  if (!encode) return cudaErrorNotSupported;
+  CUtensorMap map;
+  const cuuint64_t gdim[2] = {(cuuint64_t)p->N, (cuuint64_t)p->K};
+  const cuuint64_t gstride[1] = {(cuuint64_t)p->N * sizeof(T)};
+  const cuuint32_t box[2] = {kFusedBN, kFusedBK};
+  const cuuint32_t estride[2] = {1, 1};
+  const CUtensorMapDataType ty =
+      std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  // Out-of-bounds box elements (N and K tails) are filled with zeros.
+  if (encode(&map, ty, 2, const_cast<void*>(p->weight), gdim, gstride, box, estride,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
+    return cudaErrorNotSupported;
+  FusedArgs<T> a;
+  a.x = (const T*)p->input;
+  a.gamma = p->norm_type != DSATTN_NORM_NONE ? (const T*)p->gamma : nullptr;
+  a.beta = p->norm_type == DSATTN_NORM_LAYERNORM ? (const T*)p->beta : nullptr;
+  a.bias = (const T*)p->bias;
+  a.out = (T*)p->qkv;
+  a.normed = p->emit_normed ? (T*)p->normed : nullptr;
+  a.M = (int)p->M;
+  a.N = (int)p->N;
+  a.K = (int)p->K;
+  a.norm_type = p->norm_type;
+  a.eps = p->epsilon;
+  a.stages = stages;
+  a.x_ld = fused_x_ld(p->K);
+  a.tiles = (int)((p->N + kFusedBN - 1) / kFusedBN);
+  constexpr int VEC = 16 / sizeof(T);
+  a.row_fast = p->K % VEC == 0 && p->K <= 32 * VEC * kRowVecs && aligned(p->input, 16) &&
+               (!a.gamma || aligned(a.gamma, 16)) && (!a.beta || aligned(a.beta, 16)) &&
+               (!a.normed || aligned(a.normed, 16));
+  const size_t smem = fused_smem(p->M, p->K, stages);
+  if (p->M <= 8) return launch_fused_t<T, 1>(map, a, d, dev, smem, s);
+  return launch_fused_t<T, 2>(map, a, d, dev, smem, s);
 }
 
 template <typename T>
 cudaError_t launch_norm(const void* x, const void* gamma, const void* beta, void* out, int64_t M,
-                        int64_t K, int norm_type, float eps, bool pdl_trigger, cudaStream_t s) {
+                        int64_t K, int norm_type, float eps, cudaStream_t s) {
   constexpr int VEC = 16 / sizeof(T);
   const bool vec = (K % VEC == 0) && aligned(x, 16) && aligned(out, 16) &&
                    (norm_type == DSATTN_NORM_NONE || aligned(gamma, 16)) &&
                    (norm_type != DSATTN_NORM_LAYERNORM || aligned(beta, 16));
+  if (vec && K <= 32 * VEC * kRowVecs) {  // row in registers: one read of x
+    norm_rows_warp_kernel<T><<<(unsigned)((M + 7) / 8), 256, 0, s>>>(
+        (const T*)x, (const T*)gamma, (const T*)beta, (T*)out, M, (int)K, norm_type, eps);
+    return cudaGetLastError();
+  }
   const int threads = K >= 2048 ? kNormThreads : (K >= 512 ? 128 : 64);
   const dim3 grid((unsigned)M);
   if (vec)
     norm_rows_kernel<T, VEC><<<grid, threads, 0, s>>>(
-        (const T*)x, (const T*)gamma, (const T*)beta, (T*)out, K, norm_type, eps, pdl_trigger);
+        (const T*)x, (const T*)gamma, (const T*)beta, (T*)out, K, norm_type, eps);
   else
     norm_rows_kernel<T, 1><<<grid, threads, 0, s>>>(
-        (const T*)x, (const T*)gamma, (const T*)beta, (T*)out, K, norm_type, eps, pdl_trigger);
+        (const T*)x, (const T*)gamma, (const T*)beta, (T*)out, K, norm_type, eps);
   return cudaGetLastError();
 }
 
 cudaError_t norm_dispatch(dsattn_dtype dt, const void* x, const void* gamma, const void* beta,
-                          void* out, int64_t M, int64_t K, int norm_type, float eps,
-                          bool pdl_trigger, cudaStream_t s) {
+                          void* out, int64_t M, int64_t K, int norm_type, float eps, cudaStream_t s) {
   switch (dt) {
-    case DSATTN_FLOAT32: return launch_norm<float>(x, gamma, beta, out, M, K, norm_type, eps, pdl_trigger, s);
-    case DSATTN_FLOAT16: return launch_norm<__half>(x, gamma, beta, out, M, K, norm_type, eps, pdl_trigger, s);
-    case DSATTN_BFLOAT16: return launch_norm<__nv_bfloat16>(x, gamma, beta, out, M, K, norm_type, eps, pdl_trigger, s);
+    case DSATTN_FLOAT32: return launch_norm<float>(x, gamma, beta, out, M, K, norm_type, eps, s);
+    case DSATTN_FLOAT16: return launch_norm<__half>(x, gamma, beta, out, M, K, norm_type, eps, s);
+    case DSATTN_BFLOAT16: return launch_norm<__nv_bfloat16>(x, gamma, beta, out, M, K, norm_type, eps, s);
   }
   return cudaErrorInvalidValue;
 }
@@ -658,7 +881,7 @@ cudaError_t lt_gemm(dsattn_gemm_ctx*, dsattn_dtype, const void*, const void*, co
 
 // ------------------------------------------------------------------------------------------------
 // Validation and the workspace layout.
-enum class Path { kNone, kStream, kLt, kInt8 };
+enum class Path { kNone, kFused, kLt, kInt8 };
 
 bool valid_params(const dsattn_qkv_gemm_params* p) {
   if (!p) return false;
@@ -668,20 +891,8 @@ bool valid_params(const dsattn_qkv_gemm_params* p) {
   if ((p->quantized != 0 && p->quantized != 1) || (p->emit_normed != 0 && p->emit_normed != 1)) return false;
   if (!std::isfinite(p->epsilon) || p->epsilon < 0.f) return false;
   if (p->group_size < 0 || (p->quantized == 0 && p->group_size != 0)) return false;
-  // Row indices are int64 everywhere except the streaming kernel's int sizes (checked there).
-  if (p->M > INT32_MAX) return false;  // one norm CTA per row (grid.x limit 2^31 - 1)
+  if (p->M > INT32_MAX) return false;  // grid-size limits of the norm kernels
   return true;
-}
-
-// Size-only path choice (workspace sizing must not depend on pointers).
-Path size_path(const dsattn_qkv_gemm_params* p) {
-  if (p->M == 0) return Path::kNone;
-  if (p->quantized) return Path::kInt8;
-  if (g_force_path == 1) return Path::kLt;
-  const bool small_ok = p->dtype != DSATTN_FLOAT32 && p->M <= kSmallMaxM && p->N % 8 == 0 &&
-                        p->K % 8 == 0 && p->N <= INT32_MAX && p->K <= INT32_MAX;
-  if (g_force_path == 2 && small_ok) return Path::kStream;
-  return small_ok ? Path::kStream : Path::kLt;
 }
 
 bool needs_norm_buffer(const dsattn_qkv_gemm_params* p) {
@@ -708,23 +919,39 @@ struct Layout {
   size_t norm_off = 0, norm_bytes = 0, rest_off = 0, rest_bytes = 0, total = 0;
 };
 
+// Sizes only (not pointers, not the device): the buffer for norm(x) when it has nowhere else to
+// go, plus the cuBLASLt workspace (quantized=0; also for shapes the fused kernel normally takes,
+// since it falls back to cuBLASLt on pre-Hopper devices or unaligned pointers) or the int8
+// matmul's workspace.
 Layout layout(const dsattn_qkv_gemm_params* p) {
   Layout L;
   if (needs_norm_buffer(p)) L.norm_bytes = round_up((size_t)p->M * p->K * dtype_size(p->dtype), kAlign);
   L.rest_off = L.norm_bytes;
-  switch (size_path(p)) {
-    case Path::kLt: L.rest_bytes = DSATTN_QKV_GEMM_LT_WORKSPACE_BYTES; break;
-    case Path::kInt8: {
-      if (dsattn_int8_matmul_workspace_size) {
-        dsattn_int8_matmul_params q = int8_params(p, nullptr);
-        L.rest_bytes = round_up(dsattn_int8_matmul_workspace_size(&q), kAlign);
-      }
-      break;
-    }
-    default: break;
+  if (!p->quantized) {
+    L.rest_bytes = DSATTN_QKV_GEMM_LT_WORKSPACE_BYTES;
+  } else if (dsattn_int8_matmul_workspace_size) {
+    dsattn_int8_matmul_params q = int8_params(p, nullptr);
+    L.rest_bytes = round_up(dsattn_int8_matmul_workspace_size(&q), kAlign);
   }
   L.total = L.norm_bytes + L.rest_bytes;
   return L;
+}
+
+int64_t g_fused_max_m = kFusedMaxM;  // automatic choice: fused kernel for M <= this
+
+// Runtime path choice. The fused kernel: fp16/bf16, M <= 16, sm_90, x fits in shared memory,
+// W rows 16-byte aligned (N % 8 == 0, W 16-byte aligned: TMA), sizes in int range.
+Path choose_path(const dsattn_qkv_gemm_params* p, int* stages, DeviceInfo* dinfo, int* dev) {
+  if (p->quantized) return Path::kInt8;
+  if (g_force_path == 1) return Path::kLt;
+  const int64_t max_m = g_force_path == 2 ? kFusedMaxM : g_fused_max_m;
+  if (p->dtype == DSATTN_FLOAT32 || p->M > max_m || p->N % 8 != 0 || !aligned(p->weight, 16) ||
+      p->N > INT32_MAX || p->K > INT32_MAX)
+    return Path::kLt;
+  if (cudaGetDevice(dev) != cudaSuccess) return Path::kLt;
+  *dinfo = device_info(*dev);
+  *stages = fused_stages(*dinfo, p->M, p->K);
+  return *stages > 0 ? Path::kFused : Path::kLt;
 }
 
 }  // namespace
@@ -758,14 +985,12 @@ size_t dsattn_qkv_gemm_workspace_size(const dsattn_qkv_gemm_params* p) {
   return layout(p).total;
 }
 
-// Testing / benchmarking only (not part of the op's contract): process-wide override of the path
-// choice. path 0 automatic, 1 cuBLASLt, 2 streaming kernel where its size conditions hold;
-// stream_bn 0 automatic, or 32 / 64. Not thread-safe; set it before issuing calls.
-cudaError_t dsattn_qkv_gemm_debug_force_path(int32_t path, int32_t stream_bn) {
-  if (path < 0 || path > 2 || (stream_bn != 0 && stream_bn != 32 && stream_bn != 64))
+// Testing / benchmarking only (see qkv_gemm.h).
+cudaError_t dsattn_qkv_gemm_debug_force_path(int32_t path, int32_t stages) {
+  if (path < 0 || path > 2 || (stages != 0 && (stages < 3 || stages > kFusedMaxStages)))
     return cudaErrorInvalidValue;
   g_force_path = path;
-  g_force_bn = stream_bn;
+  g_force_stages = stages;
   return cudaSuccess;
 }
 
@@ -795,56 +1020,38 @@ cudaError_t dsattn_qkv_gemm(dsattn_gemm_ctx* ctx, const dsattn_qkv_gemm_params* 
   if (p->quantized && (!dsattn_int8_matmul || !dsattn_int8_matmul_workspace_size))
     return cudaErrorNotSupported;  // built without int8_matmul*.cu
 
-  Path path = size_path(p);
+  int stages = 0, dev = 0;
+  DeviceInfo dinfo;
+  Path path = choose_path(p, &stages, &dinfo, &dev);
+  cudaError_t e = cudaSuccess;
+  if (path == Path::kFused) {
+    e = p->dtype == DSATTN_FLOAT16 ? launch_fused<__half>(p, stages, dinfo, dev, stream)
+                                   : launch_fused<__nv_bfloat16>(p, stages, dinfo, dev, stream);
+    if (e != cudaErrorNotSupported) return e;
+    path = Path::kLt;  // no tensor-map encoder in this driver: take the cuBLASLt path
+  }
 
   // 1. The GEMM's left operand: input itself, or norm(input) in `normed` / the workspace.
   const void* a = p->input;
-  bool normalized = false;
   if (p->norm_type != DSATTN_NORM_NONE) {
     void* dst = p->emit_normed ? p->normed : static_cast<char*>(workspace) + L.norm_off;
-    a = dst;
-    normalized = true;
-  }
-  if (path == Path::kStream) {
-    const bool al = aligned(a, 16) && aligned(p->weight, 16);  // 16-byte cp.async of a and W
-    if (!al) path = Path::kLt;  // sized without the Lt workspace: Lt runs with what is left
-  }
-  cudaError_t e = cudaSuccess;
-  if (normalized) {
-    e = norm_dispatch(p->dtype, p->input, p->gamma, p->beta, const_cast<void*>(a), p->M, p->K, p->norm_type,
-                      p->epsilon, path == Path::kStream, stream);
+    e = norm_dispatch(p->dtype, p->input, p->gamma, p->beta, dst, p->M, p->K, p->norm_type, p->epsilon, stream);
     if (e != cudaSuccess) return e;
+    a = dst;
   } else if (p->emit_normed) {
     e = cudaMemcpyAsync(p->normed, p->input, (size_t)p->M * p->K * es, cudaMemcpyDeviceToDevice, stream);
     if (e != cudaSuccess) return e;
   }
 
   // 2. The GEMM.
-  char* rest = workspace ? static_cast<char*>(workspace) + L.rest_off : nullptr;
-  const size_t rest_bytes = workspace ? workspace_bytes - L.rest_off : 0;
-  switch (path) {
-    case Path::kInt8: {
-      dsattn_int8_matmul_params q = int8_params(p, a);
-      return dsattn_int8_matmul(&q, rest_bytes ? rest : nullptr, rest_bytes, stream);
-    }
-    case Path::kStream: {
-      const int M = (int)p->M, N = (int)p->N, K = (int)p->K;
-      if (p->dtype == DSATTN_FLOAT16)
-        return stream_gemm<__half>((const __half*)a, (const __half*)p->weight, (const __half*)p->bias,
-                                   (__half*)p->qkv, M, N, K, normalized, stream);
-      return stream_gemm<__nv_bfloat16>((const __nv_bfloat16*)a, (const __nv_bfloat16*)p->weight,
-                                        (const __nv_bfloat16*)p->bias, (__nv_bfloat16*)p->qkv, M, N, K,
-                                        normalized, stream);
-    }
-    case Path::kLt: {
-      // Lt workspace: what the layout reserved; the cache key includes it, so a fallback call
-      // with less workspace gets its own plan.
-      const size_t lt_bytes = std::min(rest_bytes, DSATTN_QKV_GEMM_LT_WORKSPACE_BYTES);
-      return lt_gemm(ctx, p->dtype, a, p->weight, p->bias, p->qkv, p->M, p->N, p->K, lt_bytes ? rest : nullptr,
-                     lt_bytes, stream);
-    }
-    default: return cudaSuccess;
+  char* rest = static_cast<char*>(workspace) + L.rest_off;
+  const size_t rest_bytes = workspace_bytes - L.rest_off;
+  if (path == Path::kInt8) {
+    dsattn_int8_matmul_params q = int8_params(p, a);
+    return dsattn_int8_matmul(&q, rest_bytes ? rest : nullptr, rest_bytes, stream);
   }
+  const size_t lt_bytes = std::min(rest_bytes, DSATTN_QKV_GEMM_LT_WORKSPACE_BYTES);
+  return lt_gemm(ctx, p->dtype, a, p->weight, p->bias, p->qkv, p->M, p->N, p->K, rest, lt_bytes, stream);
 }
 
 }  // extern "C"

@@ -9,12 +9,12 @@
 // fp32; the normalized row is rounded to T once (exactly what the GEMM consumes and what `normed`
 // holds). The GEMM accumulates in fp32 (float32 T: true fp32, no TF32).
 //
-// Paths (chosen inside dsattn_qkv_gemm by M, dtype and alignment; callers do not choose):
-//   - small M, fp16/bf16, aligned: a normalize kernel, then a weight-streaming tensor-core kernel
-//     launched with programmatic dependent launch so that its weight prefetch overlaps the
-//     normalize kernel;
+// Paths (chosen inside dsattn_qkv_gemm by M, dtype, device and alignment; callers do not choose):
+//   - M <= 16, fp16/bf16, sm_90, N % 8 == 0, W 16-byte aligned: one fused persistent kernel (each
+//     CTA normalizes x into shared memory while TMA streams W; tensor-core MMA; bias epilogue);
 //   - otherwise: a normalize kernel writing norm(input) to the workspace (or to `normed`), then a
-//     cuBLASLt matmul with the bias epilogue;
+//     cuBLASLt matmul with the bias epilogue (per-shape plan in the context; for large shapes the
+//     first uncaptured call times the heuristic's candidates once and keeps the fastest);
 //   - quantized = 1: a normalize kernel into the workspace, then dsattn_int8_matmul (int8_matmul.h).
 // With norm_type = 0 and no emit_normed the input is used directly (no normalize kernel).
 //
@@ -88,10 +88,11 @@ cudaError_t dsattn_qkv_gemm(dsattn_gemm_ctx* ctx, const dsattn_qkv_gemm_params* 
                             size_t workspace_bytes, cudaStream_t stream);
 
 // Testing / benchmarking only (not part of the op's contract; plugins never call it): a
-// process-wide override of the path choice. path 0 automatic, 1 cuBLASLt, 2 the streaming kernel
-// wherever its size conditions hold; stream_bn 0 automatic, else 32 or 64 (its column slab).
-// Not thread-safe: set it before issuing calls. cudaErrorInvalidValue for other values.
-cudaError_t dsattn_qkv_gemm_debug_force_path(int32_t path, int32_t stream_bn);
+// process-wide override of the path choice. path 0 automatic, 1 cuBLASLt, 2 the fused kernel
+// wherever its conditions hold (M <= 16 ...); stages 0 automatic, else 3..16 (the fused kernel's
+// shared-memory ring depth, capped by what fits). Not thread-safe: set it before issuing calls.
+// cudaErrorInvalidValue for other values.
+cudaError_t dsattn_qkv_gemm_debug_force_path(int32_t path, int32_t stages);
 
 #ifdef __cplusplus
 }

@@ -96,12 +96,12 @@ def default_context(lib=None) -> GemmContext:
         return ctx
 
 
-def force_path(path: int = 0, stream_bn: int = 0, lib=None) -> None:
-    """Testing / benchmarking: 0 automatic, 1 cuBLASLt, 2 streaming kernel (where sizes allow);
-    stream_bn 0 automatic, 32 or 64. Process-wide."""
+def force_path(path: int = 0, stages: int = 0, lib=None) -> None:
+    """Testing / benchmarking: path 0 automatic, 1 cuBLASLt, 2 the fused small-M kernel (where its
+    conditions hold); stages 0 automatic, else 3..16 (fused kernel ring depth). Process-wide."""
     l = _prototypes(_lib.load(lib))
-    _lib.check(l, l.dsattn_qkv_gemm_debug_force_path(int(path), int(stream_bn)),
-               f"dsattn_qkv_gemm_debug_force_path(path={path}, stream_bn={stream_bn})")
+    _lib.check(l, l.dsattn_qkv_gemm_debug_force_path(int(path), int(stages)),
+               f"dsattn_qkv_gemm_debug_force_path(path={path}, stages={stages})")
 
 
 def workspace_size(params: QKVGemmParams, lib=None) -> int:
