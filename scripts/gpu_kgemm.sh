@@ -25,6 +25,8 @@ if [ ! -f build/plugins/kernels/libdsattn_kernels.so ]; then
     -lcublasLt -o build/plugins/kernels/libdsattn_kernels.so
 fi
 nm -D --defined-only build/plugins/kernels/libdsattn_kernels.so | grep dsattn_ > "$out/symbols.txt"
+obj=$(find build/plugins -name 'qkv_gemm.cu.o' | head -1)
+[ -n "$obj" ] && cuobjdump -sass "$obj" 2>/dev/null | grep -oE "UTMALDG|HMMA\.[0-9A-Z.]+|LDSM[.A-Z0-9]*|SYNCS[.A-Z]*|LDL|STL" | sort | uniq -c > "$out/sass_ops.txt"
 step pytest_qkv 200 python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels_qkv_gemm.py
 if [ "${1:-explore}" = explore ]; then
   step explore 200 python3 scripts/qkv_gemm_explore.py
@@ -34,6 +36,7 @@ step racecheck 150 compute-sanitizer --tool racecheck --error-exitcode 7 python3
 step bench 200 python3 -m dsattn.tools.cli bench kernels --only qkv --out "$out/BENCHMARKS_qkv.md"
 echo; echo "== pytest =="; tail -15 "$out/pytest_qkv.log"
 echo "== explore =="; grep '^|' "$out/explore.log" 2>/dev/null | tail -20
+echo "== sass =="; cat "$out/sass_ops.txt" 2>/dev/null | tr '\n' ' '; echo
 echo "== sanitizer =="; tail -3 "$out/memcheck.log"; tail -3 "$out/racecheck.log"
 echo "== bench =="; grep -E "^  qkv|ceilings|card" "$out/bench.log"
 echo "== summary =="; printf '%s\n' "${summary[@]}"
