@@ -164,3 +164,43 @@ def test_cli(fp16_model, tmp_path, capsys, monkeypatch):
     assert main(["validate", fp16_model, "--atol", "context:0", "--rtol", "0", "--seed", "7"]) == 1
     assert main(["validate", fp16_model, "--providers", "nosuch"]) == 2
     assert "'nosuch'" in capsys.readouterr().err
+
+
+def test_tensorrt_plumbing_with_a_stand_in_runtime(fp16_model, tmp_path, monkeypatch, seed):
+    """TensorRT is not installable here: check the glue to dsattn.engines (build with the plugins
+    when no plan is given, run_engine per case, rows named 'tensorrt') with a stand-in that runs the
+    lowered graph on ORT CPU, and that a stand-in returning garbage fails."""
+    import dsattn.engines as engines
+
+    sess = V.make_session(lower_for_ort(onnx.load(fp16_model)), "cpu")
+    calls = {}
+
+    def fake_build(model_path, plugins, out, **kw):
+        calls["build"] = (model_path, list(plugins), kw)
+        return out
+
+    def fake_run(engine, feeds, *, plugins=()):
+        calls.setdefault("run", []).append((engine, list(plugins)))
+        return V.run_session(sess, feeds)
+
+    monkeypatch.setattr(engines, "import_tensorrt", lambda: None)
+    monkeypatch.setattr(engines, "build_engine", fake_build)
+    monkeypatch.setattr(engines, "run_engine", fake_run)
+    rep = validate(fp16_model, seed=seed, plugins=["libdsattn_plugins.so"], batch=2, seq=4, capacity=14)
+    assert rep.passed, rep.table()
+    assert {r.output for r in rep.rows if r.runtime == "tensorrt"} == {"context", "present_key", "present_value"}
+    path, plugins, kw = calls["build"]
+    assert path == fp16_model and plugins == ["libdsattn_plugins.so"]
+    assert kw == dict(batch=(1, 2, 2), seq=(1, 4, 4), capacity=(14, 14, 14))
+    assert len(calls["run"]) == 2 and calls["run"][0][0].endswith("validate.plan")
+
+    def garbage(engine, feeds, *, plugins=()):
+        out = V.run_session(sess, feeds)
+        out["context"] = out["context"] + np.float16(0.01)
+        return out
+
+    monkeypatch.setattr(engines, "run_engine", garbage)
+    rep = validate(fp16_model, seed=seed, engine="given.plan")
+    assert not rep.passed and "build" in calls
+    assert {r.output for r in rep.rows if not r.passed} == {"context"}
+    assert all(r.runtime == "tensorrt" for r in rep.rows if not r.passed)
