@@ -412,3 +412,19 @@ def test_exported_module_lowered_matches_torch(name, tmp_path, seed):
                 assert np.abs(g - w).max() <= tol, f"{name} S={step_s} {k}: {np.abs(g - w).max():.3e} > {tol:.3e}"
         cache = E.KVCache(torch.from_numpy(got["present_key"]), torch.from_numpy(got["present_value"]),
                           new_cache.seq_lens, new_cache.start_pos)
+
+
+def test_opset_17_models(seed):
+    """Opset 17 (Reduce* axes as attributes) is lowered too; below 17 is refused with the reason."""
+    rng = np.random.default_rng(seed)
+    for model, feeds in ((sc_model(TP.FLOAT, SC_CASES[5]), sc_feeds(TP.FLOAT, SC_CASES[5], rng)),
+                         (gemm_model(TP.FLOAT, GEMM_CASES[1], rng), x_feed(TP.FLOAT, (2, 3, 64), rng))):
+        for o in model.opset_import:
+            if o.domain == "":
+                o.version = 17
+        assert_matches_reference(model, feeds)
+        for o in model.opset_import:
+            if o.domain == "":
+                o.version = 16
+        with pytest.raises(ValueError, match="opset is 16.*>= 17"):
+            lower_for_ort(model)

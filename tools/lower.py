@@ -26,6 +26,11 @@ SoftmaxContext subgraph (shapes; p = seq_lens[b] + i is the absolute position of
 The attention spans the whole cache capacity Tmax and masks what is not valid: simple and exact,
 but O(S * Tmax) per head, which is fine for validation.
 
+Why ScatterND and not opset-24 TensorScatter: ScatterND exists since opset 11 on every ONNX Runtime
+execution provider (CUDA included, any element type), so the lowered model keeps the exporter's
+opset (18) and IR version; TensorScatter needs opset 24 and runs on ORT CPU (1.32, bounds-checked)
+but its CUDA support in 1.31 is not established here.
+
 Cache overflow and invalid lengths: ONNX has no op that raises, so the index tensor of the cache
 write goes through a guard ``Reshape`` whose target shape becomes invalid (-2) when any row has
 seq_lens[b] < 0, seq_lens[b] + S > Tmax or start_pos[b] outside [0, seq_lens[b] + S] (the
