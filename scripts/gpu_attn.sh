@@ -12,11 +12,11 @@ step() { # step NAME TIMEOUT CMD...
   else summary+=("FAIL  $name ($((SECONDS-t0)) s): $(tail -3 "$out/$name.log" | tr '\n' ' ' | cut -c1-300)"); fi
 }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader | tee "$out/card.txt"
-step install 120 python3 -m pip install -q --no-deps --no-build-isolation -e .
+step install 60 python3 -m pip install -q --no-deps --no-build-isolation -e .
 python3 -c "import dsattn.tools.kernels.attention" || summary+=("FAIL  import dsattn after install")
 step cmake 60 cmake -S plugins -B build/plugins -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_ARCHITECTURES=90a -DDSATTN_BUILD_PLUGINS=OFF -DDSATTN_PTXAS_VERBOSE=ON
-step build 240 cmake --build build/plugins -j16 --target dsattn_kernels
+step build 150 cmake --build build/plugins -j16 --target dsattn_kernels
 if [ ! -f build/plugins/kernels/libdsattn_kernels.so ]; then
   # Others' work in progress may not compile: fall back to this op's files alone.
   mkdir -p build/plugins/kernels
@@ -24,12 +24,15 @@ if [ ! -f build/plugins/kernels/libdsattn_kernels.so ]; then
     -gencode=arch=compute_90a,code=sm_90a -Iplugins/kernels plugins/kernels/softmax_context.cu \
     plugins/kernels/softmax_context_prefill.cu -o build/plugins/kernels/libdsattn_kernels.so
 fi
-step pytest_attn 300 python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels_attention.py
-step memcheck 200 compute-sanitizer --tool memcheck --error-exitcode 7 python3 scripts/attn_sanitize.py
+# SASS facts of the hot kernels: 16-byte loads, no local memory, HMMA in the prefill kernel.
+step sass 60 bash scripts/attn_sass.sh
+step pytest_attn 130 python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels_attention.py
+step memcheck 80 compute-sanitizer --tool memcheck --error-exitcode 7 python3 scripts/attn_sanitize.py
 if [ "${1:-bench}" != nobench ]; then
-  step bench 300 python3 -m dsattn.tools.bench_attention
+  step bench 130 python3 -m dsattn.tools.bench_attention
 fi
 echo; echo "== pytest =="; grep -E "passed|failed|Error|assert" "$out/pytest_attn.log" | tail -25
+echo "== sass =="; cat "$out/sass.log"
 echo "== sanitizer =="; tail -12 "$out/memcheck.log"
 echo "== bench =="; grep -E "^  softmax|^\| soft|device" "$out/bench.log" 2>/dev/null
 echo "== summary =="; printf '%s\n' "${summary[@]}"

@@ -122,6 +122,7 @@ def decode_rows(lib, dt, dname, ceil, quick):
         for name, backend in (("cuDNN SDPA", SDPBackend.CUDNN_ATTENTION), ("flash SDPA", SDPBackend.FLASH_ATTENTION)):
             f = _sdpa(backend)
             t[name] = _try_graph([lambda s=s, f=f: f(*s, False) for s in bsets] * reps, replays)
+        kt = _kernel_times_us(lambda: ours(*sets[0]), ["decode_kernel", "combine_kernel"], iters=3 if quick else 10)
         nbytes = 2 * (2 * B * H * PAST * D + 2 * B * H * D + B * (3 * H * D + H * D))
         fl = bench.floor_us(ceil, dname, nbytes, 4.0 * B * H * L * D)
         ours_t, cud = t["ours"], t["cuDNN SDPA"]
@@ -135,6 +136,7 @@ def decode_rows(lib, dt, dname, ceil, quick):
         note = (f"{gbs:.0f} GB/s, {100 * fl / ours_t:.0f}% of floor" if ours_t else "ours failed")
         if ours_t and cud:
             note += f", cuDNN/ours {cud / ours_t:.2f}x"
+        note += f"; kernels (profiler, eager): decode {kt['decode_kernel']:.1f} us + combine {kt['combine_kernel']:.1f} us"
         rows.append({"case": f"softmax_context decode B={B} past={PAST} H={H} D={D} rope {dname}",
                      "ours_us": ours_t, "baselines": {k: v for k, v in t.items() if k != "ours"},
                      "floor_us": fl, "target": target, "met": met, "note": note})

@@ -39,6 +39,14 @@ template <> __device__ __forceinline__ float from_f<float>(float x) { return x; 
 template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
+// 2^x with the hardware approximation (MUFU.EX2, ~2 ulp; -inf -> 0): the softmax exponent. The
+// library is built without --use_fast_math, where exp2f adds range handling around MUFU.EX2.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Offsets of token (b, s)'s q head h / kv head hk inside qkv (elements).
 __device__ __forceinline__ int64_t qkv_row(const Args& a, int b, int s) {
   return ((int64_t)b * a.S + s) * (int64_t)(a.H + 2 * a.Hkv) * a.D;

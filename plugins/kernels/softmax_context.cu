@@ -128,16 +128,52 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
   __shared__ float s_acc[KSTEP][RMAX][D];
 
   const int split = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  // Prologue ordered to overlap latencies: the row's own seq_lens / start_pos loads are issued
+  // before the row check's barrier, and the first K/V step is in flight while q is rotated.
+  const int seq = a.seq_lens[b];
+  const int s0 = a.start_pos ? a.start_pos[b] : 0;
   const int bad = first_bad_row(a, &s_flag);
   if (split == 0 && hk == 0 && b == 0 && threadIdx.x == 0) *a.status = bad < 0 ? 0 : bad + 1;
   if (bad >= 0) return;
-  const int seq = a.seq_lens[b];
-  const int s0 = a.start_pos ? a.start_pos[b] : 0;
   const int L = seq + a.S;
   const int g = a.group, R = g * a.S;
   const T* qkv = static_cast<const T*>(a.qkv);
   T* kc = static_cast<T*>(a.kc);
   T* vc = static_cast<T*>(a.vc);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int tx = lane % TX, ty = lane / TX, slot = warp * TY + ty;
+
+  // Keys any row of this CTA can see: [lo, hi). The chunk of this split: [c_lo, c_hi), of which
+  // [c_lo, c_mid) is cached and [c_mid, c_hi) are this call's new tokens (read from qkv).
+  int lo = s0;
+  if (a.window > 0) lo = max(lo, seq - a.window + 1);
+  const int hi = max(L, lo);
+  const int per = (hi - lo + nsplit - 1) / nsplit;
+  const int chunk = (per + KSTEP - 1) / KSTEP * KSTEP;
+  const int c_lo = lo + split * chunk;
+  const int c_hi = min(hi, c_lo + chunk);
+  const int c_mid = min(c_hi, max(c_lo, seq));
+  const int64_t cache_base = cache_off(a, b, hk, 0) + tx * VEC;
+
+  union V16 { uint4 u; T e[VEC]; };
+  constexpr int STEP = KSTEP * UNROLL;  // keys per CTA per step; UNROLL keys per thread
+  auto load_cached = [&](int base, V16 (&kr)[UNROLL], V16 (&vr)[UNROLL]) {
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) {
+      const int j = base + u * KSTEP + slot;
+      if (j < c_mid) {
+        kr[u].u = ld_stream(kc + cache_base + (int64_t)j * D);
+        vr[u].u = ld_stream(vc + cache_base + (int64_t)j * D);
+      } else {
+        kr[u].u = make_uint4(0, 0, 0, 0);
+        vr[u].u = make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  // Two register buffers, used alternately (no copies: a register copy of a pending load would
+  // wait for it), so the next step's loads are in flight during this step's math.
+  V16 ka[UNROLL], va[UNROLL], kb[UNROLL], vb[UNROLL];
+  if (c_lo < c_mid) load_cached(c_lo, ka, va);
 
   if (split == 0) {  // append the new rows of KV head hk
     for (int e = threadIdx.x; e < a.S * D; e += blockDim.x) {
@@ -157,8 +193,6 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
   }
   __syncthreads();
 
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int tx = lane % TX, ty = lane / TX, slot = warp * TY + ty;
   float q[RMAX][VEC], acc[RMAX][VEC], m[RMAX], l[RMAX], slope[RMAX];
   int pr[RMAX];
 #pragma unroll
@@ -175,50 +209,15 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
     pr[r] = seq + (r < R ? r / g : 0);
   }
 
-  // Keys any row of this CTA can see: [lo, hi). The chunk of this split: [c_lo, c_hi).
-  int lo = s0;
-  if (a.window > 0) lo = max(lo, seq - a.window + 1);
-  const int hi = max(L, lo);
-  const int per = (hi - lo + nsplit - 1) / nsplit;
-  const int chunk = (per + KSTEP - 1) / KSTEP * KSTEP;
-  const int c_lo = lo + split * chunk;
-  const int c_hi = min(hi, c_lo + chunk);
-  const int64_t cache_base = cache_off(a, b, hk, 0) + tx * VEC;
-
-  union V16 { uint4 u; T e[VEC]; };
-  // Loads of one step (UNROLL keys per thread); the next step's loads are issued before the current
-  // step's math so that each thread keeps 2 * UNROLL * 32 bytes in flight.
-  auto load_step = [&](int base, V16* kr, V16* vr) {
-#pragma unroll
-    for (int u = 0; u < UNROLL; ++u) {
-      const int j = base + u * KSTEP + slot;
-      kr[u].u = make_uint4(0, 0, 0, 0);
-      vr[u].u = make_uint4(0, 0, 0, 0);
-      if (j < c_hi) {
-        if (j < seq) {
-          kr[u].u = ld_stream(kc + cache_base + (int64_t)j * D);
-          vr[u].u = ld_stream(vc + cache_base + (int64_t)j * D);
-        } else {  // a new token (rare: S keys per row): out of line, keeps registers for the stream
-          kr[u].u = new_token_vec<T, VEC>(a, b, hk, j - seq, seq, s0, tx * VEC, true);
-          vr[u].u = new_token_vec<T, VEC>(a, b, hk, j - seq, seq, s0, tx * VEC, false);
-        }
-      }
-    }
-  };
-  V16 kr[UNROLL], vr[UNROLL];
-  if (c_lo < c_hi) load_step(c_lo, kr, vr);
-  for (int base = c_lo; base < c_hi; base += KSTEP * UNROLL) {
-    V16 nk[UNROLL], nv[UNROLL];
-    if (base + KSTEP * UNROLL < c_hi) load_step(base + KSTEP * UNROLL, nk, nv);
-    int jj[UNROLL];
-#pragma unroll
-    for (int u = 0; u < UNROLL; ++u) jj[u] = base + u * KSTEP + slot;
+  // One step of keys [base, base + STEP) (those < lim): logits, online softmax, P.V, all fp32.
+  auto consume = [&](const V16 (&kr)[UNROLL], const V16 (&vr)[UNROLL], int base, int lim) {
     float x[UNROLL][RMAX];
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
       float kf[VEC];
 #pragma unroll
       for (int e = 0; e < VEC; ++e) kf[e] = to_f(kr[u].e[e]);
+      const int j = base + u * KSTEP + slot;
 #pragma unroll
       for (int r = 0; r < RMAX; ++r) {
         float dot = 0.f;
@@ -226,8 +225,7 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
         for (int e = 0; e < VEC; ++e) dot = fmaf(q[r][e], kf[e], dot);
 #pragma unroll
         for (int off = TX / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
-        const int j = jj[u];
-        const bool ok = r < R && j < c_hi && key_visible(a, j, pr[r], s0, L);
+        const bool ok = r < R && j < lim && key_visible(a, j, pr[r], s0, L);
         x[u][r] = ok ? fmaf(slope[r], (float)(j - s0), dot) : -INFINITY;
       }
     }
@@ -237,24 +235,42 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) mx = fmaxf(mx, x[u][r]);
       const float ms = mx == -INFINITY ? 0.f : mx;  // all masked so far: keep exp2 finite
-      const float c = exp2f(m[r] - ms);
+      const float c = fast_exp2(m[r] - ms);
       l[r] *= c;
 #pragma unroll
       for (int e = 0; e < VEC; ++e) acc[r][e] *= c;
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) {
-        const float pu = exp2f(x[u][r] - ms);
+        const float pu = fast_exp2(x[u][r] - ms);
         l[r] += pu;
 #pragma unroll
         for (int e = 0; e < VEC; ++e) acc[r][e] = fmaf(pu, to_f(vr[u].e[e]), acc[r][e]);
       }
       m[r] = mx;
     }
+  };
+
+  for (int base = c_lo; base < c_mid; base += 2 * STEP) {
+    const bool more = base + STEP < c_mid;
+    if (more) load_cached(base + STEP, kb, vb);
+    consume(ka, va, base, c_mid);
+    if (!more) break;
+    if (base + 2 * STEP < c_mid) load_cached(base + 2 * STEP, ka, va);
+    consume(kb, vb, base + STEP, c_mid);
+  }
+  // This call's new tokens inside the chunk (at most S keys): rotated k / v straight from qkv.
+  for (int base = c_mid; base < c_hi; base += STEP) {
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
-      kr[u] = nk[u];
-      vr[u] = nv[u];
+      const int j = base + u * KSTEP + slot;
+      ka[u].u = make_uint4(0, 0, 0, 0);
+      va[u].u = make_uint4(0, 0, 0, 0);
+      if (j < c_hi) {
+        ka[u].u = new_token_vec<T, VEC>(a, b, hk, j - seq, seq, s0, tx * VEC, true);
+        va[u].u = new_token_vec<T, VEC>(a, b, hk, j - seq, seq, s0, tx * VEC, false);
+      }
     }
+    consume(ka, va, base, c_hi);
   }
 
   // Merge the KSTEP key slots of the CTA.
@@ -279,7 +295,7 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
     if (M != -INFINITY) {
 #pragma unroll
       for (int k = 0; k < KSTEP; ++k) {
-        const float w = exp2f(s_m[k][r] - M);
+        const float w = fast_exp2(s_m[k][r] - M);
         lsum = fmaf(w, s_l[k][r], lsum);
         o = fmaf(w, s_acc[k][r][d], o);
       }
@@ -298,6 +314,11 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
 // Combine the chunks of one (b, s, h) row: weights 2^(lse_i - max lse). Zeros when no key.
 template <typename T>
 __global__ void __launch_bounds__(128) combine_kernel(Args a, const float* part_o, const float* part_lse, int nsplit) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Launched with programmatic stream serialization (Hopper): the grid may start while the decode
+  // grid drains; wait here until its results are complete and visible.
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
   __shared__ int s_flag;
   if (first_bad_row(a, &s_flag) >= 0) return;
   const int64_t row = blockIdx.x;
@@ -306,12 +327,12 @@ __global__ void __launch_bounds__(128) combine_kernel(Args a, const float* part_
   for (int i = 0; i < nsplit; ++i) M = fmaxf(M, lse[i]);
   float wsum = 0.f;
   if (M != -INFINITY)
-    for (int i = 0; i < nsplit; ++i) wsum += exp2f(lse[i] - M);
+    for (int i = 0; i < nsplit; ++i) wsum += fast_exp2(lse[i] - M);
   for (int d = threadIdx.x; d < a.D; d += blockDim.x) {
     float o = 0.f;
     if (M != -INFINITY) {
       for (int i = 0; i < nsplit; ++i) {
-        const float w = exp2f(lse[i] - M);
+        const float w = fast_exp2(lse[i] - M);
         if (w > 0.f) o = fmaf(w, part_o[(row * nsplit + i) * a.D + d], o);
       }
       o /= wsum;
@@ -360,7 +381,7 @@ __global__ void __launch_bounds__(128) generic_kernel(Args a) {
     for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
     const float x = fmaf(slope, (float)(j - s0), dot);
     const float mn = fmaxf(m, x);
-    const float c = exp2f(m - mn), pj = exp2f(x - mn);
+    const float c = fast_exp2(m - mn), pj = fast_exp2(x - mn);
     l = l * c + pj;
 #pragma unroll
     for (int i = 0; i < PER_LANE; ++i) {
@@ -389,6 +410,18 @@ int sm_count() {
   if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) n = 132;
   if (dev < 64) cached[dev] = n;
   return n;
+}
+
+// Programmatic dependent launch needs compute capability >= 9.0 (griddepcontrol).
+bool pdl_supported() {
+  static int cached[64] = {0};  // 0 unknown, 1 no, 2 yes
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0) return false;
+  if (dev < 64 && cached[dev]) return cached[dev] == 2;
+  int major = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+  if (dev < 64) cached[dev] = major >= 9 ? 2 : 1;
+  return major >= 9;
 }
 
 size_t elem_size(dsattn_dtype t) { return t == DSATTN_FLOAT32 ? 4 : 2; }
@@ -439,7 +472,9 @@ cudaError_t validate(const dsattn_softmax_context_params* p, char* msg, size_t n
   if (p->dtype != DSATTN_FLOAT32 && p->dtype != DSATTN_FLOAT16 && p->dtype != DSATTN_BFLOAT16)
     return fail(msg, n, "dtype=%d is not float32/float16/bfloat16", (int)p->dtype);
   if (p->batch < 0 || p->batch > INT32_MAX) return fail(msg, n, "batch=%lld must be in [0, 2^31)", (long long)p->batch);
-  if (p->seq_len < 0 || p->seq_len > INT32_MAX) return fail(msg, n, "seq_len=%lld must be in [0, 2^31)", (long long)p->seq_len);
+  // 65535 query tiles of 64 rows: the prefill grid's y limit.
+  if (p->seq_len < 0 || p->seq_len > 65535LL * 64)
+    return fail(msg, n, "seq_len=%lld must be in [0, %lld]", (long long)p->seq_len, 65535LL * 64);
   if (p->num_heads < 1 || p->num_heads > 65535) return fail(msg, n, "num_heads=%lld must be in [1, 65535]", (long long)p->num_heads);
   if (p->num_kv_heads < 1 || p->num_heads % p->num_kv_heads)
     return fail(msg, n, "num_kv_heads=%lld must be >= 1 and divide num_heads=%lld", (long long)p->num_kv_heads, (long long)p->num_heads);
@@ -488,8 +523,18 @@ cudaError_t launch_decode_t(const Args& a, float* po, float* pl, int nsplit, cud
   decode_kernel<T, D, RMAX><<<grid, 128, 0, st>>>(a, po, pl, nsplit);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess || nsplit == 1) return e;
-  combine_kernel<T><<<(unsigned)((int64_t)a.B * a.S * a.H), 128, 0, st>>>(a, po, pl, nsplit);
-  return cudaGetLastError();
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((unsigned)((int64_t)a.B * a.S * a.H));
+  cfg.blockDim = dim3(128);
+  cfg.stream = st;
+  cudaLaunchAttribute attr[1];
+  if (pdl_supported()) {  // hide the combine launch behind the decode grid's tail
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  return cudaLaunchKernelEx(&cfg, combine_kernel<T>, a, (const float*)po, (const float*)pl, nsplit);
 }
 
 template <typename T, int D>

@@ -1,6 +1,6 @@
 // dsattn::SoftmaxContext tensor-core prefill (FlashAttention-2 style, mma.sync m16n8k16).
 //
-// Grid (ceil(S / 64), H, B), 4 warps; each warp owns 16 query rows of a 64-row tile. K/V tiles of
+// Grid (H, ceil(S / 64), B), 4 warps; each warp owns 16 query rows of a 64-row tile. K/V tiles of
 // 64 keys stream through two shared-memory stages (cp.async, 16-byte chunks, XOR swizzle so that
 // ldmatrix reads hit 8 distinct bank groups). S = Q K^T and O += P V run on tensor cores with fp32
 // accumulators; the online softmax is fp32 in the log2 domain. Masks (start_pos, causal, local
@@ -87,8 +87,10 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Args a) {
   __shared__ int s_flag;
   if (first_bad_row(a, &s_flag) >= 0) return;
 
-  const int mb = gridDim.x - 1 - blockIdx.x;
-  const int h = blockIdx.y, b = blockIdx.z, hk = h / a.group;
+  // Grid (H, query tiles, B): blocks start in x-fastest order, so every head's heaviest (last,
+  // causal) tile is scheduled before any lighter one: a longest-first order that shortens the tail.
+  const int mb = gridDim.y - 1 - blockIdx.y;
+  const int h = blockIdx.x, b = blockIdx.z, hk = h / a.group;
   const int seq = a.seq_lens[b];
   const int s0 = a.start_pos ? a.start_pos[b] : 0;
   const int L = seq + a.S;
@@ -185,7 +187,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Args a) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       ms[i] = mx[i] == -INFINITY ? 0.f : mx[i];
-      corr[i] = exp2f(mrow[i] - ms[i]);
+      corr[i] = fast_exp2(mrow[i] - ms[i]);
       mrow[i] = mx[i];
       lrow[i] *= corr[i];
     }
@@ -202,7 +204,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Args a) {
       float pr[4];
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        pr[e] = exp2f(sacc[nt][e] - ms[e >> 1]);
+        pr[e] = fast_exp2(sacc[nt][e] - ms[e >> 1]);
         lrow[e >> 1] += pr[e];
       }
       pf[nt >> 1][(nt & 1) * 2 + 0] = Mma<T>::pack(pr[0], pr[1]);
@@ -249,7 +251,7 @@ cudaError_t launch_t(const Args& a, cudaStream_t st) {
   // Per launch (cheap, host-only): the attribute is per device, and a static flag would race.
   cudaError_t e = cudaFuncSetAttribute(prefill_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   if (e != cudaSuccess) return e;
-  dim3 grid((a.S + kBM - 1) / kBM, a.H, a.B);
+  dim3 grid(a.H, (a.S + kBM - 1) / kBM, a.B);
   prefill_kernel<T, D><<<grid, kThreads, smem, st>>>(a);
   return cudaGetLastError();
 }
