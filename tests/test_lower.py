@@ -428,3 +428,23 @@ def test_opset_17_models(seed):
                 o.version = 16
         with pytest.raises(ValueError, match="opset is 16.*>= 17"):
             lower_for_ort(model)
+
+
+def test_guard_catches_size_mismatches(seed):
+    """seq_lens of length 1 would broadcast over the batch, a past_value of another capacity would
+    be read past its end: both fail the run at the guard instead."""
+    c = SCCase("sizes", 2, 2, 8, 8, 2, [0, 3], [0, 1])
+    rng = np.random.default_rng(seed)
+    model = sc_model(TP.FLOAT, c)
+    # distinct symbolic dims, so that ONNX Runtime's own dim_param consistency check stays out of it
+    for vi in list(model.graph.input) + list(model.graph.output):
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.dim_param:
+                d.dim_param = f"{vi.name}_{axis}"
+    sess = make_session(lower_for_ort(model), "cpu")
+    feeds = sc_feeds(TP.FLOAT, c, rng, poison=False)
+    run_session(sess, feeds)
+    for bad in (dict(seq_lens=np.array([1], np.int32)), dict(start_pos=np.array([0], np.int32)),
+                dict(past_value=feeds["past_value"][:, :, :6].copy())):
+        with pytest.raises(Exception, match=GUARD_SUFFIX):
+            run_session(sess, dict(feeds, **bad))

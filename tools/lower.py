@@ -31,13 +31,16 @@ execution provider (CUDA included, any element type), so the lowered model keeps
 opset (18) and IR version; TensorScatter needs opset 24 and runs on ORT CPU (1.32, bounds-checked)
 but its CUDA support in 1.31 is not established here.
 
-Cache overflow and invalid lengths: ONNX has no op that raises, so the index tensor of the cache
-write goes through a guard ``Reshape`` whose target shape becomes invalid (-2) when any row has
-seq_lens[b] < 0, seq_lens[b] + S > Tmax or start_pos[b] outside [0, seq_lens[b] + S] (the
-reference's checks). ONNX Runtime then fails the run (CPU and CUDA alike: Reshape checks its shape
-on the host) with an error naming the node ``<node>/ERROR_kv_cache_overflow_or_bad_seq_lens_start_pos``;
-no cache row is written and no output is produced. Without the guard ScatterND would either fail
-(CPU) or, for a negative position, wrap around silently.
+Cache overflow and invalid lengths: ONNX has no op that raises, so seq_lens and start_pos reach
+everything downstream (positions, masks, the cache write) through guard ``Reshape`` nodes whose
+target shape becomes invalid (-2) when any row has seq_lens[b] < 0, seq_lens[b] + S > Tmax or
+start_pos[b] outside [0, seq_lens[b] + S] (the reference's checks), or when seq_lens / start_pos do
+not have B entries or past_key / past_value are not [B, Hkv, Tmax, D] (a length-1 seq_lens would
+otherwise broadcast silently). ONNX Runtime then fails the run (CPU and CUDA alike: Reshape checks
+its shape on the host) with an error naming the node
+``<node>/ERROR_kv_cache_overflow_or_bad_seq_lens_start_pos``; no cache row is written and no output
+is produced. Without the guard ScatterND would either fail (CPU), wrap a negative position around
+silently, or (CUDA) depend on the kernel's bounds handling.
 
 Int8 weights (QKVGemm quantized=1, Int8MatMul) are dequantized in the graph:
 ``Cast(q, f32) * scale[n, k // group_size]`` (per channel for group_size 0) then MatMul with the
@@ -504,29 +507,45 @@ def _lower_softmax_context(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) 
     G = H // Hkv
     outs = list(node.output) + [""] * (3 - len(node.output))
 
-    # ---- shapes and positions (int64) ----
+    # ---- shapes, lengths and the guard (see module docstring) ----
+    B = e.op("Shape", [qkv], "B", start=0, end=1)  # [1]
     S = e.op("Shape", [qkv], "S", start=1, end=2)  # [1]
     Tmax = e.op("Shape", [past_k], "Tmax", start=2, end=3)  # [1]
     zero, one = e.i64(0, "zero"), e.i64(1, "one")
-    lens = e.op("Cast", [seq_lens], "seq_lens_i64", to=TensorProto.INT64)  # [B]
+    lens_in = e.op("Cast", [seq_lens], "seq_lens_i64", to=TensorProto.INT64)  # [B]
     if start_pos is not None:
-        start = e.op("Cast", [start_pos], "start_pos_i64", to=TensorProto.INT64)
+        start_in = e.op("Cast", [start_pos], "start_pos_i64", to=TensorProto.INT64)
     else:
-        start = e.op("Mul", [lens, zero], "start_pos_zero")  # absent: 0 for every row
+        start_in = e.op("Mul", [lens_in, zero], "start_pos_zero")  # absent: 0 for every row
+    end_in = e.op("Add", [lens_in, S], "lens_end_unchecked")
+    # per row: 0 <= seq_lens, seq_lens + S <= Tmax, 0 <= start_pos <= seq_lens + S
+    bad = e.op("Or", [
+        e.op("Or", [e.op("Less", [lens_in, zero], "lens_negative"),
+                    e.op("Greater", [end_in, Tmax], "cache_overflow")], "bad_len"),
+        e.op("Or", [e.op("Less", [start_in, zero], "start_negative"),
+                    e.op("Greater", [start_in, end_in], "start_past_end")], "bad_start")], "bad_row")
+    # sizes: seq_lens/start_pos have B entries, past_key is [B, Hkv, Tmax, D], past_value alike
+    want_past = e.op("Concat", [B, e.i64([Hkv], "Hkv"), Tmax, e.i64([D], "D")], "past_shape_expected", axis=0)
+    pk_shape = e.op("Shape", [past_k], "past_key_shape")
+    sizes_ok = e.op("Concat", [e.op("Equal", [e.op("Shape", [lens_in], "lens_len"), B], "lens_len_ok"),
+                               e.op("Equal", [e.op("Shape", [start_in], "start_len"), B], "start_len_ok"),
+                               e.op("Equal", [pk_shape, want_past], "past_key_shape_ok"),
+                               e.op("Equal", [e.op("Shape", [past_v], "past_value_shape"), pk_shape],
+                                    "past_value_shape_ok")], "sizes_ok", axis=0)
+    n_bad = e.op("Add", [
+        e.reduce("ReduceSum", e.op("Cast", [bad], "bad_rows_f32", to=TensorProto.FLOAT), [0], 0, "n_bad_rows"),
+        e.reduce("ReduceSum", e.op("Cast", [e.op("Not", [sizes_ok], "sizes_bad")], "sizes_bad_f32",
+                                   to=TensorProto.FLOAT), [0], 0, "n_bad_sizes")], "n_bad")
+    guard_shape = e.op("Where", [e.op("Equal", [n_bad, e.f32(0.0, "f_zero")], "all_ok"), e.i64([-1], "minus_one"),
+                                 e.i64([-2], "invalid_dim")], "guard_shape")
+    # Everything downstream (positions, masks, the cache write) reads lens/start through the guard.
+    lens = e.op("Reshape", [lens_in, guard_shape], "seq_lens_checked", node_name=e.fresh(GUARD_SUFFIX))
+    start = e.op("Reshape", [start_in, guard_shape], "start_pos_checked", node_name=e.fresh(GUARD_SUFFIX))
     S0 = e.op("Squeeze", [S], "S_scalar")
     arange_s = e.op("Range", [zero, S0, one], "arange_S")  # [S]
     pos = e.op("Add", [e.unsqueeze(lens, [1], "lens_b1"), e.unsqueeze(arange_s, [0], "arange_1s")],
                "pos")  # [B, S] absolute positions p = seq_lens[b] + i
     end = e.op("Add", [lens, S], "lens_end")  # [B] seq_lens + S (exclusive end of valid keys)
-
-    # ---- the guard (see module docstring) ----
-    bad = e.op("Or", [
-        e.op("Or", [e.op("Less", [lens, zero], "lens_negative"),
-                    e.op("Greater", [end, Tmax], "cache_overflow")], "bad_len"),
-        e.op("Or", [e.op("Less", [start, zero], "start_negative"),
-                    e.op("Greater", [start, end], "start_past_end")], "bad_start")], "bad_row")
-    n_bad = e.reduce("ReduceSum", e.op("Cast", [bad], "bad_f32", to=TensorProto.FLOAT), [0], 0, "n_bad")
-    ok = e.op("Equal", [n_bad, e.f32(0.0, "f_zero")], "all_rows_ok")
 
     # ---- split the fused QKV (fp32) ----
     x = e.to_f32(qkv, "qkv_f32")
@@ -550,8 +569,7 @@ def _lower_softmax_context(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) 
         k = _rotary(e, k, cos, sin, rd, D, style, "k")
 
     # ---- cache write at (b, h, seq_lens[b] + i) ----
-    B = e.op("Shape", [qkv], "B", start=0, end=1)
-    idx_shape = e.op("Concat", [B, e.i64([Hkv], "Hkv"), S, e.i64([1], "one_1d")], "idx_shape", axis=0)
+    idx_shape = e.op("Concat", [B, e.i64([Hkv], "Hkv_1d"), S, e.i64([1], "one_1d")], "idx_shape", axis=0)
     b_idx = e.reshape(e.op("Range", [zero, e.op("Squeeze", [B], "B_scalar"), one], "arange_B"),
                       [-1, 1, 1, 1], "b_idx")
     h_idx = e.i64(np.arange(Hkv).reshape(1, Hkv, 1, 1), "h_idx")
@@ -559,10 +577,6 @@ def _lower_softmax_context(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) 
     idx = e.op("Concat", [e.op("Expand", [b_idx, idx_shape], "b_idx_full"),
                           e.op("Expand", [h_idx, idx_shape], "h_idx_full"),
                           e.op("Expand", [t_idx, idx_shape], "t_idx_full")], "kv_idx", axis=3)
-    idx_full_shape = e.op("Shape", [idx], "kv_idx_shape")
-    guard_shape = e.op("Where", [ok, idx_full_shape, e.i64([-2, -2, -2, -2], "invalid_shape")],
-                       "kv_idx_guard_shape")
-    idx = e.op("Reshape", [idx, guard_shape], "kv_idx_checked", node_name=e.fresh(GUARD_SUFFIX))
     present_k = e.op("ScatterND", [past_k, idx, e.to_t(k, "k_new_t")], "present_key",
                      outputs=[outs[1]] if outs[1] else None)
     present_v = e.op("ScatterND", [past_v, idx, e.to_t(v, "v_new_t")], "present_value",
