@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
 # Int8MatMul on the H100 in one device call: build the kernels library, the int8 GPU tests,
 # compute-sanitizer memcheck on small cases of every path, SASS summary, benchmark.
-# Logs go to $OUT (or ./gpu-out). Prints a short summary last.
+# Logs go to $OUT/logs (packed into $OUT/int8_logs.tgz). Prints a short summary last.
 #   DSATTN_INT8_STANDALONE=1: build only int8_matmul.cu into the default library path with nvcc
-#   (when other kernels do not build yet); otherwise the CMake target dsattn_kernels.
+#     (when other kernels do not build yet); otherwise the CMake target dsattn_kernels.
+#   DSATTN_INT8_VARIANTS="5 9": also build -DDSATTN_INT8_TILED_CFG=N variants of the tiled path
+#     (0 wgmma 128x256, 5 wgmma 128x128 two blocks/SM, 7 wgmma 5 stages, 1-4/9 mma.sync), run the
+#     int8 tests on each and time them against cuBLAS at M 256 / 2048.
+#   DSATTN_SKIP_BENCH=1, DSATTN_BENCH_ARGS="--quick".
 set -uo pipefail
-out="${OUT:-gpu-out}"; mkdir -p "$out"
+out="${OUT:-gpu-out}"; logs="$out/logs"; mkdir -p "$logs"
 summary=()
 step() { local name="$1"; shift; local t0=$SECONDS
-  if "$@" >"$out/$name.log" 2>&1; then summary+=("PASS  $name ($((SECONDS-t0)) s)")
-  else summary+=("FAIL  $name ($((SECONDS-t0)) s): $(tail -3 "$out/$name.log" | tr '\n' ' ' | cut -c1-300)"); fi; }
+  if "$@" >"$logs/$name.log" 2>&1; then summary+=("PASS  $name ($((SECONDS-t0)) s)")
+  else summary+=("FAIL  $name ($((SECONDS-t0)) s): $(tail -3 "$logs/$name.log" | tr '\n' ' ' | cut -c1-300)"); fi; }
 export PATH="/usr/local/cuda/bin:/usr/local/cuda-13.0/bin:$PATH"
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$out/card.txt"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$logs/card.txt"
 step install python3 -m pip install -q --no-deps --no-build-isolation -e .
 lib=build/plugins/kernels/libdsattn_kernels.so
-build_standalone() { mkdir -p build/plugins/kernels && nvcc -std=c++17 -O3 -lineinfo --expt-relaxed-constexpr \
-  -gencode=arch=compute_90a,code=sm_90a -Xptxas=-v -shared -Xcompiler -fPIC -cudart shared \
-  -Iplugins/kernels plugins/kernels/int8_matmul.cu -o "$lib"; }
+nvcc_lib() { # nvcc_lib OUT.so [extra flags]: int8_matmul.cu alone as a shared library
+  local o="$1"; shift; mkdir -p "$(dirname "$o")" && nvcc -std=c++17 -O3 -lineinfo --expt-relaxed-constexpr \
+    -gencode=arch=compute_90a,code=sm_90a -Xptxas=-v -shared -Xcompiler -fPIC -cudart shared "$@" \
+    -Iplugins/kernels plugins/kernels/int8_matmul.cu -o "$o"; }
 build_cmake() { cmake -S plugins -B build/plugins -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90a \
   && cmake --build build/plugins -j16 --target dsattn_kernels; }
-if [ "${DSATTN_INT8_STANDALONE:-0}" = 1 ]; then step build build_standalone
-else step build build_cmake; [ -f "$lib" ] || step build_standalone build_standalone; fi
-sass_summary() { cuobjdump -sass "$lib" > "$out/all.sass" && python3 - "$out/all.sass" <<'PY'
+for v in ${DSATTN_INT8_VARIANTS:-}; do  # variant builds run in the background meanwhile
+  (nvcc_lib build/int8_v$v/libdsattn_kernels.so -DDSATTN_INT8_TILED_CFG=$v >"$logs/build_v$v.log" 2>&1) &
+done
+if [ "${DSATTN_INT8_STANDALONE:-0}" = 1 ]; then step build nvcc_lib "$lib"
+else step build build_cmake; [ -f "$lib" ] || step build_standalone nvcc_lib "$lib"; fi
+wait
+sass_summary() { cuobjdump -sass "$lib" > /tmp/int8_all.sass && python3 - /tmp/int8_all.sass <<'PY'
 import re, sys, collections
 fn, counts = None, collections.defaultdict(collections.Counter)
 for line in open(sys.argv[1]):
@@ -29,22 +38,32 @@ for line in open(sys.argv[1]):
     if m: fn = m.group(1); continue
     if fn and "int8" in fn:
         m = re.search(r"\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]+)(\.[A-Z0-9_.]+)?", line)
-        if m and m.group(1) in ("HMMA", "LDG", "LDGSTS", "LDS", "STS", "STL", "LDL", "PRMT", "STG", "HADD2", "FADD", "LOP3", "SHFL"):
+        if m and m.group(1) in ("HMMA", "HGMMA", "LDG", "LDGSTS", "LDS", "STS", "STL", "LDL", "PRMT", "STG", "HADD2",
+                                "FADD", "LOP3", "BAR", "WARPGROUP"):
             counts[fn][m.group(1) + (m.group(2) or "")] += 1
 for fn, c in counts.items():
     print(fn[:110]); print("   ", dict(sorted(c.items())))
 PY
-rm -f "$out/all.sass"; }
+}
 step sass sass_summary
 step pytest python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels_int8.py
+# The same tests on every variant (copied over the default library path, restored afterwards).
+if [ -n "${DSATTN_INT8_VARIANTS:-}" ]; then
+  cp "$lib" /tmp/int8_default.so
+  for v in $DSATTN_INT8_VARIANTS; do
+    cp build/int8_v$v/libdsattn_kernels.so "$lib" && step pytest_v$v python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels_int8.py
+  done
+  cp /tmp/int8_default.so "$lib"
+fi
 cat > /tmp/int8_sanitize.py <<'PY'
 import torch
 from dsattn.tools.kernels import int8
 from dsattn.export import ops
 torch.manual_seed(0)
+worst = 0.0
 for dt in (torch.float16, torch.bfloat16, torch.float32):
     for (M, N, K, g, path) in [(3, 37, 1040, 16, 1), (9, 130, 1152, 128, 1), (17, 64, 4096, 0, 1), (130, 131, 1040, 0, 2),
-                               (5, 99, 1152, 64, 2), (70, 33, 960, 32, 0)]:
+                               (5, 99, 1152, 64, 2), (200, 260, 1152, 0, 2), (70, 33, 960, 32, 0)]:
         if dt == torch.float32: path = 3
         x = torch.randn(M, K, device="cuda").to(dt)
         q = torch.randint(-128, 128, (N, K), dtype=torch.int8, device="cuda")
@@ -53,24 +72,20 @@ for dt in (torch.float16, torch.bfloat16, torch.float32):
         y = int8.int8_matmul(x, q, s, b, group_size=g, path=path)
         ref = ops.int8_matmul(x.float(), q, s, b.float(), group_size=g)
         torch.cuda.synchronize()
-        print(dt, M, N, K, g, path, (y.float() - ref).abs().max().item())
+        err = (y.float() - ref).abs().max().item()
+        worst = max(worst, err / (ref.abs().max().item() + 1e-6))
+        print(dt, M, N, K, g, path, err)
+print("worst relative error", worst)
 PY
 step sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 python3 /tmp/int8_sanitize.py
-# Tiled-kernel variants (-DDSATTN_INT8_TILED_CFG=N: mma.sync tile shapes; 9 = mma.sync default,
-# 0 = wgmma) timed against the default build: DSATTN_INT8_VARIANTS="1 2 9".
 if [ -n "${DSATTN_INT8_VARIANTS:-}" ]; then
-  for v in $DSATTN_INT8_VARIANTS; do
-    (mkdir -p build/int8_v$v && nvcc -std=c++17 -O3 -lineinfo --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a \
-      -shared -Xcompiler -fPIC -cudart shared -DDSATTN_INT8_TILED_CFG=$v -Iplugins/kernels plugins/kernels/int8_matmul.cu \
-      -o build/int8_v$v/libdsattn_kernels.so >"$out/build_v$v.log" 2>&1) &
-  done; wait
   cat > /tmp/int8_variants.py <<'PY'
 import sys, torch
 from dsattn.tools import bench_int8 as b
 from dsattn.tools.kernels import int8, _lib
 libs = {"default": None, **{f"cfg{v}": f"build/int8_v{v}/libdsattn_kernels.so" for v in sys.argv[1:]}}
 for dt in (torch.float16, torch.bfloat16):
-    for M, group in ((256, 0), (2048, 0), (2048, 128)):
+    for M, group in ((256, 0), (512, 0), (2048, 0), (2048, 128)):
         sets = b._sets(M, 4096, 12288, group, dt, 3)
         res = {}
         for name, path in libs.items():
@@ -81,30 +96,18 @@ for dt in (torch.float16, torch.bfloat16):
             except Exception as e:
                 res[name] = float("nan"); print(name, "failed", e)
         cub = b._time_us([lambda s=s: torch.matmul(s["x"], s["w"].t(), out=s["y"]) for s in sets], inner=2, reps=5)
-        print(dt, f"M={M} g={group}", "cuBLAS %.1f" % cub, " ".join(f"{k} {v:.1f}" for k, v in res.items()), flush=True)
+        print(str(dt)[6:], f"M={M} g={group}", "cuBLAS %.1f" % cub, " ".join(f"{k} {v:.1f}" for k, v in res.items()), flush=True)
         del sets; torch.cuda.empty_cache()
 PY
   step variants python3 /tmp/int8_variants.py $DSATTN_INT8_VARIANTS
 fi
-if command -v ncu >/dev/null && [ "${DSATTN_INT8_NCU:-0}" = 1 ]; then
-  cat > /tmp/int8_ncu.py <<'PY'
-import torch
-from dsattn.tools.kernels import int8
-x = torch.randn(2048, 4096, device="cuda", dtype=torch.float16)
-q = torch.randint(-128, 128, (12288, 4096), dtype=torch.int8, device="cuda")
-s = torch.rand(12288, 1, device="cuda") / 1000
-for _ in range(2): int8.int8_matmul(x, q, s, path=int8.PATH_TILED)
-torch.cuda.synchronize()
-PY
-  step ncu timeout 120 ncu -k regex:int8_ -c 1 --section SpeedOfLight --section WarpStateStats --section Occupancy python3 /tmp/int8_ncu.py
-fi
 if [ "${DSATTN_SKIP_BENCH:-0}" != 1 ]; then
-  step bench python3 -m dsattn.tools.bench_int8 ${DSATTN_BENCH_ARGS:-} --json "$out/bench_int8.json"
+  step bench python3 -m dsattn.tools.bench_int8 ${DSATTN_BENCH_ARGS:-} --json "$logs/bench_int8.json"
 fi
+tar -czf "$out/int8_logs.tgz" -C "$out" logs && rm -rf "$logs"
+tar -xzf "$out/int8_logs.tgz" -C /tmp && tl=/tmp/logs
 echo; echo "== summary =="; printf '%s\n' "${summary[@]}"
-grep -E "passed|failed" "$out/pytest.log" | tail -2
-grep -E "ERROR SUMMARY" "$out/sanitizer.log" | tail -1
-head -60 "$out/sass.log"
-grep -E "^torch|failed" "$out/variants.log" 2>/dev/null
-grep -E "Duration|Throughput|Registers|Achieved Occupancy|Warp Cycles Per Issued|No Eligible" "$out/ncu.log" 2>/dev/null | head -30
-grep -E "^\| |^card" "$out/bench.log" 2>/dev/null
+for f in "$tl"/pytest*.log; do echo "$(basename "$f"): $(grep -E "passed|failed|error" "$f" | tail -1)"; done
+grep -E "ERROR SUMMARY|worst" "$tl/sanitizer.log" | tail -2
+grep -E "^float|^bfloat|failed" "$tl/variants.log" 2>/dev/null
+grep -E "^\| int8|^card" "$tl/bench.log" 2>/dev/null | cut -c1-170

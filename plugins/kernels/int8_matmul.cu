@@ -167,7 +167,7 @@ __device__ __forceinline__ void skinny_a_frags(const uint4 (&w)[kSkinnyRT][2], i
 // group % 64 == 0 or per channel, 2 for group % 32 == 0, 4 for group % 16 == 0); GROUPED: scale
 // the sum of each group (else: one scale per row, applied at the end).
 template <typename T, int MT, int SUB, bool GROUPED>
-__global__ void __launch_bounds__(kSkinnyWarps * 32, SUB > 1 ? 2 : 3) int8_skinny_kernel(const SkinnyArgs a) {
+__global__ void __launch_bounds__(kSkinnyWarps * 32) int8_skinny_kernel(const SkinnyArgs a) {
   constexpr int U = MT <= 2 ? 2 : 1;  // chunks loaded before the first is used (bytes in flight)
   __shared__ float red[kSkinnyWarps][kSkinnyRows][MT * 8 + 1];
 
@@ -210,41 +210,23 @@ __global__ void __launch_bounds__(kSkinnyWarps * 32, SUB > 1 ? 2 : 3) int8_skinn
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[rt][mt][e] = 0.f;
 
-  // Weights of the next U chunks are loaded before the current ones are used (software
-  // pipeline: 2 U chunks of weight loads per warp in flight); x comes from L1/L2 (shared by all
-  // blocks), loaded right before use.
-  auto load_w = [&](uint4 (&wv)[U][kSkinnyRT][2], int c0) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int c = c0 + u * kSkinnyWarps;
-      const int64_t kk = int64_t(c) * kChunk + 16 * t;
-      const bool ok = c < c_end && kk < a.K;  // K % 16 == 0: a lane's 16 k are all in or all out
-#pragma unroll
-      for (int rt = 0; rt < kSkinnyRT; ++rt)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) wv[u][rt][h] = ok ? ld_stream(wrow[rt][h] + kk) : make_uint4(0, 0, 0, 0);
-    }
-  };
-  uint4 wnext[U][kSkinnyRT][2];
-  load_w(wnext, c_begin + warp);
   for (int c0 = c_begin + warp; c0 < c_end; c0 += kSkinnyWarps * U) {
     uint4 wv[U][kSkinnyRT][2];
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-      for (int rt = 0; rt < kSkinnyRT; ++rt)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) wv[u][rt][h] = wnext[u][rt][h];
-    load_w(wnext, c0 + kSkinnyWarps * U);
     uint4 xv[U][MT][2];
+    bool ok[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int c = c0 + u * kSkinnyWarps;
       const int64_t kk = int64_t(c) * kChunk + 16 * t;
-      const bool ok = c < c_end && kk < a.K;
+      ok[u] = c < c_end && kk < a.K;  // K % 16 == 0: a lane's 16 k are all in or all out
+#pragma unroll
+      for (int rt = 0; rt < kSkinnyRT; ++rt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          wv[u][rt][h] = ok[u] ? ld_stream(wrow[rt][h] + kk) : make_uint4(0, 0, 0, 0);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        const bool v = ok && tok_ok[mt];
+        const bool v = ok[u] && tok_ok[mt];
         xv[u][mt][0] = v ? ld_nc(xrow[mt] + kk) : make_uint4(0, 0, 0, 0);
         xv[u][mt][1] = v ? ld_nc(xrow[mt] + kk + 8) : make_uint4(0, 0, 0, 0);
       }
@@ -727,19 +709,22 @@ cudaError_t launch_tiled_mma(const dsattn_int8_matmul_params& prm, cudaStream_t 
 // conversion, in fp32, rounding q * scale to T once (what PyTorch does with a T weight).
 // ---------------------------------------------------------------------------------------------
 
-constexpr int kWgBN = 256, kWgStages = 4;
-constexpr int kWgXBytes = kBM * kChunk * 2;    // 16 KiB of x per stage
-constexpr int kWgQBytes = kWgBN * kChunk;      // 16 KiB of int8 weight per stage
-constexpr int kWgBBytes = kWgBN * kChunk * 2;  // 32 KiB converted weight per buffer
-constexpr int kWgSmem = kWgStages * (kWgXBytes + kWgQBytes) + 2 * kWgBBytes + 1024;  // + 1 KiB alignment
+constexpr int kWgXBytes = kBM * kChunk * 2;  // 16 KiB of x per stage
+template <int BN, int STAGES>
+struct WgCfg {
+  static constexpr int kQBytes = BN * kChunk;      // int8 weight per stage
+  static constexpr int kBBytes = BN * kChunk * 2;  // converted weight per buffer (2 buffers)
+  static constexpr int kSmem = STAGES * (kWgXBytes + kQBytes) + 2 * kBBytes + 1024;  // + 1 KiB alignment
+};
 
 #define DSATTN_INT8_WGMMA_DEVICE (defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL))
 #if !defined(__CUDA_ARCH__) || DSATTN_INT8_WGMMA_DEVICE  // sm_90a device code (and the host pass)
-template <typename T>
-__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t da, uint64_t db, int acc_in);
+// d (64 x BN fp32, BN / 2 per thread) += A (64 x 16, smem) * B (16 x BN, smem), both K-major.
+template <typename T, int BN>
+__device__ __forceinline__ void wgmma_m64k16(float (&d)[BN / 2], uint64_t da, uint64_t db, int acc_in);
 
 template <>
-__device__ __forceinline__ void wgmma_m64n256k16<__half>(float (&d)[128], uint64_t da, uint64_t db, int acc_in) {
+__device__ __forceinline__ void wgmma_m64k16<__half, 256>(float (&d)[128], uint64_t da, uint64_t db, int acc_in) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
@@ -748,11 +733,29 @@ __device__ __forceinline__ void wgmma_m64n256k16<__half>(float (&d)[128], uint64
 }
 
 template <>
-__device__ __forceinline__ void wgmma_m64n256k16<__nv_bfloat16>(float (&d)[128], uint64_t da, uint64_t db, int acc_in) {
+__device__ __forceinline__ void wgmma_m64k16<__nv_bfloat16, 256>(float (&d)[128], uint64_t da, uint64_t db, int acc_in) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(da), "l"(db), "r"(acc_in));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_m64k16<__half, 128>(float (&d)[64], uint64_t da, uint64_t db, int acc_in) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(da), "l"(db), "r"(acc_in));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_m64k16<__nv_bfloat16, 128>(float (&d)[64], uint64_t da, uint64_t db, int acc_in) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "l"(da), "l"(db), "r"(acc_in));
 }
 
@@ -767,9 +770,10 @@ template <int N>
 __device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 // Keeps the compiler from moving accumulator accesses across the asynchronous wgmma window.
-__device__ __forceinline__ void fence_acc(float (&d)[128]) {
+template <int N>
+__device__ __forceinline__ void fence_acc(float (&d)[N]) {
 #pragma unroll
-  for (int i = 0; i < 128; ++i) asm volatile("" : "+f"(d[i])::"memory");
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 __device__ __forceinline__ void sts128(uint32_t addr, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
   asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" ::"r"(addr), "r"(a), "r"(b), "r"(c), "r"(d));
@@ -802,15 +806,17 @@ __device__ __forceinline__ void cvt_scaled(uint32_t w, float s, uint32_t& lo, ui
 }
 #endif
 
-template <typename T, bool GROUPED>
-__global__ void __launch_bounds__(256, 1) int8_wgmma_kernel(const TiledArgs a) {
+template <typename T, bool GROUPED, int BN, int STAGES, int MINB>
+__global__ void __launch_bounds__(256, MINB) int8_wgmma_kernel(const TiledArgs a) {
 #if DSATTN_INT8_WGMMA_DEVICE
+  using C = WgCfg<BN, STAGES>;
+  constexpr int kRows = BN / 64;  // weight rows each thread converts per chunk
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   const uint32_t base = (raw + 1023u) & ~1023u;  // swizzle atoms are 1024-byte aligned
   const uint32_t xs0 = base;
-  const uint32_t qs0 = xs0 + kWgStages * kWgXBytes;
-  const uint32_t bs0 = qs0 + kWgStages * kWgQBytes;
+  const uint32_t qs0 = xs0 + STAGES * kWgXBytes;
+  const uint32_t bs0 = qs0 + STAGES * C::kQBytes;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wg = warp >> 2, wq = warp & 3;
 
@@ -824,12 +830,12 @@ __global__ void __launch_bounds__(256, 1) int8_wgmma_kernel(const TiledArgs a) {
     m_tile = first_m + r % gsize;
     n_tile = r / gsize;
   }
-  const int64_t m0 = int64_t(m_tile) * kBM, n0 = int64_t(n_tile) * kWgBN;
+  const int64_t m0 = int64_t(m_tile) * kBM, n0 = int64_t(n_tile) * BN;
   const T* x = static_cast<const T*>(a.x);
 
   auto load_stage = [&](int slot, int kc) {
     const uint32_t xs = xs0 + slot * kWgXBytes;
-    const uint32_t qs = qs0 + slot * kWgQBytes;
+    const uint32_t qs = qs0 + slot * C::kQBytes;
     const int64_t k0 = int64_t(kc) * kChunk;
 #pragma unroll
     for (int i = 0; i < (kBM * 8) / 256; ++i) {  // x: 128 rows x 8 chunks of 16 B, swizzled
@@ -840,7 +846,7 @@ __global__ void __launch_bounds__(256, 1) int8_wgmma_kernel(const TiledArgs a) {
       cp_async16(xs + row * 128 + ((ch ^ (row & 7)) << 4), v ? static_cast<const void*>(x + m * a.K + k) : a.x, v);
     }
 #pragma unroll
-    for (int i = 0; i < (kWgBN * 4) / 256; ++i) {  // int8 w: 256 rows x 4 chunks of 16 B
+    for (int i = 0; i < (BN * 4) / 256; ++i) {  // int8 w: BN rows x 4 chunks of 16 B
       const int id = tid + i * 256;
       const int row = id >> 2, ch = id & 3;
       const int64_t n = n0 + row, k = k0 + ch * 16;
@@ -849,39 +855,47 @@ __global__ void __launch_bounds__(256, 1) int8_wgmma_kernel(const TiledArgs a) {
     }
   };
 
-  float acc[128];
+  float acc[BN / 2];
+  // Group scales of this thread's conversion rows, loaded one chunk ahead (hides their latency).
+  float sc[kRows];
+  auto load_scales = [&](int kc) {
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      const int64_t n = n0 + (tid >> 2) + 64 * i;
+      sc[i] = (n < a.N && kc < a.chunks) ? __ldg(a.scale + n * a.ngroups + (int64_t(kc) * kChunk) / a.group) : 0.f;
+    }
+  };
+  if constexpr (GROUPED) load_scales(0);
 
 #pragma unroll
-  for (int s = 0; s < kWgStages - 2; ++s) {
+  for (int s = 0; s < STAGES - 2; ++s) {
     if (s < a.chunks) load_stage(s, s);
     cp_async_commit();
   }
   for (int kc = 0; kc < a.chunks; ++kc) {
-    cp_async_wait<kWgStages - 3>();  // this thread's copies of chunk kc landed
+    cp_async_wait<STAGES - 3>();  // this thread's copies of chunk kc landed
     fence_proxy_async();              // ... and are visible to the tensor cores' (async) reads
     __syncthreads();  // all copies of chunk kc landed; wgmma of chunk kc-2 finished in both warpgroups
     {
-      const int pre = kc + kWgStages - 2;  // into the slot of chunk kc-2
-      if (pre < a.chunks) load_stage(pre % kWgStages, pre);
+      const int pre = kc + STAGES - 2;  // into the slot of chunk kc-2
+      if (pre < a.chunks) load_stage(pre % STAGES, pre);
       cp_async_commit();
     }
     // Convert the int8 tile into B buffer kc % 2 (last read by the wgmma of chunk kc-2).
     {
-      const uint32_t qs = qs0 + (kc % kWgStages) * kWgQBytes;
-      const uint32_t bs = bs0 + (kc & 1) * kWgBBytes;
+      const uint32_t qs = qs0 + (kc % STAGES) * C::kQBytes;
+      const uint32_t bs = bs0 + (kc & 1) * C::kBBytes;
       const int ch = tid & 3;
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
+      for (int i = 0; i < kRows; ++i) {
         const int row = (tid >> 2) + 64 * i;
         const uint4 q = lds128(qs + row * 64 + ch * 16);
         uint32_t o[8];
         if constexpr (GROUPED) {
-          const int64_t n = n0 + row;
-          const float sc = n < a.N ? __ldg(a.scale + n * a.ngroups + (int64_t(kc) * kChunk) / a.group) : 0.f;
-          cvt_scaled<T>(q.x, sc, o[0], o[1]);
-          cvt_scaled<T>(q.y, sc, o[2], o[3]);
-          cvt_scaled<T>(q.z, sc, o[4], o[5]);
-          cvt_scaled<T>(q.w, sc, o[6], o[7]);
+          cvt_scaled<T>(q.x, sc[i], o[0], o[1]);
+          cvt_scaled<T>(q.y, sc[i], o[2], o[3]);
+          cvt_scaled<T>(q.z, sc[i], o[4], o[5]);
+          cvt_scaled<T>(q.w, sc[i], o[6], o[7]);
         } else {
           Cvt<T>::run(q.x, o[0], o[1]);
           Cvt<T>::run(q.y, o[2], o[3]);
@@ -892,15 +906,16 @@ __global__ void __launch_bounds__(256, 1) int8_wgmma_kernel(const TiledArgs a) {
         sts128(bs + row * 128 + (((2 * ch + 1) ^ (row & 7)) << 4), o[4], o[5], o[6], o[7]);
       }
     }
+    if constexpr (GROUPED) load_scales(kc + 1);
     fence_proxy_async();
     __syncthreads();
     wg_fence();
     {
-      const uint32_t xa = xs0 + (kc % kWgStages) * kWgXBytes + wg * 64 * 128;
-      const uint32_t bb = bs0 + (kc & 1) * kWgBBytes;
+      const uint32_t xa = xs0 + (kc % STAGES) * kWgXBytes + wg * 64 * 128;
+      const uint32_t bb = bs0 + (kc & 1) * C::kBBytes;
 #pragma unroll
       for (int k = 0; k < 4; ++k)  // the first mma of the kernel ignores the (uninitialized) sums
-        wgmma_m64n256k16<T>(acc, wg_desc(xa + 32 * k), wg_desc(bb + 32 * k), kc > 0 || k > 0);
+        wgmma_m64k16<T, BN>(acc, wg_desc(xa + 32 * k), wg_desc(bb + 32 * k), kc > 0 || k > 0);
     }
     wg_commit();
     wg_wait<1>();  // chunk kc-1 done (its B buffer and x slot are reused at kc+1)
@@ -915,7 +930,7 @@ __global__ void __launch_bounds__(256, 1) int8_wgmma_kernel(const TiledArgs a) {
   const bool pair_store = (a.N % 2) == 0;
   const int64_t mr = m0 + wg * 64 + wq * 16 + (lane >> 2);
 #pragma unroll
-  for (int j = 0; j < 32; ++j) {
+  for (int j = 0; j < BN / 8; ++j) {
     const int64_t n = n0 + 8 * j + 2 * (lane & 3);
     if (n >= a.N) continue;
     const bool n1 = n + 1 < a.N;
@@ -946,7 +961,7 @@ __global__ void __launch_bounds__(256, 1) int8_wgmma_kernel(const TiledArgs a) {
 }
 
 // True when the wgmma kernel has sm_90a code for the current device (else the mma.sync one runs).
-template <typename T, bool GROUPED>
+template <typename T, bool GROUPED, int BN, int STAGES, int MINB>
 bool wgmma_usable() {
   int dev = 0, major = 0, minor = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return false;
@@ -955,12 +970,13 @@ bool wgmma_usable() {
     return false;
   if (major != 9 || minor != 0) return false;
   cudaFuncAttributes attr{};
-  if (cudaFuncGetAttributes(&attr, int8_wgmma_kernel<T, GROUPED>) != cudaSuccess) return false;
+  if (cudaFuncGetAttributes(&attr, int8_wgmma_kernel<T, GROUPED, BN, STAGES, MINB>) != cudaSuccess) return false;
   return attr.binaryVersion == 90;
 }
 
-template <typename T, bool GROUPED>
+template <typename T, bool GROUPED, int BN, int STAGES, int MINB>
 cudaError_t launch_wgmma_t(const dsattn_int8_matmul_params& prm, cudaStream_t s) {
+  using C = WgCfg<BN, STAGES>;
   TiledArgs a{};
   a.x = prm.input;
   a.w = prm.weight;
@@ -974,20 +990,27 @@ cudaError_t launch_wgmma_t(const dsattn_int8_matmul_params& prm, cudaStream_t s)
   a.ngroups = prm.K / a.group;
   a.chunks = int((prm.K + kChunk - 1) / kChunk);
   a.m_tiles = int((prm.M + kBM - 1) / kBM);
-  a.n_tiles = int((prm.N + kWgBN - 1) / kWgBN);
-  auto kern = int8_wgmma_kernel<T, GROUPED>;
-  cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgSmem);
+  a.n_tiles = int((prm.N + BN - 1) / BN);
+  auto kern = int8_wgmma_kernel<T, GROUPED, BN, STAGES, MINB>;
+  cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (e != cudaSuccess) return e;
-  kern<<<unsigned(int64_t(a.m_tiles) * a.n_tiles), 256, kWgSmem, s>>>(a);
+  kern<<<unsigned(int64_t(a.m_tiles) * a.n_tiles), 256, C::kSmem, s>>>(a);
   return cudaGetLastError();
 }
 
 // The tiled path: wgmma where the device and the build allow it (sm_90a), else mma.sync.
 template <typename T>
 cudaError_t launch_tiled(const dsattn_int8_matmul_params& prm, cudaStream_t s) {
-#if DSATTN_INT8_TILED_CFG == 0
-  if (prm.group_size == 0 && wgmma_usable<T, false>()) return launch_wgmma_t<T, false>(prm, s);
-  if (prm.group_size != 0 && wgmma_usable<T, true>()) return launch_wgmma_t<T, true>(prm, s);
+#if DSATTN_INT8_TILED_CFG == 0 || DSATTN_INT8_TILED_CFG == 5 || DSATTN_INT8_TILED_CFG == 7
+#if DSATTN_INT8_TILED_CFG == 5
+  constexpr int BN = 128, S = 3, B = 2;  // 2 blocks per SM
+#elif DSATTN_INT8_TILED_CFG == 7
+  constexpr int BN = 256, S = 5, B = 1;  // 3 chunks of prefetch
+#else
+  constexpr int BN = 256, S = 4, B = 1;
+#endif
+  if (prm.group_size == 0 && wgmma_usable<T, false, BN, S, B>()) return launch_wgmma_t<T, false, BN, S, B>(prm, s);
+  if (prm.group_size != 0 && wgmma_usable<T, true, BN, S, B>()) return launch_wgmma_t<T, true, BN, S, B>(prm, s);
 #endif
   return launch_tiled_mma<T>(prm, s);
 }
@@ -1078,7 +1101,7 @@ bool tiled_supported(const dsattn_int8_matmul_params* p) {
 
 // Crossover between the weight-streaming skinny kernel and the tiled kernel (measured on H100 at
 // K 4096, N 12288; see plugins/kernels/README.md).
-constexpr int64_t kSkinnyMaxM = 48;
+constexpr int64_t kSkinnyMaxM = 160;
 
 int choose_path(const dsattn_int8_matmul_params* p) {
   if (p->dtype == DSATTN_FLOAT32) return DSATTN_INT8_PATH_FP32;
