@@ -12,6 +12,22 @@ namespace dsattn {
 namespace attn {
 namespace {
 
+// Tuning knobs (compile-time; the defaults are the measured choice, scripts/attn_explore.py builds
+// variants): keys per thread per step at one query row, the load flavour of the K/V stream, and
+// the number of waves the decode split aims at.
+#ifndef DSATTN_DECODE_UNROLL1
+#define DSATTN_DECODE_UNROLL1 4
+#endif
+#ifndef DSATTN_DECODE_LOAD
+#define DSATTN_DECODE_LOAD 0
+#endif
+#ifndef DSATTN_DECODE_CTAS_PER_SM1
+#define DSATTN_DECODE_CTAS_PER_SM1 4
+#endif
+#ifndef DSATTN_DECODE_SLOT_SCALE
+#define DSATTN_DECODE_SLOT_SCALE 1
+#endif
+
 constexpr int kMaxSplits = 64;      // decode split-KV: upper bound on chunks per row
 constexpr int kMinSplitKeys = 64;   // never cut a row into chunks shorter than this
 constexpr int kDecodeMaxRows = 8;   // decode path: S * (H / Hkv) query rows per CTA at most
@@ -97,7 +113,13 @@ __global__ void __launch_bounds__(256) append_kernel(Args a) {
 // fp32 (log2 domain), merged across the CTA's key slots in shared memory, then either written to
 // the context (one chunk) or as (normalized partial o, log2-sum-exp) for the combine kernel.
 __device__ __forceinline__ uint4 ld_stream(const void* p) {
-  return __ldcs(reinterpret_cast<const uint4*>(p));
+#if DSATTN_DECODE_LOAD == 1
+  return __ldg(reinterpret_cast<const uint4*>(p));
+#elif DSATTN_DECODE_LOAD == 2
+  return __ldlu(reinterpret_cast<const uint4*>(p));
+#else
+  return __ldcs(reinterpret_cast<const uint4*>(p));  // streaming: K/V are read once per call
+#endif
 }
 
 // 16-byte vector (dims d0 .. d0+VEC-1) of new token s's key (rotated, rounded to T exactly as the
@@ -121,7 +143,7 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
   constexpr int TY = 32 / TX;
   constexpr int NW = 4;
   constexpr int KSTEP = TY * NW;  // keys per CTA step == number of partial states to merge
-  constexpr int UNROLL = RMAX <= 1 ? 4 : 2;
+  constexpr int UNROLL = RMAX <= 1 ? DSATTN_DECODE_UNROLL1 : 2;
   __shared__ int s_flag;
   __shared__ float s_q[RMAX * D];
   __shared__ float s_m[KSTEP][RMAX], s_l[KSTEP][RMAX];
@@ -439,9 +461,9 @@ bool decode_supported(const dsattn_softmax_context_params& p) {
 // down: a second, partial wave would cost a whole chunk's time.
 int decode_splits(const dsattn_softmax_context_params& p) {
   const int64_t rows = p.seq_len * (p.num_heads / p.num_kv_heads);
-  const int64_t per_sm = rows <= 1 ? 4 : (rows <= 4 ? 3 : 2);
+  const int64_t per_sm = rows <= 1 ? DSATTN_DECODE_CTAS_PER_SM1 : (rows <= 4 ? 3 : 2);
   const int64_t ctas = p.batch * p.num_kv_heads;
-  const int64_t slots = per_sm * sm_count();
+  const int64_t slots = per_sm * sm_count() * DSATTN_DECODE_SLOT_SCALE;
   int64_t n = slots / ctas;
   n = std::min<int64_t>(n, (p.max_seq_len + kMinSplitKeys - 1) / kMinSplitKeys);
   n = std::min<int64_t>(n, kMaxSplits);
@@ -472,7 +494,7 @@ cudaError_t validate(const dsattn_softmax_context_params* p, char* msg, size_t n
   if (p->dtype != DSATTN_FLOAT32 && p->dtype != DSATTN_FLOAT16 && p->dtype != DSATTN_BFLOAT16)
     return fail(msg, n, "dtype=%d is not float32/float16/bfloat16", (int)p->dtype);
   if (p->batch < 0 || p->batch > INT32_MAX) return fail(msg, n, "batch=%lld must be in [0, 2^31)", (long long)p->batch);
-  // 65535 query tiles of 64 rows: the prefill grid's y limit.
+  // 65535 query tiles of 64 rows: the prefill grid's y limit (also with larger tiles).
   if (p->seq_len < 0 || p->seq_len > 65535LL * 64)
     return fail(msg, n, "seq_len=%lld must be in [0, %lld]", (long long)p->seq_len, 65535LL * 64);
   if (p->num_heads < 1 || p->num_heads > 65535) return fail(msg, n, "num_heads=%lld must be in [1, 65535]", (long long)p->num_heads);

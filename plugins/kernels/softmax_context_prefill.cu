@@ -12,7 +12,12 @@ namespace dsattn {
 namespace attn {
 namespace {
 
-constexpr int kBM = 64, kBN = 64, kThreads = 128;
+// Warps per CTA (16 query rows each); compile-time knob explored by scripts/attn_explore.py.
+#ifndef DSATTN_PREFILL_WARPS
+#define DSATTN_PREFILL_WARPS 4
+#endif
+constexpr int kWarps = DSATTN_PREFILL_WARPS;
+constexpr int kBM = 16 * kWarps, kBN = 64, kThreads = 32 * kWarps;
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
