@@ -5,6 +5,9 @@
 //                                                 shape / type negotiation (CPU only, no GPU)
 //   dsattn_plugin_harness LIB CASE_DIR...         one GPU case per directory (manifest.txt + .bin
 //                                                 files written by tests/test_plugins_harness.py)
+//   dsattn_plugin_harness --build-only LIB DIR... the build-time calls only (no GPU, no data files:
+//                                                 FILE may be '-'), e.g. for nodes of exported models
+//   dsattn_plugin_harness --fields LIB            print every creator's getFieldNames()
 //
 // Manifest (one item per line): `op NAME`; `attr_i|attr_f|attr_s NAME VALUE`; `attr_fs NAME COUNT
 // V...`; `input IDX DTYPE RANK DIMS... FILE` (raw little-endian data in DTYPE); `absent IDX` (an empty
@@ -535,6 +538,8 @@ void compareOutputs(Case const& c, std::vector<std::vector<char>> const& got, ch
   }
 }
 
+bool gBuildOnly = false;  // --build-only: stop before the GPU (attach/enqueue); no data files needed
+
 void runCase(Library const& lib, std::string const& dir) {
   Case c = readCase(dir);
   std::printf("case %s (%s)\n", dir.c_str(), c.op.c_str());
@@ -643,6 +648,15 @@ void runCase(Library const& lib, std::string const& dir) {
                                                                        << ", expected " << c.alias[o]);
   }
 
+  if (gBuildOnly) {
+    // Build-time path only; still prove the serialized fields re-create an equivalent plugin.
+    Fields ser = Fields::deepCopy(plugin.runtime()->getFieldsToSerialize());
+    PluginPtr restored(creator->createPlugin("node", ser.get(), TensorRTPhase::kRUNTIME));
+    HCHECK(restored.p != nullptr, "createPlugin(kRUNTIME) from getFieldsToSerialize returned null: " << gLogger.last);
+    HCHECK(Fields::deepCopy(restored.runtime()->getFieldsToSerialize()) == ser, "re-serialized fields differ");
+    std::printf("    build-only: %zu serialized fields re-create the plugin\n", ser.names.size());
+    return;
+  }
   std::vector<std::vector<char>> hostIn(nbIn);
   for (int32_t i = 0; i < nbIn; ++i) {
     if (c.inputs[i].absent) continue;
@@ -1016,18 +1030,30 @@ void selftestShapes(Library const& lib) {
 int main(int argc, char** argv) {
   try {
     std::vector<std::string> args(argv + 1, argv + argc);
-    bool selftest = false;
+    bool selftest = false, fieldsOnly = false;
     std::vector<std::string> rest;
     for (auto const& a : args) {
       if (a == "--selftest") selftest = true;
       else if (a == "--verbose") gLogger.verbose = true;
+      else if (a == "--build-only") gBuildOnly = true;
+      else if (a == "--fields") fieldsOnly = true;
       else rest.push_back(a);
     }
     if (rest.empty()) {
-      std::fprintf(stderr, "usage: %s [--verbose] --selftest LIB | LIB CASE_DIR...\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--verbose] --selftest LIB | --fields LIB | [--build-only] LIB CASE_DIR...\n",
+                   argv[0]);
       return 2;
     }
     Library lib(rest[0]);
+    if (fieldsOnly) {  // what the ONNX parser reads: getFieldNames of every creator
+      for (IPluginCreatorV3One* c : lib.creators) {
+        PluginFieldCollection const* f = c->getFieldNames();
+        for (int32_t i = 0; f && i < f->nbFields; ++i)
+          std::printf("field %s %s %d %d\n", c->getPluginName(), f->fields[i].name, int(f->fields[i].type),
+                      f->fields[i].length);
+      }
+      return 0;
+    }
     if (selftest) {
       selftestFields(lib);
       selftestShapes(lib);
