@@ -290,7 +290,7 @@ def make_inputs(model: onnx.ModelProto, case: str, *, batch: int, seq: int, capa
         if B > 1 and S > 1 and not start[1:].any():
             start[1] = rng.integers(1, S)
     else:
-        lens = rng.integers(1, T, size=B)  # ragged, 1 .. Tmax-1 cached tokens
+        lens = rng.integers(min(1, T - 1), T, size=B)  # ragged, 1 .. Tmax-1 cached tokens
         lens[0] = T - 1  # one row fills the cache to the last slot
         start = np.array([rng.integers(0, l + 1) for l in lens])
         start[0] = 0
