@@ -23,7 +23,8 @@
 // every data type -> configurePlugin (static and fully dynamic dims) -> getWorkspaceSize ->
 // getAliasedInput -> attachToContext -> onShapeChange -> enqueue (separate present buffers) -> compare
 // with the reference -> getFieldsToSerialize -> createPlugin(kRUNTIME) from a deep copy ->
-// attachToContext -> enqueue (aliased buffers) -> same bits as the first run.
+// attachToContext -> enqueue (aliased buffers) -> same bits as the first run -> the same enqueue
+// captured into a CUDA graph and replayed -> same bits.
 //
 // IExprBuilder / IDimensionExpr: their public methods are inline wrappers over a pimpl pointer
 // (apiv::VExprBuilder / apiv::VDimensionExpr in NvInferImpl.h, "do not inherit"). The only way to
@@ -450,7 +451,8 @@ struct DeviceBuffers {
 };
 
 std::vector<std::vector<char>> enqueueOnce(IPluginV3OneRuntime* rt, Case const& c, std::vector<std::vector<char>> const& hostIn,
-                                           size_t wsBytes, bool aliased, int32_t* statusOut) {
+                                           size_t wsBytes, bool aliased, int32_t* statusOut,
+                                           bool graph = false) {
   int32_t const nbIn = int32_t(c.inputs.size()), nbOut = int32_t(c.outputs.size());
   std::vector<PluginTensorDesc> inDesc(nbIn), outDesc(nbOut);
   for (int32_t i = 0; i < nbIn; ++i) {
@@ -491,10 +493,28 @@ std::vector<std::vector<char>> enqueueOnce(IPluginV3OneRuntime* rt, Case const& 
   std::vector<void const*> inPtrs(b.in.begin(), b.in.end());
   cudaStream_t stream;
   HCUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  int32_t const rc = rt->enqueue(inDesc.data(), outDesc.data(), inPtrs.data(), outPtrs.data(), b.ws, stream);
-  cudaError_t const se = cudaStreamSynchronize(stream);
+  int32_t rc = 0;
+  cudaError_t se = cudaSuccess;
+  if (!graph) {
+    rc = rt->enqueue(inDesc.data(), outDesc.data(), inPtrs.data(), outPtrs.data(), b.ws, stream);
+    se = cudaStreamSynchronize(stream);
+  } else {
+    // What trtexec --useCudaGraph / an application capturing enqueueV3 does: the enqueue is recorded
+    // into a graph (global capture mode: any unsafe call such as cudaMalloc fails), then launched.
+    HCUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    rc = rt->enqueue(inDesc.data(), outDesc.data(), inPtrs.data(), outPtrs.data(), b.ws, stream);
+    cudaGraph_t g = nullptr;
+    cudaError_t const ce = cudaStreamEndCapture(stream, &g);
+    cudaGraphExec_t ge = nullptr;
+    if (ce == cudaSuccess && rc == 0) se = cudaGraphInstantiate(&ge, g, 0);
+    if (ce == cudaSuccess && rc == 0 && se == cudaSuccess) se = cudaGraphLaunch(ge, stream);
+    if (se == cudaSuccess) se = cudaStreamSynchronize(stream);
+    if (ge) cudaGraphExecDestroy(ge);
+    if (g) cudaGraphDestroy(g);
+    HCHECK(ce == cudaSuccess, "stream capture of enqueue failed: " << cudaGetErrorName(ce));
+  }
   cudaStreamDestroy(stream);
-  HCHECK(rc == 0, "enqueue returned " << rc);
+  HCHECK(rc == 0, "enqueue returned " << rc << (graph ? " (under CUDA graph capture)" : ""));
   HCUDA(se);
   HCUDA(cudaGetLastError());
   std::vector<std::vector<char>> result(nbOut);
@@ -694,6 +714,12 @@ void runCase(Library const& lib, std::string const& dir) {
   }
   std::printf("    run B (deserialized from %zu fields%s): bitwise identical\n", ser.names.size(),
               anyAlias ? ", aliased present buffers" : "");
+  // Run C: the deserialized, attached plugin's enqueue captured into a CUDA graph and replayed.
+  auto runC = enqueueOnce(restoredAttached.runtime(), c, hostIn, ws, /*aliased=*/anyAlias, nullptr, /*graph=*/true);
+  for (int32_t o = 0; o < nbOut; ++o) {
+    HCHECK(runA[o] == runC[o], "output " << o << " of the CUDA-graph replay differs bitwise from the first run");
+  }
+  std::printf("    run C (enqueue captured in a CUDA graph, replayed): bitwise identical\n");
 }
 
 // ---- selftest (CPU only) -------------------------------------------------------------------------------------
