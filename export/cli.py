@@ -65,11 +65,13 @@ class ExportResult:
     seed: int
     checker_ok: bool = False
     checks: list[Check] = field(default_factory=list)
+    validations: list = field(default_factory=list)  # dsattn.tools.validate reports (ONNX Runtime)
     seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
-        return self.checker_ok and bool(self.checks) and all(c.passed for c in self.checks)
+        return (self.checker_ok and bool(self.checks) and all(c.passed for c in self.checks)
+                and all(v.passed for v in self.validations))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,8 +232,11 @@ def _from_np(a: np.ndarray, T: torch.dtype) -> torch.Tensor:
 
 def export_main(*, config: Optional[str] = None, hf_config: Optional[str] = None, dtype=None, int8: bool = False,
                 group_size: int = 0, batch: int = 2, seq: int = 8, capacity: int = 32, out="build",
-                seed: Optional[int] = None, log: Callable[[str], None] = print) -> ExportResult:
-    """The whole `dsattn export` job; returns an ExportResult (``.passed``, ``.model_paths``)."""
+                seed: Optional[int] = None, log: Callable[[str], None] = print,
+                ort_providers: Sequence[str] = ("cpu",)) -> ExportResult:
+    """The whole `dsattn export` job; returns an ExportResult (``.passed``, ``.model_paths``).
+    ``ort_providers``: ONNX Runtime providers that run the lowered model as a last check
+    (``()`` skips it)."""
     for name, v in (("batch", batch), ("seq", seq), ("capacity", capacity)):
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -246,24 +251,46 @@ def export_main(*, config: Optional[str] = None, hf_config: Optional[str] = None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
-        return _export_main(config, hf_config, dtype, int8, group_size, batch, seq, capacity, out, seed, log)
+        return _export_main(config, hf_config, dtype, int8, group_size, batch, seq, capacity, out, seed, log,
+                            tuple(ort_providers))
 
 
-def _export_main(config, hf_config, dtype, int8, group_size, batch, seq, capacity, out, seed, log) -> ExportResult:
+def validate_models(paths: Sequence[str], *, providers: Sequence[str], seed: int, log: Callable[[str], None],
+                    step: str = "") -> list:
+    """Lower each exported model for ONNX Runtime, run it on ``providers`` and compare it with the
+    reference (dsattn.tools.validate); returns the ValidationReports."""
+    from dsattn.tools.validate import validate
+
+    reports = []
+    for p in paths:
+        log(f"{step} ONNX Runtime ({', '.join(providers)}) on the lowered {os.path.basename(p)} vs the reference")
+        rep = validate(p, providers=tuple(providers), seed=seed)
+        for line in rep.table().splitlines():
+            log("  " + line)
+        reports.append(rep)
+    return reports
+
+
+def _export_main(config, hf_config, dtype, int8, group_size, batch, seq, capacity, out, seed, log,
+                 ort_providers=("cpu",)) -> ExportResult:
     t0 = time.perf_counter()
-    log(f"[1/3] building module (seed={seed})")
+    steps = 4 if ort_providers else 3
+    log(f"[1/{steps}] building module (seed={seed})")
     module, desc = build_module(config=config, hf_config=hf_config, dtype=dtype, int8=int8,
                                 group_size=group_size, seed=seed)
     c = module.config
     log(f"  {desc}: {type(module).__name__}({module.extra_repr()}), dtype {str(module.activation_dtype)[6:]}"
         + (f", int8 weights (group_size={module.qkv_group_size})" if module.quantized else ""))
-    log(f"[2/3] exporting to ONNX in {out} (dynamic batch/seq, capacity {capacity})")
+    log(f"[2/{steps}] exporting to ONNX in {out} (dynamic batch/seq, capacity {capacity})")
     t1 = time.perf_counter()
     paths = export_models(module, out, batch=batch, seq=seq, capacity=capacity)
     log(f"  wrote {', '.join(paths)} in {time.perf_counter() - t1:.1f} s")
     res = ExportResult(paths, c, desc, seed)
-    log("[3/3] checking: onnx.checker, ONNX reference evaluator vs PyTorch module")
+    log(f"[3/{steps}] checking: onnx.checker, ONNX reference evaluator vs PyTorch module")
     res.checker_ok, res.checks = check_models(paths, module, batch=batch, seq=seq, capacity=capacity, seed=seed, log=log)
+    if ort_providers:
+        res.validations = validate_models(paths, providers=ort_providers, seed=seed, log=log,
+                                          step=f"[4/{steps}]")
     res.seconds = time.perf_counter() - t0
     log(f"{'PASSED' if res.passed else 'FAILED'} in {res.seconds:.1f} s")
     return res
@@ -320,6 +347,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--capacity", type=_positive_int, default=32, help="KV-cache capacity Tmax (default 32)")
     parser.add_argument("--out", default="build", metavar="DIR", help="output folder (default ./build)")
     parser.add_argument("--seed", type=_nonneg_int, default=None, help="random seed (default: fresh, printed)")
+    parser.add_argument("--providers", default="cpu", metavar="LIST",
+                        help="ONNX Runtime providers that validate the lowered model at the end (default cpu; "
+                             "e.g. cpu,cuda)")
+    parser.add_argument("--no-validate", action="store_true",
+                        help="skip the ONNX Runtime validation of the lowered model")
     parser.set_defaults(_export_parser=parser)
 
 
@@ -334,7 +366,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         res = export_main(config=args.config, hf_config=args.hf_config, dtype=args.dtype, int8=args.int8,
                           group_size=args.group_size, batch=args.batch, seq=args.seq, capacity=args.capacity,
-                          out=args.out, seed=args.seed)
+                          out=args.out, seed=args.seed,
+                          ort_providers=() if args.no_validate else tuple(p for p in args.providers.split(",") if p))
     except (ValueError, TypeError, NotImplementedError) as e:
         opt = "--config" if args.config else "--hf-config" if args.hf_config else "--int8/--group-size"
         msg = str(e)
