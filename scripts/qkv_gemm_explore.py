@@ -22,8 +22,8 @@ def main() -> int:
     ctx = gemm.GemmContext(lib)
     K, N = 4096, 12288
     Ms = [int(a) for a in sys.argv[1:]] or [1, 2, 4, 8, 12, 16, 32, 64, 128, 2048]
-    lines = ["| dtype | M | auto | fused 4 stages | fused 8 | fused 16 | Lt forced | auto, no norm | matmul | addmm | unfused | auto/matmul |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| dtype | M | auto | fused BN32 p256 | fused BN32 p128 | fused BN64 p256 | fused BN64 p128 | fused BN64 8 stages | norm+Lt forced | auto, no norm | matmul | addmm | unfused | auto/matmul |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for dt in (torch.float16, torch.bfloat16):
         for M in Ms:
             nset = bench.rotation_count((K * N + M * K + M * N) * 2)
@@ -47,9 +47,10 @@ def main() -> int:
                 gemm.qkv_gemm(x, w, b, None, None, norm_type=0, ctx=ctx, lib=lib, out=o)
 
             res = {}
-            for name, path, bn, fn in (("auto", 0, 0, ours), ("f4", 2, 4, ours), ("f8", 2, 8, ours),
-                                       ("f16", 2, 16, ours), ("lt", 1, 0, ours), ("nonorm", 0, 0, ours0)):
-                if path == 2 and M > 16:
+            for name, path, bn, fn in (("auto", 0, 0, ours), ("a", 2, 0, ours), ("b", 3, 0, ours),
+                                       ("c", 4, 0, ours), ("d", 5, 0, ours), ("s8", 4, 8, ours),
+                                       ("lt", 1, 0, ours), ("nonorm", 0, 0, ours0)):
+                if path >= 2 and M > 16:
                     res[name] = float("nan")
                     continue
                 gemm.force_path(path, bn, lib=lib)
@@ -66,7 +67,7 @@ def main() -> int:
                 o.add_(b)
             res["unfused"] = bench.graph_time_us(mk(unf))
             line = (f"| {str(dt)[6:]} | {M} | " + " | ".join(f"{res[k]:.1f}" for k in
-                    ("auto", "f4", "f8", "f16", "lt", "nonorm", "matmul", "addmm", "unfused"))
+                    ("auto", "a", "b", "c", "d", "s8", "lt", "nonorm", "matmul", "addmm", "unfused"))
                     + f" | {res['auto'] / res['matmul']:.3f} |")
             lines.append(line)
             print(line, flush=True)

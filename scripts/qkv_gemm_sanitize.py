@@ -9,6 +9,7 @@ cases = [  # (M, K, N, dtype, norm, emit, force_path)
     (3, 1000, 2328, torch.float16, 1, 1, 0),   # fused kernel, K / N tails, emit
     (13, 512, 264, torch.bfloat16, 2, 0, 0),   # fused, M tile 2
     (16, 1001, 96, torch.float16, 1, 1, 2),    # fused, odd K: strided prologue
+    (9, 4096, 200, torch.bfloat16, 1, 1, 5),   # fused, 64-column tiles, N tail
     (17, 512, 264, torch.bfloat16, 2, 0, 0),   # norm kernel (warp per row) + cuBLASLt
     (5, 8192, 64, torch.float16, 1, 0, 1),     # norm kernel (CTA per row) + cuBLASLt
     (97, 1001, 291, torch.bfloat16, 1, 1, 0),  # cuBLASLt, odd sizes, scalar norm

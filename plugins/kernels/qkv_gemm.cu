@@ -243,10 +243,12 @@ __device__ __forceinline__ void unpack(const uint4& raw, float (&f)[16 / sizeof(
 }
 
 // dst2 may be NULL. `fast` = K <= 32*VEC*kRowVecs, K % VEC == 0 and every pointer 16-byte aligned.
+// gamma / beta may point to shared memory (the callers stage them there once per CTA, so the
+// write pass does not wait on one global load per vector).
 template <typename T>
 __device__ void warp_norm_row(const T* __restrict__ x, const T* __restrict__ gamma,
-                              const T* __restrict__ beta, T* dst1, T* dst2, int K, int norm_type,
-                              float eps, bool fast) {
+                              const T* __restrict__ beta, T* __restrict__ dst1, T* __restrict__ dst2,
+                              int K, int norm_type, float eps, bool fast) {
   constexpr int VEC = 16 / sizeof(T);
   const int lane = threadIdx.x & 31;
   const float inv_k = 1.0f / static_cast<float>(K);
@@ -286,8 +288,8 @@ __device__ void warp_norm_row(const T* __restrict__ x, const T* __restrict__ gam
       if (c < nvec) {
         float f[VEC], g[VEC], b[VEC];
         unpack<T>(buf[i], f);
-        if (norm_type != DSATTN_NORM_NONE) unpack<T>(__ldg(reinterpret_cast<const uint4*>(gamma) + c), g);
-        if (norm_type == DSATTN_NORM_LAYERNORM) unpack<T>(__ldg(reinterpret_cast<const uint4*>(beta) + c), b);
+        if (norm_type != DSATTN_NORM_NONE) unpack<T>(reinterpret_cast<const uint4*>(gamma)[c], g);
+        if (norm_type == DSATTN_NORM_LAYERNORM) unpack<T>(reinterpret_cast<const uint4*>(beta)[c], b);
         uint4 o;
         T* oe = reinterpret_cast<T*>(&o);
 #pragma unroll
@@ -324,15 +326,33 @@ __device__ void warp_norm_row(const T* __restrict__ x, const T* __restrict__ gam
   }
 }
 
-// One warp per row, 8 rows per CTA (K small enough for the register path), or one CTA per row
-// (norm_rows_kernel below) for long rows.
+// Copies gamma (and beta) [K] into shared memory with 16-byte vectors (K % VEC == 0, aligned),
+// all loads in flight at once. Caller synchronizes.
+template <typename T>
+__device__ __forceinline__ void stage_affine(const T* __restrict__ gamma, const T* __restrict__ beta,
+                                             T* sg, T* sb, int K, int norm_type) {
+  const int nvec = K / (16 / (int)sizeof(T));
+  for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
+    if (norm_type != DSATTN_NORM_NONE) reinterpret_cast<uint4*>(sg)[c] = __ldg(reinterpret_cast<const uint4*>(gamma) + c);
+    if (norm_type == DSATTN_NORM_LAYERNORM) reinterpret_cast<uint4*>(sb)[c] = __ldg(reinterpret_cast<const uint4*>(beta) + c);
+  }
+}
+
+// One warp per row, 8 rows per CTA (K small enough for the register path; gamma / beta staged in
+// shared memory, 2*K*sizeof(T) bytes of dynamic shared memory), or one CTA per row
+// (norm_rows_kernel above) for long rows.
 template <typename T>
 __global__ void __launch_bounds__(256)
 norm_rows_warp_kernel(const T* __restrict__ x, const T* __restrict__ gamma, const T* __restrict__ beta,
                       T* __restrict__ out, int64_t M, int K, int norm_type, float eps) {
+  extern __shared__ __align__(16) unsigned char norm_smem[];
+  T* sg = reinterpret_cast<T*>(norm_smem);
+  T* sb = sg + K;
+  stage_affine<T>(gamma, beta, sg, sb, K, norm_type);
+  __syncthreads();
   const int64_t row = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
   if (row >= M) return;
-  warp_norm_row<T>(x + row * K, gamma, beta, out + row * K, nullptr, K, norm_type, eps, true);
+  warp_norm_row<T>(x + row * K, sg, sb, out + row * K, nullptr, K, norm_type, eps, true);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -350,10 +370,11 @@ norm_rows_warp_kernel(const T* __restrict__ x, const T* __restrict__ gamma, cons
 // the k-major smem tile via ldmatrix.trans), B = normalized x^T (16 k x 8 m), D = out^T. Each of
 // the 8 warps owns one 16-k step of every 128-k stage; partial sums are reduced across warps
 // through shared memory at the end of a tile.
-constexpr int kFusedBN = 32;        // columns per tile (TMA box inner dim: 64 bytes)
-constexpr int kFusedBK = 128;       // k rows per stage (TMA box outer dim)
-constexpr int kFusedWarps = 8;      // one 16-k MMA step per warp per stage
-constexpr int kFusedStageBytes = kFusedBN * kFusedBK * 2;
+// Two tile shapes (template BN): 32 columns x 128 k-rows (64-byte rows, 64-byte swizzle) or
+// 64 columns x 64 k-rows (128-byte rows, 128-byte swizzle); 8 KB per stage either way.
+constexpr int kFusedBK = 128;       // largest k rows per stage (x is padded to a multiple of it)
+constexpr int kFusedWarps = 8;      // one 16-k MMA step (x one 32-column half) per warp per stage
+constexpr int kFusedStageBytes = 8192;
 constexpr int kFusedMaxStages = 16;
 constexpr int64_t kFusedMaxM = 16;  // 2 MMA column tiles (x must fit in shared memory)
 
@@ -370,7 +391,7 @@ struct FusedArgs {
   float eps;
   int stages;
   int x_ld;   // elements per smem row of x (>= round_up(K, kFusedBK), == 8 mod 64: conflict-free)
-  int tiles;  // ceil(N / kFusedBN)
+  int tiles;  // ceil(N / BN)
   int row_fast;
 };
 
@@ -401,10 +422,15 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map
 
 #endif  // sm_90 device helpers
 
-template <typename T, int MT>
+template <typename T, int MT, int BN>
 __global__ void __launch_bounds__(kFusedWarps * 32, 1)
 fused_small_kernel(const __grid_constant__ CUtensorMap wmap, const FusedArgs<T> a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  static_assert(BN == 32 || BN == 64, "tile width");
+  constexpr int BK = kFusedStageBytes / (BN * 2);  // 128 or 64 k rows per stage
+  constexpr int RB = BN * 2;                       // bytes per smem row of a W stage
+  constexpr int KSTEPS = BK / 16;                  // 16-k MMA steps per stage (8 or 4)
+  constexpr int SWZ = BN == 32 ? 3 : 7;            // 64B / 128B swizzle: 16B chunk ^= (off >> 7) & SWZ
   extern __shared__ unsigned char smem_raw[];
   // Stage buffers need 512-byte alignment for the 64-byte swizzle: align the base to 1024.
   const uint32_t raw = smem_u32(smem_raw);
@@ -414,11 +440,14 @@ fused_small_kernel(const __grid_constant__ CUtensorMap wmap, const FusedArgs<T> 
   T* xs = reinterpret_cast<T*>(base + a.stages * kFusedStageBytes);  // [MT*8][x_ld]
   float* red = reinterpret_cast<float*>(base + a.stages * kFusedStageBytes +
                                         (size_t)MT * 8 * a.x_ld * sizeof(T));  // [warps][MT*8][32]
-  uint64_t* bars = reinterpret_cast<uint64_t*>(red + kFusedWarps * MT * 8 * kFusedBN);
+  uint64_t* bars = reinterpret_cast<uint64_t*>(red + kFusedWarps * MT * 8 * 32);
   const uint32_t bar0 = smem_u32(bars);
+  T* sg = reinterpret_cast<T*>(bars + kFusedMaxStages);  // [x_ld] gamma, then [x_ld] beta
+  T* sb = sg + a.x_ld;
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int ktiles = (a.K + kFusedBK - 1) / kFusedBK;
+  const int kstep = warp % KSTEPS, nhalf = warp / KSTEPS;  // this warp's 16-k step, 32-column half
+  const int ktiles = (a.K + BK - 1) / BK;
   const int my_tiles = a.tiles > (int)blockIdx.x ? (a.tiles - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
   const int total = my_tiles * ktiles;
 
@@ -428,7 +457,7 @@ fused_small_kernel(const __grid_constant__ CUtensorMap wmap, const FusedArgs<T> 
     const int kt = it % ktiles;
     const uint32_t bar = bar0 + 8 * slot;
     mbar_expect_tx(bar, kFusedStageBytes);
-    tma_load_2d(w_s + slot * kFusedStageBytes, &wmap, bar, tile * kFusedBN, kt * kFusedBK);
+    tma_load_2d(w_s + slot * kFusedStageBytes, &wmap, bar, tile * BN, kt * BK);
   };
 
   if (tid == 0) {
@@ -441,16 +470,22 @@ fused_small_kernel(const __grid_constant__ CUtensorMap wmap, const FusedArgs<T> 
     for (int it = 0; it < a.stages && it < total; ++it) issue(it);
 
   // Prologue (overlaps the W prefetch): normalized x into smem, zero rows >= M and columns >= K.
-  const int kpad = ktiles * kFusedBK;
+  const int kpad = ktiles * BK;  // <= round_up(K, kFusedBK) <= x_ld
+  const bool fast = a.row_fast != 0;
+  if (fast) {  // gamma / beta once into shared memory (16-byte vectors, all loads in flight)
+    stage_affine<T>(a.gamma, a.beta, sg, sb, a.K, a.norm_type);
+    __syncthreads();
+  }
   for (int m = warp; m < MT * 8; m += kFusedWarps) {
     T* dst = xs + (size_t)m * a.x_ld;
     if (m < a.M) {
       T* dst2 = (a.normed && blockIdx.x == 0) ? a.normed + (size_t)m * a.K : nullptr;
-      warp_norm_row<T>(a.x + (size_t)m * a.K, a.gamma, a.beta, dst, dst2, a.K, a.norm_type, a.eps,
-                       a.row_fast != 0);
+      warp_norm_row<T>(a.x + (size_t)m * a.K, fast ? sg : a.gamma, fast ? sb : a.beta, dst, dst2, a.K,
+                       a.norm_type, a.eps, fast);
       for (int k = a.K + lane; k < kpad; k += 32) dst[k] = from_f<T>(0.f);
     } else {
-      for (int k = lane; k < kpad; k += 32) dst[k] = from_f<T>(0.f);
+      const uint4 z = make_uint4(0u, 0u, 0u, 0u);
+      for (int c = lane; c < kpad / 8; c += 32) reinterpret_cast<uint4*>(dst)[c] = z;
     }
   }
   __syncthreads();
@@ -473,14 +508,14 @@ fused_small_kernel(const __grid_constant__ CUtensorMap wmap, const FusedArgs<T> 
     const int kt = it % ktiles;
     mbar_wait(bar0 + 8 * slot, (uint32_t)((it / a.stages) & 1));
     const uint32_t ws = w_s + slot * kFusedStageBytes;
-    const int krow = warp * 16 + krow_in_step;  // k row inside the stage (0..127)
-    const int kglob = kt * kFusedBK + warp * 16;  // first k of this warp's step
+    const int krow = kstep * 16 + krow_in_step;  // k row inside the stage
+    const int kglob = kt * BK + kstep * 16;       // first k of this warp's step
     uint32_t af[2][4];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      const int chunk = i * 2 + nchunk_off;  // 16-byte chunk of the 64-byte row
-      const uint32_t addr = ws + krow * 64 + ((chunk ^ ((krow >> 1) & 3)) << 4);
-      ldmatrix_x4_trans(addr, af[i][0], af[i][1], af[i][2], af[i][3]);
+      const int chunk = nhalf * 4 + i * 2 + nchunk_off;  // 16-byte chunk of the row
+      const uint32_t off = krow * RB + chunk * 16;
+      ldmatrix_x4_trans(ws + (off ^ (((off >> 7) & SWZ) << 4)), af[i][0], af[i][1], af[i][2], af[i][3]);
     }
     if constexpr (MT == 1) {
       const int l = lane & 15;
@@ -503,7 +538,7 @@ fused_small_kernel(const __grid_constant__ CUtensorMap wmap, const FusedArgs<T> 
     }
     if (kt == ktiles - 1) {
       // Tile done: reduce the 8 warps' partial sums, add bias, store (coalesced along n).
-      float* rw = red + warp * (MT * 8 * kFusedBN);
+      float* rw = red + warp * (MT * 8 * 32);  // this warp's [MT*8][32] partial sums
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -512,18 +547,19 @@ fused_small_kernel(const __grid_constant__ CUtensorMap wmap, const FusedArgs<T> 
           for (int e = 0; e < 4; ++e) {
             const int n = i * 16 + g + ((e >> 1) << 3);
             const int m = j * 8 + 2 * c4 + (e & 1);
-            rw[m * kFusedBN + n] = acc[i][j][e];
+            rw[m * 32 + n] = acc[i][j][e];
             acc[i][j][e] = 0.f;
           }
       __syncthreads();
       const int tile = blockIdx.x + (it / ktiles) * gridDim.x;
-      for (int idx = tid; idx < a.M * kFusedBN; idx += kFusedWarps * 32) {
-        const int m = idx / kFusedBN, n = idx % kFusedBN;
-        const int gn = tile * kFusedBN + n;
+      for (int idx = tid; idx < a.M * BN; idx += kFusedWarps * 32) {
+        const int m = idx / BN, n = idx % BN;
+        const int gn = tile * BN + n;
         if (gn >= a.N) continue;
         float v = a.bias ? to_f<T>(a.bias[gn]) : 0.f;
+        const int w0 = (n / 32) * KSTEPS;  // the warps that own this 32-column half
 #pragma unroll
-        for (int w = 0; w < kFusedWarps; ++w) v += red[(w * MT * 8 + m) * kFusedBN + n];
+        for (int w = 0; w < KSTEPS; ++w) v += red[((w0 + w) * MT * 8 + m) * 32 + (n % 32)];
         a.out[(size_t)m * a.N + gn] = from_f<T>(v);
       }
     }
@@ -575,7 +611,7 @@ int fused_x_ld(int64_t K) { return (int)(round_up((size_t)K, kFusedBK) + 8); }  
 size_t fused_smem(int64_t M, int64_t K, int stages) {
   const int MT = M <= 8 ? 1 : 2;
   return 1024 + (size_t)stages * kFusedStageBytes + (size_t)MT * 8 * fused_x_ld(K) * 2 +
-         (size_t)kFusedWarps * MT * 8 * kFusedBN * 4 + kFusedMaxStages * 8;
+         (size_t)kFusedWarps * MT * 8 * 32 * 4 + kFusedMaxStages * 8 + 2 * (size_t)fused_x_ld(K) * 2;
 }
 
 int g_force_stages = 0;  // 0 auto; else a fixed ring depth (benchmarks)
@@ -588,12 +624,12 @@ int fused_stages(const DeviceInfo& d, int64_t M, int64_t K) {
   return s >= 3 ? s : 0;
 }
 
-template <typename T, int MT>
+template <typename T, int MT, int BN>
 cudaError_t launch_fused_t(const CUtensorMap& map, const FusedArgs<T>& args, const DeviceInfo& d, int dev,
                            size_t smem, cudaStream_t s) {
   static int attr_bytes[64] = {};  // per device: the opt-in set so far (benign race)
   if (dev >= 64 || attr_bytes[dev] < (int)smem) {
-    cudaError_t e = cudaFuncSetAttribute(fused_small_kernel<T, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    cudaError_t e = cudaFuncSetAttribute(fused_small_kernel<T, MT, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          d.smem_optin);
     if (e != cudaSuccess) return e;
     if (dev < 64) attr_bytes[dev] = d.smem_optin;
@@ -601,25 +637,28 @@ cudaError_t launch_fused_t(const CUtensorMap& map, const FusedArgs<T>& args, con
   // Equal tile counts per CTA (ceil(tiles / SMs) each): the slowest CTA sets the time anyway.
   const int per = (args.tiles + d.sms - 1) / d.sms;
   const int grid = (args.tiles + per - 1) / per;
-  fused_small_kernel<T, MT><<<grid, kFusedWarps * 32, smem, s>>>(map, args);
+  fused_small_kernel<T, MT, BN><<<grid, kFusedWarps * 32, smem, s>>>(map, args);
   return cudaGetLastError();
 }
 
+// bn: tile width (32 or 64 columns); promo: L2 promotion of the TMA reads (0 none, 128, 256 bytes).
 template <typename T>
-cudaError_t launch_fused(const dsattn_qkv_gemm_params* p, int stages, const DeviceInfo& d, int dev,
-                         cudaStream_t s) {
+cudaError_t launch_fused(const dsattn_qkv_gemm_params* p, int stages, int bn, int promo, const DeviceInfo& d,
+                         int dev, cudaStream_t s) {
   auto encode = tensor_map_encoder();
   if (!encode) return cudaErrorNotSupported;
   CUtensorMap map;
   const cuuint64_t gdim[2] = {(cuuint64_t)p->N, (cuuint64_t)p->K};
   const cuuint64_t gstride[1] = {(cuuint64_t)p->N * sizeof(T)};
-  const cuuint32_t box[2] = {kFusedBN, kFusedBK};
+  const cuuint32_t box[2] = {(cuuint32_t)bn, (cuuint32_t)(kFusedStageBytes / (bn * 2))};
   const cuuint32_t estride[2] = {1, 1};
   const CUtensorMapDataType ty =
       std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
   // Out-of-bounds box elements (N and K tails) are filled with zeros.
   if (encode(&map, ty, 2, const_cast<void*>(p->weight), gdim, gstride, box, estride,
-             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, bn == 32 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_128B,
+             promo == 256 ? CU_TENSOR_MAP_L2_PROMOTION_L2_256B
+                          : (promo == 128 ? CU_TENSOR_MAP_L2_PROMOTION_L2_128B : CU_TENSOR_MAP_L2_PROMOTION_NONE),
              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
     return cudaErrorNotSupported;
   FusedArgs<T> a;
@@ -636,14 +675,18 @@ cudaError_t launch_fused(const dsattn_qkv_gemm_params* p, int stages, const Devi
   a.eps = p->epsilon;
   a.stages = stages;
   a.x_ld = fused_x_ld(p->K);
-  a.tiles = (int)((p->N + kFusedBN - 1) / kFusedBN);
+  a.tiles = (int)((p->N + bn - 1) / bn);
   constexpr int VEC = 16 / sizeof(T);
   a.row_fast = p->K % VEC == 0 && p->K <= 32 * VEC * kRowVecs && aligned(p->input, 16) &&
                (!a.gamma || aligned(a.gamma, 16)) && (!a.beta || aligned(a.beta, 16)) &&
                (!a.normed || aligned(a.normed, 16));
   const size_t smem = fused_smem(p->M, p->K, stages);
-  if (p->M <= 8) return launch_fused_t<T, 1>(map, a, d, dev, smem, s);
-  return launch_fused_t<T, 2>(map, a, d, dev, smem, s);
+  if (bn == 32) {
+    if (p->M <= 8) return launch_fused_t<T, 1, 32>(map, a, d, dev, smem, s);
+    return launch_fused_t<T, 2, 32>(map, a, d, dev, smem, s);
+  }
+  if (p->M <= 8) return launch_fused_t<T, 1, 64>(map, a, d, dev, smem, s);
+  return launch_fused_t<T, 2, 64>(map, a, d, dev, smem, s);
 }
 
 template <typename T>
@@ -653,8 +696,8 @@ cudaError_t launch_norm(const void* x, const void* gamma, const void* beta, void
   const bool vec = (K % VEC == 0) && aligned(x, 16) && aligned(out, 16) &&
                    (norm_type == DSATTN_NORM_NONE || aligned(gamma, 16)) &&
                    (norm_type != DSATTN_NORM_LAYERNORM || aligned(beta, 16));
-  if (vec && K <= 32 * VEC * kRowVecs) {  // row in registers: one read of x
-    norm_rows_warp_kernel<T><<<(unsigned)((M + 7) / 8), 256, 0, s>>>(
+  if (vec && sizeof(T) == 2 && K <= 32 * VEC * kRowVecs) {  // row in registers: one read of x
+    norm_rows_warp_kernel<T><<<(unsigned)((M + 7) / 8), 256, 2 * K * sizeof(T), s>>>(
         (const T*)x, (const T*)gamma, (const T*)beta, (T*)out, M, (int)K, norm_type, eps);
     return cudaGetLastError();
   }
@@ -678,6 +721,16 @@ cudaError_t norm_dispatch(dsattn_dtype dt, const void* x, const void* gamma, con
   }
   return cudaErrorInvalidValue;
 }
+
+struct PathKey {
+  int device;
+  int64_t M, N, K;
+  int dtype, norm_type, emit, has_bias;
+  bool operator<(const PathKey& o) const {
+    return std::tie(device, M, N, K, dtype, norm_type, emit, has_bias) <
+           std::tie(o.device, o.M, o.N, o.K, o.dtype, o.norm_type, o.emit, o.has_bias);
+  }
+};
 
 #if DSATTN_HAVE_CUBLASLT
 // ------------------------------------------------------------------------------------------------
@@ -708,10 +761,14 @@ struct Plan {
     if (op) cublasLtMatmulDescDestroy(op);
   }
 };
+#endif
 
 }  // namespace
 
 struct dsattn_gemm_ctx {
+  std::mutex path_mu;                  // guards path_choice (never held together with mu)
+  std::map<PathKey, int> path_choice;  // small-M shapes: measured winner (see choose_small)
+#if DSATTN_HAVE_CUBLASLT
   cublasLtHandle_t lt = nullptr;
   std::mutex mu;
   std::map<PlanKey, Plan*> plans;
@@ -719,10 +776,12 @@ struct dsattn_gemm_ctx {
     for (auto& kv : plans) delete kv.second;
     if (lt) cublasLtDestroy(lt);
   }
+#endif
 };
 
 namespace {
 
+#if DSATTN_HAVE_CUBLASLT
 cudaDataType_t cuda_type(dsattn_dtype t) {
   switch (t) {
     case DSATTN_FLOAT16: return CUDA_R_16F;
@@ -868,11 +927,6 @@ cudaError_t lt_gemm(dsattn_gemm_ctx* ctx, dsattn_dtype dt, const void* a, const 
 }
 
 #else  // !DSATTN_HAVE_CUBLASLT: built without cuBLAS (see CMakeLists.txt)
-}  // namespace
-struct dsattn_gemm_ctx {
-  int unused = 0;
-};
-namespace {
 cudaError_t lt_gemm(dsattn_gemm_ctx*, dsattn_dtype, const void*, const void*, const void*, void*, int64_t,
                     int64_t, int64_t, void*, size_t, cudaStream_t) {
   return cudaErrorNotSupported;
@@ -881,8 +935,6 @@ cudaError_t lt_gemm(dsattn_gemm_ctx*, dsattn_dtype, const void*, const void*, co
 
 // ------------------------------------------------------------------------------------------------
 // Validation and the workspace layout.
-enum class Path { kNone, kFused, kLt, kInt8 };
-
 bool valid_params(const dsattn_qkv_gemm_params* p) {
   if (!p) return false;
   if (p->M < 0 || p->N < 1 || p->K < 1) return false;
@@ -937,21 +989,107 @@ Layout layout(const dsattn_qkv_gemm_params* p) {
   return L;
 }
 
-int64_t g_fused_max_m = kFusedMaxM;  // automatic choice: fused kernel for M <= this
-
-// Runtime path choice. The fused kernel: fp16/bf16, M <= 16, sm_90, x fits in shared memory,
-// W rows 16-byte aligned (N % 8 == 0, W 16-byte aligned: TMA), sizes in int range.
-Path choose_path(const dsattn_qkv_gemm_params* p, int* stages, DeviceInfo* dinfo, int* dev) {
-  if (p->quantized) return Path::kInt8;
-  if (g_force_path == 1) return Path::kLt;
-  const int64_t max_m = g_force_path == 2 ? kFusedMaxM : g_fused_max_m;
-  if (p->dtype == DSATTN_FLOAT32 || p->M > max_m || p->N % 8 != 0 || !aligned(p->weight, 16) ||
-      p->N > INT32_MAX || p->K > INT32_MAX)
-    return Path::kLt;
-  if (cudaGetDevice(dev) != cudaSuccess) return Path::kLt;
+// Whether the fused kernel can run this call (fp16/bf16, M <= 16, N % 8 == 0, W 16-byte aligned
+// for TMA, sm_90, x fits in shared memory); sets the ring depth.
+bool fused_ok(const dsattn_qkv_gemm_params* p, int* stages, DeviceInfo* dinfo, int* dev) {
+  if (p->quantized || p->dtype == DSATTN_FLOAT32 || p->M > kFusedMaxM || p->N % 8 != 0 ||
+      !aligned(p->weight, 16) || p->N > INT32_MAX || p->K > INT32_MAX)
+    return false;
+  if (cudaGetDevice(dev) != cudaSuccess) return false;
   *dinfo = device_info(*dev);
   *stages = fused_stages(*dinfo, p->M, p->K);
-  return *stages > 0 ? Path::kFused : Path::kLt;
+  return *stages > 0;
+}
+
+// Path variants: -1 norm kernel + cuBLASLt; 0..3 the fused kernel with (tile width, TMA L2
+// promotion bytes) = (32, 256), (32, 128), (64, 256), (64, 128).
+constexpr int kVariantLt = -1;
+constexpr int kFusedVariants = 4;
+int variant_bn(int v) { return v < 2 ? 32 : 64; }
+int variant_promo(int v) { return (v & 1) ? 128 : 256; }
+
+struct Call {
+  dsattn_gemm_ctx* ctx;
+  const dsattn_qkv_gemm_params* p;
+  void* ws;
+  size_t ws_bytes;
+  Layout L;
+  int stages;
+  DeviceInfo dinfo;
+  int dev;
+};
+
+cudaError_t run_variant(const Call& c, int variant, cudaStream_t stream) {
+  const dsattn_qkv_gemm_params* p = c.p;
+  if (variant >= 0) {
+    const int bn = variant_bn(variant), promo = variant_promo(variant);
+    return p->dtype == DSATTN_FLOAT16
+               ? launch_fused<__half>(p, c.stages, bn, promo, c.dinfo, c.dev, stream)
+               : launch_fused<__nv_bfloat16>(p, c.stages, bn, promo, c.dinfo, c.dev, stream);
+  }
+  // 1. The GEMM's left operand: input itself, or norm(input) in `normed` / the workspace.
+  const void* a = p->input;
+  cudaError_t e = cudaSuccess;
+  if (p->norm_type != DSATTN_NORM_NONE) {
+    void* dst = p->emit_normed ? p->normed : static_cast<char*>(c.ws) + c.L.norm_off;
+    e = norm_dispatch(p->dtype, p->input, p->gamma, p->beta, dst, p->M, p->K, p->norm_type, p->epsilon, stream);
+    if (e != cudaSuccess) return e;
+    a = dst;
+  } else if (p->emit_normed) {
+    e = cudaMemcpyAsync(p->normed, p->input, (size_t)p->M * p->K * dtype_size(p->dtype),
+                        cudaMemcpyDeviceToDevice, stream);
+    if (e != cudaSuccess) return e;
+  }
+  // 2. The GEMM.
+  char* rest = static_cast<char*>(c.ws) + c.L.rest_off;
+  const size_t rest_bytes = c.ws_bytes - c.L.rest_off;
+  if (p->quantized) {
+    dsattn_int8_matmul_params q = int8_params(p, a);
+    return dsattn_int8_matmul(&q, rest_bytes ? rest : nullptr, rest_bytes, stream);
+  }
+  const size_t lt_bytes = std::min(rest_bytes, DSATTN_QKV_GEMM_LT_WORKSPACE_BYTES);
+  return lt_gemm(c.ctx, p->dtype, a, p->weight, p->bias, p->qkv, p->M, p->N, p->K, rest, lt_bytes, stream);
+}
+
+// Small-M shapes where the fused kernel can run: the first uncaptured call of a shape times every
+// variant (1 warm-up + 5 runs each, on this call's own buffers; the real call rewrites the
+// outputs) and the context keeps the fastest. While the stream is being captured, and until
+// then, the norm kernel + cuBLASLt path runs. Which one wins depends on M and the card (measured
+// on H100: see BENCHMARKS.md / plugins/kernels/README.md).
+int choose_small(const Call& c, cudaStream_t stream) {
+  const dsattn_qkv_gemm_params* p = c.p;
+  const PathKey key{c.dev, p->M, p->N, p->K, (int)p->dtype, p->norm_type, p->emit_normed, p->bias ? 1 : 0};
+  {
+    std::lock_guard<std::mutex> lock(c.ctx->path_mu);
+    auto it = c.ctx->path_choice.find(key);
+    if (it != c.ctx->path_choice.end()) return it->second;
+  }
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &cap) != cudaSuccess || cap != cudaStreamCaptureStatusNone) return kVariantLt;
+  cudaEvent_t e0, e1;
+  if (cudaEventCreate(&e0) != cudaSuccess) return kVariantLt;
+  if (cudaEventCreate(&e1) != cudaSuccess) {
+    cudaEventDestroy(e0);
+    return kVariantLt;
+  }
+  int best = kVariantLt;
+  float best_ms = 1e30f;
+  for (int v = kVariantLt; v < kFusedVariants; ++v) {
+    if (run_variant(c, v, stream) != cudaSuccess) continue;  // warm-up (and Lt plan creation)
+    bool ok = cudaEventRecord(e0, stream) == cudaSuccess;
+    for (int r = 0; r < 5 && ok; ++r) ok = run_variant(c, v, stream) == cudaSuccess;
+    ok = ok && cudaEventRecord(e1, stream) == cudaSuccess && cudaEventSynchronize(e1) == cudaSuccess;
+    float ms = 0.f;
+    if (ok && cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess && ms < best_ms) {
+      best_ms = ms;
+      best = v;
+    }
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  std::lock_guard<std::mutex> lock(c.ctx->path_mu);
+  c.ctx->path_choice[key] = best;
+  return best;
 }
 
 }  // namespace
@@ -987,7 +1125,7 @@ size_t dsattn_qkv_gemm_workspace_size(const dsattn_qkv_gemm_params* p) {
 
 // Testing / benchmarking only (see qkv_gemm.h).
 cudaError_t dsattn_qkv_gemm_debug_force_path(int32_t path, int32_t stages) {
-  if (path < 0 || path > 2 || (stages != 0 && (stages < 3 || stages > kFusedMaxStages)))
+  if (path < 0 || path > 5 || (stages != 0 && (stages < 3 || stages > kFusedMaxStages)))
     return cudaErrorInvalidValue;
   g_force_path = path;
   g_force_stages = stages;
@@ -1014,44 +1152,19 @@ cudaError_t dsattn_qkv_gemm(dsattn_gemm_ctx* ctx, const dsattn_qkv_gemm_params* 
     if (q && !aligned(q, es)) return cudaErrorInvalidValue;
   if (p->quantized && !aligned(p->weight_scale, 4)) return cudaErrorInvalidValue;
   if (p->emit_normed && p->normed == p->input) return cudaErrorInvalidValue;
-  const Layout L = layout(p);
-  if (L.total > 0 && (!workspace || workspace_bytes < L.total)) return cudaErrorInvalidValue;
+  Call c{ctx, p, workspace, workspace_bytes, layout(p), 0, DeviceInfo(), 0};
+  if (c.L.total > 0 && (!workspace || workspace_bytes < c.L.total)) return cudaErrorInvalidValue;
   if (workspace && !aligned(workspace, kAlign)) return cudaErrorInvalidValue;
   if (p->quantized && (!dsattn_int8_matmul || !dsattn_int8_matmul_workspace_size))
     return cudaErrorNotSupported;  // built without int8_matmul*.cu
 
-  int stages = 0, dev = 0;
-  DeviceInfo dinfo;
-  Path path = choose_path(p, &stages, &dinfo, &dev);
-  cudaError_t e = cudaSuccess;
-  if (path == Path::kFused) {
-    e = p->dtype == DSATTN_FLOAT16 ? launch_fused<__half>(p, stages, dinfo, dev, stream)
-                                   : launch_fused<__nv_bfloat16>(p, stages, dinfo, dev, stream);
-    if (e != cudaErrorNotSupported) return e;
-    path = Path::kLt;  // no tensor-map encoder in this driver: take the cuBLASLt path
-  }
-
-  // 1. The GEMM's left operand: input itself, or norm(input) in `normed` / the workspace.
-  const void* a = p->input;
-  if (p->norm_type != DSATTN_NORM_NONE) {
-    void* dst = p->emit_normed ? p->normed : static_cast<char*>(workspace) + L.norm_off;
-    e = norm_dispatch(p->dtype, p->input, p->gamma, p->beta, dst, p->M, p->K, p->norm_type, p->epsilon, stream);
-    if (e != cudaSuccess) return e;
-    a = dst;
-  } else if (p->emit_normed) {
-    e = cudaMemcpyAsync(p->normed, p->input, (size_t)p->M * p->K * es, cudaMemcpyDeviceToDevice, stream);
-    if (e != cudaSuccess) return e;
-  }
-
-  // 2. The GEMM.
-  char* rest = static_cast<char*>(workspace) + L.rest_off;
-  const size_t rest_bytes = workspace_bytes - L.rest_off;
-  if (path == Path::kInt8) {
-    dsattn_int8_matmul_params q = int8_params(p, a);
-    return dsattn_int8_matmul(&q, rest_bytes ? rest : nullptr, rest_bytes, stream);
-  }
-  const size_t lt_bytes = std::min(rest_bytes, DSATTN_QKV_GEMM_LT_WORKSPACE_BYTES);
-  return lt_gemm(ctx, p->dtype, a, p->weight, p->bias, p->qkv, p->M, p->N, p->K, rest, lt_bytes, stream);
+  int variant = kVariantLt;
+  if (fused_ok(p, &c.stages, &c.dinfo, &c.dev) && g_force_path != 1)
+    variant = g_force_path >= 2 ? g_force_path - 2 : choose_small(c, stream);
+  cudaError_t e = run_variant(c, variant, stream);
+  if (e == cudaErrorNotSupported && variant != kVariantLt)
+    e = run_variant(c, kVariantLt, stream);  // no tensor-map encoder in this driver
+  return e;
 }
 
 }  // extern "C"

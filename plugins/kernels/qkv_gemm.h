@@ -9,9 +9,12 @@
 // fp32; the normalized row is rounded to T once (exactly what the GEMM consumes and what `normed`
 // holds). The GEMM accumulates in fp32 (float32 T: true fp32, no TF32).
 //
-// Paths (chosen inside dsattn_qkv_gemm by M, dtype, device and alignment; callers do not choose):
-//   - M <= 16, fp16/bf16, sm_90, N % 8 == 0, W 16-byte aligned: one fused persistent kernel (each
-//     CTA normalizes x into shared memory while TMA streams W; tensor-core MMA; bias epilogue);
+// Paths (chosen inside dsattn_qkv_gemm; callers do not choose):
+//   - M <= 16, fp16/bf16, sm_90, N % 8 == 0, W 16-byte aligned: either one fused persistent kernel
+//     (each CTA normalizes x into shared memory while TMA streams W; tensor-core MMA; bias
+//     epilogue) or the path below, whichever the context measured faster for this shape on its
+//     first uncaptured call (a one-time timing on that call's own buffers; calls made while the
+//     stream is being captured use the path below until then);
 //   - otherwise: a normalize kernel writing norm(input) to the workspace (or to `normed`), then a
 //     cuBLASLt matmul with the bias epilogue (per-shape plan in the context; for large shapes the
 //     first uncaptured call times the heuristic's candidates once and keeps the fastest);
@@ -88,10 +91,11 @@ cudaError_t dsattn_qkv_gemm(dsattn_gemm_ctx* ctx, const dsattn_qkv_gemm_params* 
                             size_t workspace_bytes, cudaStream_t stream);
 
 // Testing / benchmarking only (not part of the op's contract; plugins never call it): a
-// process-wide override of the path choice. path 0 automatic, 1 cuBLASLt, 2 the fused kernel
-// wherever its conditions hold (M <= 16 ...); stages 0 automatic, else 3..16 (the fused kernel's
-// shared-memory ring depth, capped by what fits). Not thread-safe: set it before issuing calls.
-// cudaErrorInvalidValue for other values.
+// process-wide override of the path choice. path 0 automatic, 1 normalize + cuBLASLt, 2..5 the
+// fused kernel wherever its conditions hold, with (tile columns, TMA L2 promotion bytes) =
+// (32, 256), (32, 128), (64, 256), (64, 128);
+// stages 0 automatic, else 3..16 (the fused kernel's shared-memory ring depth, capped by what
+// fits). Not thread-safe: set it before issuing calls. cudaErrorInvalidValue for other values.
 cudaError_t dsattn_qkv_gemm_debug_force_path(int32_t path, int32_t stages);
 
 #ifdef __cplusplus

@@ -97,8 +97,9 @@ def default_context(lib=None) -> GemmContext:
 
 
 def force_path(path: int = 0, stages: int = 0, lib=None) -> None:
-    """Testing / benchmarking: path 0 automatic, 1 cuBLASLt, 2 the fused small-M kernel (where its
-    conditions hold); stages 0 automatic, else 3..16 (fused kernel ring depth). Process-wide."""
+    """Testing / benchmarking: path 0 automatic, 1 norm kernel + cuBLASLt, 2..5 the fused small-M
+    kernel (where its conditions hold) with (tile columns, TMA L2 promotion) = (32, 256),
+    (32, 128), (64, 256), (64, 128); stages 0 automatic, else 3..16 (ring depth). Process-wide."""
     l = _prototypes(_lib.load(lib))
     _lib.check(l, l.dsattn_qkv_gemm_debug_force_path(int(path), int(stages)),
                f"dsattn_qkv_gemm_debug_force_path(path={path}, stages={stages})")
