@@ -38,10 +38,10 @@ if [ "${1:-explore}" = explore ]; then
 fi
 step memcheck "$out/sanitize.log" 150 compute-sanitizer --tool memcheck --error-exitcode 7 python3 scripts/qkv_gemm_sanitize.py
 step racecheck "$out/sanitize.log" 150 compute-sanitizer --tool racecheck --error-exitcode 7 python3 scripts/qkv_gemm_sanitize.py
-step bench "$out/bench.log" 200 python3 -m dsattn.tools.cli bench kernels --only qkv --out "$out/BENCHMARKS_qkv.md"
+step bench "$out/bench.log" 240 python3 -m dsattn.tools.cli bench kernels --out "$out/BENCHMARKS.md"
 echo; echo "== pytest =="; tail -6 "$out/pytest_qkv.log"
 echo "== explore =="; grep '^|' "$out/explore.log" 2>/dev/null | tail -22
 echo "== SASS =="; sed -n '/SASS ops/,$p' "$info" | tr '\n' ' '; echo
 echo "== sanitizer =="; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Race reported|hazard|Error: |at 0x|in .*kernel" "$out/sanitize.log" | sort | uniq -c | sort -rn | head -12
-echo "== bench =="; grep -E "^  qkv|ceilings|card" "$out/bench.log"
+echo "== bench =="; grep -E "^  qkv|ceilings|card|NOTE|rows" "$out/bench.log"
 echo "== summary =="; printf '%s\n' "${summary[@]}"

@@ -9,7 +9,8 @@ max(bytes / copy bandwidth, FLOPs / GEMM rate); "% of floor" = floor / ours.
 
 Rows come from three places: this module's QKVGemm rows, `dsattn.tools.bench_attention.run` and
 `dsattn.tools.bench_int8.run` (each ``run(lib, *, dtypes, quick, **optional) -> list[dict]``; a
-module that is missing or fails is reported and skipped). ``dtypes`` is a tuple of torch dtypes;
+module that is missing or fails is reported and skipped). ``dtypes`` is a tuple of torch dtype
+names ("float16", "bfloat16");
 optional keyword arguments a module may accept: ``ceilings`` (the dict of `measure_ceilings`) and
 ``out_dir``. A row is a dict:
 
@@ -114,7 +115,9 @@ def measure_ceilings(quick: bool = False) -> dict:
         rates[name] = 2 * s**3 / (ms * 1e-3)
         del x, y, o
     torch.cuda.empty_cache()
-    return {"copy_bw": copy_bw, "gemm_rate": rates}
+    # Also under the flat names bench_int8 uses (copy_TBps, gemm_TFps_<torch dtype name>).
+    return {"copy_bw": copy_bw, "gemm_rate": rates, "copy_TBps": copy_bw / 1e12,
+            "gemm_TFps_float16": rates["fp16"] / 1e12, "gemm_TFps_bfloat16": rates["bf16"] / 1e12}
 
 
 def floor_us(ceil: dict, dtype_name: str, bytes_: float, flops: float) -> float:
@@ -240,6 +243,8 @@ def markdown(rows: list[dict], ceilings: dict, env: dict, notes: list[str]) -> s
 
 
 def _call_section(modname: str, lib, dtypes, quick, ceilings, out_dir, notes) -> list[dict]:
+    import torch
+
     try:
         mod = importlib.import_module(modname)
     except Exception as e:  # noqa: BLE001 - report and keep going
@@ -248,7 +253,8 @@ def _call_section(modname: str, lib, dtypes, quick, ceilings, out_dir, notes) ->
         return []
     try:
         params = inspect.signature(mod.run).parameters
-        kw = {"dtypes": dtypes, "quick": quick}
+        names = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
+        kw = {"dtypes": tuple(names[d] for d in dtypes), "quick": quick}
         if "ceilings" in params:
             kw["ceilings"] = ceilings
         if "out_dir" in params:
