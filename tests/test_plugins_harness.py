@@ -117,9 +117,24 @@ def _tol(err_torch_t: float, tname: str) -> float:
 # Int8MatMul
 # ------------------------------------------------------------------------------------------------
 
-def _int8_case(tmp, rng, tname, lead, K, N, group, bias):
+def _int8_expect(inputs, attrs, tname):
+    """[(tname, fp32 reference, atol)] for Int8MatMul on these inputs."""
     from dsattn.export.ops import run_node
 
+    x, w, scale, b = (list(inputs) + [None] * 4)[:4]
+    K = x.shape[-1]
+    g = attrs.get("group_size", 0) or K
+    (ref,) = run_node("Int8MatMul", [_f32(x), w, scale, _f32(b)], attrs)
+    # PyTorch in T: weight dequantized in fp32 and rounded to T, x @ w^T in T, + bias in T.
+    tt = TORCH_T[tname]
+    wd = (torch.from_numpy(scale).repeat_interleave(g, dim=1) * torch.from_numpy(w).float()).to(tt)
+    yt = torch.from_numpy(_f32(x)).to(tt) @ wd.t()
+    if b is not None:
+        yt = yt + torch.from_numpy(_f32(b)).to(tt)
+    return [(tname, ref, _tol(float(np.abs(_t(yt) - ref).max()), tname))]
+
+
+def _int8_case(tmp, rng, tname, lead, K, N, group, bias):
     T = NP_T[tname]
     x = rng.standard_normal((*lead, K)).astype(np.float32).astype(T)
     w = rng.integers(-127, 128, size=(N, K), dtype=np.int8)
@@ -127,16 +142,9 @@ def _int8_case(tmp, rng, tname, lead, K, N, group, bias):
     scale = (rng.uniform(0.5, 1.5, size=(N, K // g)) / (127 * math.sqrt(K))).astype(np.float32)
     b = rng.standard_normal(N).astype(np.float32).astype(T) if bias else None
     attrs = {"group_size": group, "plugin_version": "1", "plugin_namespace": "dsattn"}
-    (ref,) = run_node("Int8MatMul", [_f32(x), w, scale, _f32(b)], attrs)
-    # PyTorch in T: weight dequantized in fp32 and rounded to T, x @ w^T in T, + bias in T.
-    tt = TORCH_T[tname]
-    wd = (torch.from_numpy(scale).repeat_interleave(g, dim=1) * torch.from_numpy(w).float()).to(tt)
-    yt = torch.from_numpy(_f32(x)).to(tt) @ wd.t()
-    if bias:
-        yt = yt + torch.from_numpy(_f32(b)).to(tt)
-    err = float(np.abs(_t(yt) - ref).max())
+    inputs = [x, w, scale, b]
     name = f"int8_{tname}_{'x'.join(map(str, lead))}_K{K}_N{N}_g{group}_b{int(bias)}"
-    return write_case(tmp / name, "Int8MatMul", [x, w, scale, b], attrs, [(tname, ref, _tol(err, tname))])
+    return write_case(tmp / name, "Int8MatMul", inputs, attrs, _int8_expect(inputs, attrs, tname))
 
 
 def test_int8_matmul_plugin(harness, tmp_path, seed):
@@ -155,45 +163,56 @@ def test_int8_matmul_plugin(harness, tmp_path, seed):
 # QKVGemm
 # ------------------------------------------------------------------------------------------------
 
-def _qkv_case(tmp, rng, tname, B, S, K, N, *, norm, quant, group=0, emit=0, bias=True, maxdims=None):
+def _qkv_expect(inputs, attrs, tname):
+    """[(tname, fp32 reference, atol)] per output of QKVGemm on these inputs."""
     from dsattn.export.ops import run_node
 
-    T = NP_T[tname]
+    x, w, b, gamma, beta, scale = (list(inputs) + [None] * 6)[:6]
     tt = TORCH_T[tname]
-    x = (rng.standard_normal((B, S, K)) * 2 + 0.5).astype(np.float32).astype(T)
-    gamma = rng.uniform(0.5, 1.5, K).astype(np.float32).astype(T) if norm else None
-    beta = (rng.standard_normal(K) * 0.1).astype(np.float32).astype(T) if norm == 1 else None
-    b = rng.standard_normal(N).astype(np.float32).astype(T) if bias else None
+    K = x.shape[-1]
+    norm, quant = attrs.get("norm_type", 1), attrs.get("quantized", 0)
+    eps = attrs.get("epsilon", 1e-5)
     if quant:
-        g = group or K
-        w = rng.integers(-127, 128, size=(N, K), dtype=np.int8)
-        scale = (rng.uniform(0.5, 1.5, size=(N, K // g)) / (127 * math.sqrt(K))).astype(np.float32)
+        g = attrs.get("group_size", 0) or K
         wd = torch.from_numpy(scale).repeat_interleave(g, dim=1) * torch.from_numpy(w).float()  # [N, K]
         w_t = wd.t().to(tt)
     else:
-        w = (rng.standard_normal((K, N)) / math.sqrt(K)).astype(np.float32).astype(T)
-        scale = None
         w_t = torch.from_numpy(_f32(w)).to(tt)
-    attrs = {"norm_type": norm, "epsilon": 1e-5, "quantized": quant, "group_size": group, "emit_normed": emit}
-    inputs = [x, w, b, gamma, beta, scale]
     refs = run_node("QKVGemm", [_f32(a) for a in inputs], attrs)
     # PyTorch in T: the norm in fp32 rounded to T (what torch's fused layer_norm returns), matmul in
     # T, + bias in T.
     xf = torch.from_numpy(_f32(x))
     if norm == 1:
-        xn = torch.nn.functional.layer_norm(xf, (K,), torch.from_numpy(_f32(gamma)), torch.from_numpy(_f32(beta)), 1e-5)
+        xn = torch.nn.functional.layer_norm(xf, (K,), torch.from_numpy(_f32(gamma)), torch.from_numpy(_f32(beta)), eps)
     elif norm == 2:
-        xn = xf * torch.rsqrt((xf * xf).mean(-1, keepdim=True) + 1e-5) * torch.from_numpy(_f32(gamma))
+        xn = xf * torch.rsqrt((xf * xf).mean(-1, keepdim=True) + eps) * torch.from_numpy(_f32(gamma))
     else:
         xn = xf
     yt = xn.to(tt) @ w_t
-    if bias:
+    if b is not None:
         yt = yt + torch.from_numpy(_f32(b)).to(tt)
     outs = [(tname, refs[0], _tol(float(np.abs(_t(yt) - refs[0]).max()), tname))]
-    if emit:
+    if attrs.get("emit_normed", 0):
         outs.append((tname, refs[1], _tol(float(np.abs(_t(xn.to(tt)) - refs[1]).max()), tname)))
+    return outs
+
+
+def _qkv_case(tmp, rng, tname, B, S, K, N, *, norm, quant, group=0, emit=0, bias=True, maxdims=None):
+    T = NP_T[tname]
+    x = (rng.standard_normal((B, S, K)) * 2 + 0.5).astype(np.float32).astype(T)
+    gamma = rng.uniform(0.5, 1.5, K).astype(np.float32).astype(T) if norm else None
+    beta = (rng.standard_normal(K) * 0.1).astype(np.float32).astype(T) if norm == 1 else None
+    b = rng.standard_normal(N).astype(np.float32).astype(T) if bias else None
+    if quant:
+        w = rng.integers(-127, 128, size=(N, K), dtype=np.int8)
+        scale = (rng.uniform(0.5, 1.5, size=(N, K // (group or K))) / (127 * math.sqrt(K))).astype(np.float32)
+    else:
+        w = (rng.standard_normal((K, N)) / math.sqrt(K)).astype(np.float32).astype(T)
+        scale = None
+    attrs = {"norm_type": norm, "epsilon": 1e-5, "quantized": quant, "group_size": group, "emit_normed": emit}
+    inputs = [x, w, b, gamma, beta, scale]
     name = f"qkv_{tname}_B{B}S{S}K{K}N{N}_n{norm}_q{quant}g{group}_e{emit}_b{int(bias)}"
-    return write_case(tmp / name, "QKVGemm", inputs, attrs, outs, maxdims=maxdims)
+    return write_case(tmp / name, "QKVGemm", inputs, attrs, _qkv_expect(inputs, attrs, tname), maxdims=maxdims)
 
 
 def test_qkv_gemm_plugin(harness, tmp_path, seed):
@@ -270,6 +289,30 @@ def _softmax_context_torch_t(qkv, pk, pv, lens, starts, a):
     return ctx.reshape(B, S, H * D)
 
 
+_ATTN_DEFAULTS = {"qkv_layout": 0, "causal": 1, "local_window": 0, "rotary_dim": 0, "rotary_style": 0,
+                  "rope_theta": 10000.0, "alibi_slopes": []}
+
+
+def _attn_expect(inputs, attrs, tname):
+    """[(tname, fp32 reference, atol)] for context, present_key, present_value on these inputs."""
+    from dsattn.export.ops import run_node
+
+    qkv, pk, pv, seq, sp = (list(inputs) + [None] * 5)[:5]
+    a = dict(_ATTN_DEFAULTS, **{k: v for k, v in attrs.items() if not k.startswith("plugin_")})
+    a.setdefault("num_kv_heads", a["num_heads"])
+    a.setdefault("scale", 1.0 / math.sqrt(a["head_size"]))
+    a["alibi_slopes"] = [float(v) for v in a["alibi_slopes"]]
+    ctx, prk, prv = run_node("SoftmaxContext", [_f32(x) for x in inputs], attrs)
+    _, prk_t, prv_t = run_node("SoftmaxContext", inputs, attrs)  # new cache rows rounded to T
+    tt = TORCH_T[tname]
+    st = sp if sp is not None else np.zeros(qkv.shape[0], np.int32)
+    ctx_torch = _softmax_context_torch_t(torch.from_numpy(_f32(qkv)).to(tt), torch.from_numpy(_f32(pk)).to(tt),
+                                         torch.from_numpy(_f32(pv)).to(tt), seq, st, a)
+    return [(tname, ctx, _tol(float(np.abs(_t(ctx_torch) - ctx).max()), tname)),
+            (tname, prk, _tol(float(np.abs(_f32(prk_t) - prk).max()), tname)),
+            (tname, prv, _tol(float(np.abs(_f32(prv_t) - prv).max()), tname))]
+
+
 def _attn_case(tmp, rng, tname, *, B, S, H, Hkv, D, Tmax, lens, starts=None, layout=0, causal=1, window=0,
                rd=0, style=0, alibi=False, maxdims=None, overflow=False, name=""):
     from dsattn.export.ops import run_node
@@ -293,17 +336,8 @@ def _attn_case(tmp, rng, tname, *, B, S, H, Hkv, D, Tmax, lens, starts=None, lay
         # Nothing written: the caches keep their contents, the plugin NaN-poisons context.
         outs = [(tname, ((B, S, H * D), "nan"), 0.0), (tname, _f32(pk), 0.0), (tname, _f32(pv), 0.0)]
         return write_case(tmp / name, "SoftmaxContext", inputs, attrs, outs, alias=alias, status=1)
-    ctx, prk, prv = run_node("SoftmaxContext", [_f32(a) for a in inputs], attrs)
-    ctx_t, prk_t, prv_t = run_node("SoftmaxContext", inputs, attrs)  # new cache rows rounded to T
-    tt = TORCH_T[tname]
-    st = sp if sp is not None else np.zeros(B, np.int32)
-    ctx_torch = _softmax_context_torch_t(torch.from_numpy(_f32(qkv)).to(tt), torch.from_numpy(_f32(pk)).to(tt),
-                                         torch.from_numpy(_f32(pv)).to(tt), seq, st, attrs)
-    outs = [(tname, ctx, _tol(float(np.abs(_t(ctx_torch) - ctx).max()), tname)),
-            (tname, prk, _tol(float(np.abs(_f32(prk_t) - prk).max()), tname)),
-            (tname, prv, _tol(float(np.abs(_f32(prv_t) - prv).max()), tname))]
-    return write_case(tmp / name, "SoftmaxContext", inputs, attrs, outs, alias=alias, maxdims=maxdims,
-                      status=0)
+    return write_case(tmp / name, "SoftmaxContext", inputs, attrs, _attn_expect(inputs, attrs, tname), alias=alias,
+                      maxdims=maxdims, status=0)
 
 
 def test_softmax_context_plugin(harness, tmp_path, seed):
@@ -329,3 +363,86 @@ def test_harness_selftest(harness):
     print(r.stdout[-5000:])
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "0 failures" in r.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# Nodes of exported models: the exporter's real attributes, weights and shapes through the plugins
+# ------------------------------------------------------------------------------------------------
+
+def _attr_value(a):
+    from onnx import AttributeProto
+
+    if a.type == AttributeProto.INT:
+        return int(a.i)
+    if a.type == AttributeProto.FLOAT:
+        return float(a.f)
+    if a.type == AttributeProto.FLOATS:
+        return [float(v) for v in a.floats]
+    if a.type == AttributeProto.STRING:
+        return a.s.decode()
+    raise AssertionError(f"attribute {a.name} has unsupported type {a.type}")
+
+
+def exported_node_cases(tmp, model, feeds, tname):
+    """One case per dsattn node, evaluated node by node in T with run_node (each node's inputs are
+    what the previous dsattn node produced in T, as in an engine)."""
+    from onnx import numpy_helper
+
+    from dsattn.export.ops import run_node
+
+    values = {k: v for k, v in feeds.items()}
+    values.update({i.name: numpy_helper.to_array(i) for i in model.graph.initializer})
+    expect = {"QKVGemm": _qkv_expect, "SoftmaxContext": _attn_expect, "Int8MatMul": _int8_expect}
+    dirs = []
+    for k, node in enumerate(model.graph.node):
+        if node.domain != "dsattn":
+            continue
+        missing = [n for n in node.input if n and n not in values]
+        assert not missing, f"{node.op_type} input(s) {missing} come from non-dsattn nodes; extend this test"
+        inputs = [values[n] if n else None for n in node.input]
+        # The parser passes only the creator's fields: plugin_version / plugin_namespace are consumed.
+        attrs = {a.name: _attr_value(a) for a in node.attribute if not a.name.startswith("plugin_")}
+        outs = run_node(node.op_type, inputs, attrs)
+        for name, v in zip(node.output, outs):
+            values[name] = v
+        alias = [(1, 1), (2, 2)] if node.op_type == "SoftmaxContext" else []
+        dirs.append(write_case(tmp / f"{k}_{node.op_type}", node.op_type, inputs, attrs,
+                               expect[node.op_type](inputs, attrs, tname), alias=alias,
+                               status=0 if node.op_type == "SoftmaxContext" else None))
+    return dirs
+
+
+def test_exported_model_nodes(harness, tmp_path, seed):
+    import onnx
+
+    from dsattn.export import AttentionConfig, BloomSelfAttention, DeepSpeedSelfAttention, export_onnx, quantize_int8
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    models = {
+        "bloom_fp16": (BloomSelfAttention(AttentionConfig(hidden_size=256, heads=4, dtype="fp16",
+                                                          bigscience_bloom=True)), "float16", [1, 0]),
+        "ds_int8_ln_fp16": (quantize_int8(DeepSpeedSelfAttention(AttentionConfig(hidden_size=256, heads=4,
+                                                                                 dtype="fp16")), group_size=64),
+                            "float16", None),
+        "ds_gqa_rope_bf16": (DeepSpeedSelfAttention(AttentionConfig(
+            hidden_size=256, heads=4, num_kv=2, dtype="bf16", norm_type="rmsnorm", rotary_dim=32,
+            rotate_half=False, rotate_every_two=True)), "bfloat16", [0, 2]),
+    }
+    B, S, Tmax = 2, 5, 48
+    dirs = []
+    for name, (m, tname, starts) in models.items():
+        model = onnx.load(export_onnx(m.eval(), tmp_path / f"{name}.onnx", batch=B, seq=S, capacity=Tmax))
+        T = NP_T[tname]
+        Hkv = model.graph.input[1].type.tensor_type.shape.dim[1].dim_value
+        D = model.graph.input[1].type.tensor_type.shape.dim[3].dim_value
+        feeds = {
+            "hidden_states": rng.standard_normal((B, S, 256)).astype(np.float32).astype(T),
+            "past_key": rng.standard_normal((B, Hkv, Tmax, D)).astype(np.float32).astype(T),
+            "past_value": rng.standard_normal((B, Hkv, Tmax, D)).astype(np.float32).astype(T),
+            "seq_lens": np.array([7, 0], np.int32),
+            "start_pos": np.array(starts or [0, 0], np.int32),
+        }
+        (tmp_path / name).mkdir()
+        dirs += exported_node_cases(tmp_path / name, model, feeds, tname)
+    run_harness(harness, dirs)
