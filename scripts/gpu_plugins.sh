@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Plugin helper's device call: TensorRT headers -> build kernels + plugin library + host harness,
 # ctest (harness selftest), the GPU harness test (tests/test_plugins_harness.py), then the harness
-# on every generated case under compute-sanitizer (memcheck, then racecheck on a subset). Logs under $OUT.
+# on every generated case under compute-sanitizer (memcheck; racecheck and initcheck on a subset). Logs under $OUT.
 #   carry: .device/trt-include.tgz .device/unpack.sh      usage on the device: bash scripts/gpu_plugins.sh
 set -uo pipefail
 out="${OUT:-gpu-out}"; mkdir -p "$out"
@@ -30,12 +30,15 @@ echo "$cases" > "$out/cases.txt"
 if [ -n "$cases" ]; then
   step memcheck 240 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 7 \
     build/plugins/dsattn_plugin_harness build/plugins/libdsattn_plugins.so $cases
-  small=$(echo "$cases" | grep -E 'attn_(bloom|decode_fp32|overflow)|qkv_bfloat16_B1S1|int8_float16_2x3' | tr '\n' ' ')
+  small=$(echo "$cases" | grep -E 'attn_(bloom|decode_fp32|overflow|prefill_mha)|qkv_bfloat16_B1S1|int8_float16_2x3|ds_int8_ln_fp16/' | tr '\n' ' ')
   step racecheck 200 compute-sanitizer --tool racecheck --error-exitcode 7 \
+    build/plugins/dsattn_plugin_harness build/plugins/libdsattn_plugins.so $small
+  # initcheck: the workspace is handed over uninitialized (as TensorRT's); no read may precede a write.
+  step initcheck 200 compute-sanitizer --tool initcheck --error-exitcode 7 \
     build/plugins/dsattn_plugin_harness build/plugins/libdsattn_plugins.so $small
 fi
 echo "== exports =="; cat "$out/exports.txt"
 echo "== ctest =="; tail -4 "$out/ctest.log"
 echo "== pytest =="; grep -E "PASS|FAIL|max \|err\||passed|failed|error" "$out/pytest.log" | tail -60
-echo "== sanitizer =="; grep -E "ERROR SUMMARY|LEAK SUMMARY|harness:" "$out/memcheck.log" "$out/racecheck.log" 2>/dev/null
+echo "== sanitizer =="; grep -E "ERROR SUMMARY|LEAK SUMMARY|harness:" "$out/memcheck.log" "$out/racecheck.log" "$out/initcheck.log" 2>/dev/null
 echo "== summary =="; printf '%s\n' "${summary[@]}"
