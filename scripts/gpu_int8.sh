@@ -4,8 +4,8 @@
 # Logs go to $OUT/logs (packed into $OUT/int8_logs.tgz). Prints a short summary last.
 #   DSATTN_INT8_STANDALONE=1: build only int8_matmul.cu into the default library path with nvcc
 #     (when other kernels do not build yet); otherwise the CMake target dsattn_kernels.
-#   DSATTN_INT8_VARIANTS="5 9": also build -DDSATTN_INT8_TILED_CFG=N variants of the tiled path
-#     (0 wgmma 128x256, 5 wgmma 128x128 two blocks/SM, 7 wgmma 5 stages, 1-4/9 mma.sync), run the
+#   DSATTN_INT8_VARIANTS="9": also build -DDSATTN_INT8_TILED_CFG=N variants of the tiled path
+#     (9 = the mma.sync kernel on sm_90 too; earlier tile experiments in README), run the
 #     int8 tests on each and time them against cuBLAS at M 256 / 2048.
 #   DSATTN_SKIP_BENCH=1, DSATTN_BENCH_ARGS="--quick".
 set -uo pipefail

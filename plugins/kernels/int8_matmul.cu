@@ -1,21 +1,20 @@
 // dsattn::Int8MatMul kernels: y = x @ dequant(W)^T + bias with an int8 [N, K] weight (OPS.md §3).
 //
 // Three paths, chosen by dsattn_int8_matmul (see choose_path):
-//  * skinny (small M, and the fallback for any valid group size): a weight-streaming kernel that
+//  * skinny (M <= 160, and the fallback for any valid group size): a weight-streaming kernel that
 //    computes y^T = W x^T on the tensor cores ("swap AB": 16 weight rows are the mma's M side, up
 //    to 8 tokens its N side). Each lane loads 16 contiguous int8 weights with one 16-byte
 //    streaming load, converts them to T in registers (exact: |q| <= 128 fits T's mantissa) and
 //    feeds mma.sync m16n8k16 with fp32 accumulation; the group scale multiplies the fp32 partial
 //    sum of each group. Split-K across blocks through an fp32 workspace when N is too small to
 //    fill the GPU.
-//  * tiled (large M, fp16/bf16, group_size 0 or a multiple of 64): a 128x128x64 block tile,
-//    4-stage cp.async pipeline, x tile (T, XOR-swizzled) and int8 weight tile in shared memory;
-//    the weight is converted to T in registers right before mma.sync m16n8k16 (so it is read from
-//    shared memory as int8: half the bytes of a T tile). The scale multiplies fp32 sums: in the
-//    epilogue for per-channel scales, once per group (a second accumulator set) otherwise.
+//  * tiled (larger M, fp16/bf16, group_size 0 or a multiple of 64): on sm_90a a wgmma kernel
+//    (128 x 128 tiles; the int8 tile is converted to T in shared memory, never in device memory);
+//    elsewhere an mma.sync kernel (128 x 128 tiles, int8 tile converted in registers). Both: a
+//    cp.async ring, x tile XOR-swizzled, per-channel scales on the fp32 sums in the epilogue.
 //  * fp32 T: a plain CUDA-core kernel with fp32 FMA (correct, untuned).
 //
-// The k permutation shared by both tensor-core kernels. The mma fragment of lane (g = lane/4,
+// The k permutation shared by the two mma.sync kernels. The mma fragment of lane (g = lane/4,
 // t = lane%4) holds k slots {2t, 2t+1, 2t+8, 2t+9} of each k16 step. A dot product may sum its k
 // in any order, provided x and W use the same order, so a 64-wide k chunk is mapped as
 //   mma step j (0..3), lane t, fragment element e (0..3)  <->  physical k = 16 t + 4 j + e,
@@ -419,9 +418,10 @@ cudaError_t launch_skinny(const dsattn_int8_matmul_params& prm, void* ws, cudaSt
 // tiled path
 // ---------------------------------------------------------------------------------------------
 
-// Tile configuration. 8 warps as 2 (M) x 4 (N); warp tile 64 x (8 NT): 4 m16 tiles x NT n8 tiles.
-// Block tile 128 x 32 NT, k chunk 64, STAGES-deep cp.async ring. The build-time macro
-// DSATTN_INT8_TILED_CFG picks NT / STAGES / loop order of the per-channel kernel for experiments.
+// mma.sync tiled kernel (the tiled path where no sm_90a code is available, e.g. sm_80 builds).
+// 8 warps as 2 (M) x 4 (N); warp tile 64 x (8 NT): 4 m16 tiles x NT n8 tiles. Block tile
+// 128 x 32 NT, k chunk 64, STAGES-deep cp.async ring. The build-time macro
+// DSATTN_INT8_TILED_CFG=9 forces this kernel on sm_90 too (measurements, tests).
 #ifndef DSATTN_INT8_TILED_CFG
 #define DSATTN_INT8_TILED_CFG 0
 #endif
@@ -469,9 +469,7 @@ __device__ __forceinline__ auto& pick(A& a, B& b) {
   if constexpr (FIRST) return a; else return b;
 }
 
-// XOUTER: load the x fragments of all 4 m16 tiles of a step pair first and run the mmas with the
-// k16 step outermost, so dependent mmas on one accumulator are 4 NT mmas apart (more registers).
-template <typename T, bool GROUPED, int NT, int STAGES, bool XOUTER, int MINB>
+template <typename T, bool GROUPED, int NT, int STAGES, int MINB>
 __global__ void __launch_bounds__(kTiledThreads, MINB) int8_tiled_kernel(const TiledArgs a) {
   using C = TileCfg<NT, STAGES>;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -565,35 +563,17 @@ __global__ void __launch_bounds__(kTiledThreads, MINB) int8_tiled_kernel(const T
           Cvt<T>::run(wword, bf[jj][nt][0], bf[jj][nt][1]);
         }
       auto& dst = pick<GROUPED>(part, acc);  // grouped: the current group's sums
-      if constexpr (XOUTER) {
-        uint4 xa[4], xb[4];
 #pragma unroll
-        for (int mi = 0; mi < 4; ++mi) {
-          const int ra = wm * 64 + mi * 16 + g, rb = ra + 8;
-          xa[mi] = lds128(xs + ra * 128 + (((2 * t + p) ^ (ra & 7)) << 4));
-          xb[mi] = lds128(xs + rb * 128 + (((2 * t + p) ^ (rb & 7)) << 4));
-        }
+      for (int mi = 0; mi < 4; ++mi) {
+        const int ra = wm * 64 + mi * 16 + g, rb = ra + 8;
+        const uint4 xa = lds128(xs + ra * 128 + (((2 * t + p) ^ (ra & 7)) << 4));
+        const uint4 xb = lds128(xs + rb * 128 + (((2 * t + p) ^ (rb & 7)) << 4));
 #pragma unroll
         for (int jj = 0; jj < 2; ++jj)
 #pragma unroll
-          for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-              mma16816<T>(dst[mi][nt], jj ? xa[mi].z : xa[mi].x, jj ? xb[mi].z : xb[mi].x, jj ? xa[mi].w : xa[mi].y,
-                          jj ? xb[mi].w : xb[mi].y, bf[jj][nt][0], bf[jj][nt][1]);
-      } else {
-#pragma unroll
-        for (int mi = 0; mi < 4; ++mi) {
-          const int ra = wm * 64 + mi * 16 + g, rb = ra + 8;
-          const uint4 xa = lds128(xs + ra * 128 + (((2 * t + p) ^ (ra & 7)) << 4));
-          const uint4 xb = lds128(xs + rb * 128 + (((2 * t + p) ^ (rb & 7)) << 4));
-#pragma unroll
-          for (int jj = 0; jj < 2; ++jj)
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-              mma16816<T>(dst[mi][nt], jj ? xa.z : xa.x, jj ? xb.z : xb.x, jj ? xa.w : xa.y, jj ? xb.w : xb.y,
-                          bf[jj][nt][0], bf[jj][nt][1]);
-        }
+          for (int nt = 0; nt < NT; ++nt)
+            mma16816<T>(dst[mi][nt], jj ? xa.z : xa.x, jj ? xb.z : xb.x, jj ? xa.w : xa.y, jj ? xb.w : xb.y,
+                        bf[jj][nt][0], bf[jj][nt][1]);
       }
     }
     if constexpr (GROUPED) {
@@ -656,7 +636,7 @@ __global__ void __launch_bounds__(kTiledThreads, MINB) int8_tiled_kernel(const T
   }
 }
 
-template <typename T, bool GROUPED, int NT, int STAGES, bool XOUTER, int MINB>
+template <typename T, bool GROUPED, int NT, int STAGES, int MINB>
 cudaError_t launch_tiled_t(const dsattn_int8_matmul_params& prm, cudaStream_t s) {
   using C = TileCfg<NT, STAGES>;
   TiledArgs a{};
@@ -673,7 +653,7 @@ cudaError_t launch_tiled_t(const dsattn_int8_matmul_params& prm, cudaStream_t s)
   a.chunks = int((prm.K + kChunk - 1) / kChunk);
   a.m_tiles = int((prm.M + kBM - 1) / kBM);
   a.n_tiles = int((prm.N + C::kBN - 1) / C::kBN);
-  auto kern = int8_tiled_kernel<T, GROUPED, NT, STAGES, XOUTER, MINB>;
+  auto kern = int8_tiled_kernel<T, GROUPED, NT, STAGES, MINB>;
   cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (e != cudaSuccess) return e;
   const int64_t blocks = int64_t(a.m_tiles) * a.n_tiles;
@@ -683,18 +663,8 @@ cudaError_t launch_tiled_t(const dsattn_int8_matmul_params& prm, cudaStream_t s)
 
 template <typename T>
 cudaError_t launch_tiled_mma(const dsattn_int8_matmul_params& prm, cudaStream_t s) {
-  if (prm.group_size != 0) return launch_tiled_t<T, true, 4, 4, false, 1>(prm, s);
-#if DSATTN_INT8_TILED_CFG == 1
-  return launch_tiled_t<T, false, 8, 4, false, 1>(prm, s);
-#elif DSATTN_INT8_TILED_CFG == 2
-  return launch_tiled_t<T, false, 4, 4, true, 1>(prm, s);
-#elif DSATTN_INT8_TILED_CFG == 3
-  return launch_tiled_t<T, false, 8, 3, true, 1>(prm, s);
-#elif DSATTN_INT8_TILED_CFG == 4
-  return launch_tiled_t<T, false, 4, 6, false, 1>(prm, s);
-#else
-  return launch_tiled_t<T, false, 4, 4, false, 2>(prm, s);
-#endif
+  if (prm.group_size != 0) return launch_tiled_t<T, true, 4, 4, 1>(prm, s);
+  return launch_tiled_t<T, false, 4, 4, 2>(prm, s);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -722,24 +692,6 @@ struct WgCfg {
 // d (64 x BN fp32, BN / 2 per thread) += A (64 x 16, smem) * B (16 x BN, smem), both K-major.
 template <typename T, int BN>
 __device__ __forceinline__ void wgmma_m64k16(float (&d)[BN / 2], uint64_t da, uint64_t db, int acc_in);
-
-template <>
-__device__ __forceinline__ void wgmma_m64k16<__half, 256>(float (&d)[128], uint64_t da, uint64_t db, int acc_in) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-      : "l"(da), "l"(db), "r"(acc_in));
-}
-
-template <>
-__device__ __forceinline__ void wgmma_m64k16<__nv_bfloat16, 256>(float (&d)[128], uint64_t da, uint64_t db, int acc_in) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-      : "l"(da), "l"(db), "r"(acc_in));
-}
 
 template <>
 __device__ __forceinline__ void wgmma_m64k16<__half, 128>(float (&d)[64], uint64_t da, uint64_t db, int acc_in) {
@@ -1001,14 +953,10 @@ cudaError_t launch_wgmma_t(const dsattn_int8_matmul_params& prm, cudaStream_t s)
 // The tiled path: wgmma where the device and the build allow it (sm_90a), else mma.sync.
 template <typename T>
 cudaError_t launch_tiled(const dsattn_int8_matmul_params& prm, cudaStream_t s) {
-#if DSATTN_INT8_TILED_CFG == 0 || DSATTN_INT8_TILED_CFG == 5 || DSATTN_INT8_TILED_CFG == 7
-#if DSATTN_INT8_TILED_CFG == 5
-  constexpr int BN = 128, S = 3, B = 2;  // 2 blocks per SM
-#elif DSATTN_INT8_TILED_CFG == 7
-  constexpr int BN = 256, S = 5, B = 1;  // 3 chunks of prefetch
-#else
-  constexpr int BN = 256, S = 4, B = 1;
-#endif
+#if DSATTN_INT8_TILED_CFG != 9
+  // 128 x 128 tiles, 3 stages (one chunk of prefetch), two blocks per SM: measured faster than
+  // 128 x 256 with 4 or 5 stages and one block per SM (scripts/gpu_int8.sh variants, README).
+  constexpr int BN = 128, S = 3, B = 2;
   if (prm.group_size == 0 && wgmma_usable<T, false, BN, S, B>()) return launch_wgmma_t<T, false, BN, S, B>(prm, s);
   if (prm.group_size != 0 && wgmma_usable<T, true, BN, S, B>()) return launch_wgmma_t<T, true, BN, S, B>(prm, s);
 #endif

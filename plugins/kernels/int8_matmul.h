@@ -2,13 +2,18 @@
 //
 //   output[m, n] = sum_k input[m, k] * (weight_scale[n, k / group] * weight[n, k]) + bias[n]
 //
-// with group = K when group_size == 0 (per output channel). Accumulation is fp32; the scale is
-// applied in fp32 once per (row, group) partial sum. The dequantized weight is never written to
-// device memory: int8 tiles are converted to T in registers / shared memory.
+// with group = K when group_size == 0 (per output channel). Accumulation is fp32; scales are
+// applied in fp32 (to per-group partial sums, or, on the large-M wgmma path with group_size > 0,
+// to each weight before rounding it to T). The dequantized weight is never written to device
+// memory: int8 tiles are converted to T in registers / shared memory.
 //
 // Paths (chosen inside dsattn_int8_matmul by M and dtype; callers do not choose):
-//   - small M (weight-streaming GEMV-style kernel, optionally split-K through the workspace),
-//   - large M (tensor-core tiled kernel, mma.sync m16n8k16, int8 B tiles converted in registers),
+//   - M <= 160: weight-streaming tensor-core kernel (mma.sync, int8 converted in registers),
+//     split-K through the workspace when N is small; also the path for group sizes that are not
+//     multiples of 64;
+//   - larger M: tiled tensor-core kernel (wgmma on sm_90a with the int8 tile converted in shared
+//     memory; mma.sync elsewhere); group scales are folded into the converted weight (q * scale
+//     in fp32, rounded once to T) on the wgmma path, applied to fp32 sums elsewhere;
 //   - float32 T: a simple CUDA-core path (correct, not tuned).
 //
 // CUDA headers only: no TensorRT, no PyTorch. Thread-safety: the functions keep no state; calls
@@ -62,7 +67,7 @@ cudaError_t dsattn_int8_matmul(const dsattn_int8_matmul_params* p, void* workspa
 // Kernel paths, for tests and benchmarks (dsattn_int8_matmul always uses AUTO).
 #define DSATTN_INT8_PATH_AUTO 0    // choose by dtype, M and group_size
 #define DSATTN_INT8_PATH_SKINNY 1  // weight streaming, fp16/bf16, any valid group_size, any M (slow for large M)
-#define DSATTN_INT8_PATH_TILED 2   // tensor-core tiles, fp16/bf16, group_size 0 or a multiple of 64
+#define DSATTN_INT8_PATH_TILED 2   // tensor-core tiles (wgmma on sm_90a), fp16/bf16, group_size 0 or a multiple of 64
 #define DSATTN_INT8_PATH_FP32 3    // float32 T only
 
 // dsattn_int8_matmul with the path forced. Same validation and workspace rule, plus
