@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import onnx
 import torch
 
 from .config import AttentionConfig, parse_dtype
@@ -255,16 +256,30 @@ def export_main(*, config: Optional[str] = None, hf_config: Optional[str] = None
                             tuple(ort_providers))
 
 
-def validate_models(paths: Sequence[str], *, providers: Sequence[str], seed: int, log: Callable[[str], None],
-                    step: str = "") -> list:
+def module_dtype_is_bf16(path: str) -> bool:
+    """True when the exported model's activations are bfloat16."""
+    m = onnx.load(path, load_external_data=False)
+    return any(i.name == "hidden_states" and i.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16
+               for i in m.graph.input)
+
+
+def validate_models(paths: Sequence[str], *, providers: Sequence[str], batch: int, seq: int, seed: int,
+                    log: Callable[[str], None], step: str = "") -> list:
     """Lower each exported model for ONNX Runtime, run it on ``providers`` and compare it with the
     reference (dsattn.tools.validate); returns the ValidationReports."""
     from dsattn.tools.validate import validate
 
     reports = []
+    providers = tuple(providers)
     for p in paths:
+        if module_dtype_is_bf16(p) and all(x.lower() == "cpu" for x in providers):
+            # Known ONNX Runtime limit, not a dsattn failure: its CPU provider has no bfloat16
+            # MatMul/Add kernels (the lowered dsattn nodes themselves compute in float32).
+            log(f"{step} skipped: ONNX Runtime's CPU provider has no bfloat16 MatMul kernels; "
+                "validate this model with --providers cuda")
+            continue
         log(f"{step} ONNX Runtime ({', '.join(providers)}) on the lowered {os.path.basename(p)} vs the reference")
-        rep = validate(p, providers=tuple(providers), seed=seed)
+        rep = validate(p, providers=tuple(providers), batch=batch, seq=seq, seed=seed)
         for line in rep.table().splitlines():
             log("  " + line)
         reports.append(rep)
@@ -289,7 +304,7 @@ def _export_main(config, hf_config, dtype, int8, group_size, batch, seq, capacit
     log(f"[3/{steps}] checking: onnx.checker, ONNX reference evaluator vs PyTorch module")
     res.checker_ok, res.checks = check_models(paths, module, batch=batch, seq=seq, capacity=capacity, seed=seed, log=log)
     if ort_providers:
-        res.validations = validate_models(paths, providers=ort_providers, seed=seed, log=log,
+        res.validations = validate_models(paths, providers=ort_providers, batch=batch, seq=seq, seed=seed, log=log,
                                           step=f"[4/{steps}]")
     res.seconds = time.perf_counter() - t0
     log(f"{'PASSED' if res.passed else 'FAILED'} in {res.seconds:.1f} s")
