@@ -50,7 +50,10 @@ holds the float32 weight in memory (the plugins never materialize it; this path 
 A model without dsattn nodes is returned unchanged (a copy, IR version capped at 13) with a
 ``UserWarning``, so lowering twice is harmless. Unknown dsattn ops, another op-set version than 1,
 ``plugin_version`` != "1" or ``plugin_namespace`` != "dsattn", unknown or out-of-range attributes
-and missing required inputs raise ``ValueError`` naming the node.
+and missing required inputs raise ``ValueError`` naming the node (a node without
+``plugin_version``/``plugin_namespace`` is taken as version 1: they matter to TensorRT's parser, not
+here). Statically known shapes and element types are checked here too; dynamic ones at run time
+(the guard above, or the shape checks of the ops themselves).
 """
 from __future__ import annotations
 
