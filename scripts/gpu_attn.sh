@@ -29,6 +29,9 @@ step sass 60 bash scripts/attn_sass.sh
 if [ "${1:-}" = explore ]; then (python3 scripts/attn_explore.py build > "$out/explore_build.log" 2>&1 &) ; fi
 step pytest_attn 130 python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels_attention.py
 step memcheck 80 compute-sanitizer --tool memcheck --error-exitcode 7 python3 scripts/attn_sanitize.py
+if [ "${1:-}" != explore ]; then
+  step racecheck 100 compute-sanitizer --tool racecheck --error-exitcode 7 python3 scripts/attn_sanitize.py
+fi
 if [ "${1:-bench}" != nobench ] && [ "${2:-}" != nobench ]; then
   step bench 130 python3 -m dsattn.tools.bench_attention
 fi
@@ -38,7 +41,7 @@ if [ "${1:-}" = explore ]; then
 fi
 echo; echo "== pytest =="; grep -E "passed|failed|Error|assert" "$out/pytest_attn.log" | tail -25
 echo "== sass =="; cat "$out/sass.log"
-echo "== sanitizer =="; tail -12 "$out/memcheck.log"
+echo "== sanitizer =="; tail -12 "$out/memcheck.log"; tail -3 "$out/racecheck.log" 2>/dev/null
 echo "== bench =="; grep -E "^  softmax|^\| soft|device" "$out/bench.log" 2>/dev/null
 echo "== explore =="; grep -E "^(default|ldg|ldlu|unroll8|2waves|prefill8w) |build " "$out/explore.log" "$out/explore_build.log" 2>/dev/null | cut -c1-260
 echo "== summary =="; printf '%s\n' "${summary[@]}"

@@ -194,8 +194,10 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
   };
   // Two register buffers, used alternately (no copies: a register copy of a pending load would
   // wait for it), so the next step's loads are in flight during this step's math.
+  // The first two steps are issued before the q prologue below (rotary math + a barrier).
   V16 ka[UNROLL], va[UNROLL], kb[UNROLL], vb[UNROLL];
   if (c_lo < c_mid) load_cached(c_lo, ka, va);
+  if (c_lo + STEP < c_mid) load_cached(c_lo + STEP, kb, vb);
 
   if (split == 0) {  // append the new rows of KV head hk
     for (int e = threadIdx.x; e < a.S * D; e += blockDim.x) {
@@ -273,12 +275,11 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
   };
 
   for (int base = c_lo; base < c_mid; base += 2 * STEP) {
-    const bool more = base + STEP < c_mid;
-    if (more) load_cached(base + STEP, kb, vb);
     consume(ka, va, base, c_mid);
-    if (!more) break;
     if (base + 2 * STEP < c_mid) load_cached(base + 2 * STEP, ka, va);
+    if (base + STEP >= c_mid) break;
     consume(kb, vb, base + STEP, c_mid);
+    if (base + 3 * STEP < c_mid) load_cached(base + 3 * STEP, kb, vb);
   }
   // This call's new tokens inside the chunk (at most S keys): rotated k / v straight from qkv.
   for (int base = c_mid; base < c_hi; base += STEP) {
@@ -342,23 +343,32 @@ __global__ void __launch_bounds__(128) combine_kernel(Args a, const float* part_
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
   __shared__ int s_flag;
+  __shared__ float s_w[kMaxSplits];
   if (first_bad_row(a, &s_flag) >= 0) return;
   const int64_t row = blockIdx.x;
-  const float* lse = part_lse + row * nsplit;
-  float M = -INFINITY;
-  for (int i = 0; i < nsplit; ++i) M = fmaxf(M, lse[i]);
-  float wsum = 0.f;
-  if (M != -INFINITY)
-    for (int i = 0; i < nsplit; ++i) wsum += fast_exp2(lse[i] - M);
+  if (threadIdx.x < 32) {  // weights 2^(lse_i - max) / sum, nsplit <= 64: two per lane
+    const int i0 = threadIdx.x, i1 = threadIdx.x + 32;
+    const float* lse = part_lse + row * nsplit;
+    const float l0 = i0 < nsplit ? lse[i0] : -INFINITY;
+    const float l1 = i1 < nsplit ? lse[i1] : -INFINITY;
+    float M = fmaxf(l0, l1);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
+    const float w0 = M == -INFINITY ? 0.f : fast_exp2(l0 - M);
+    const float w1 = M == -INFINITY ? 0.f : fast_exp2(l1 - M);
+    float sum = w0 + w1;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;  // no key anywhere: zeros
+    if (i0 < nsplit) s_w[i0] = w0 * inv;
+    if (i1 < nsplit) s_w[i1] = w1 * inv;
+  }
+  __syncthreads();
+  const float* po = part_o + row * nsplit * a.D;
   for (int d = threadIdx.x; d < a.D; d += blockDim.x) {
-    float o = 0.f;
-    if (M != -INFINITY) {
-      for (int i = 0; i < nsplit; ++i) {
-        const float w = fast_exp2(lse[i] - M);
-        if (w > 0.f) o = fmaf(w, part_o[(row * nsplit + i) * a.D + d], o);
-      }
-      o /= wsum;
-    }
+    float o = 0.f;  // every split wrote its partial (zeros for an empty chunk)
+#pragma unroll 8
+    for (int i = 0; i < nsplit; ++i) o = fmaf(s_w[i], po[(int64_t)i * a.D + d], o);
     static_cast<T*>(a.ctx)[row * a.D + d] = from_f<T>(o);
   }
 }

@@ -1,6 +1,7 @@
 // dsattn::SoftmaxContext tensor-core prefill (FlashAttention-2 style, mma.sync m16n8k16).
 //
-// Grid (H, ceil(S / 64), B), 4 warps; each warp owns 16 query rows of a 64-row tile. K/V tiles of
+// Grid (H, ceil(S / 128), B), 8 warps; each warp owns 16 query rows of a 128-row tile (8 warps
+// measured 7-10% faster than 4 x 64 rows on H100: K/V tiles shared by more warps). K/V tiles of
 // 64 keys stream through two shared-memory stages (cp.async, 16-byte chunks, XOR swizzle so that
 // ldmatrix reads hit 8 distinct bank groups). S = Q K^T and O += P V run on tensor cores with fp32
 // accumulators; the online softmax is fp32 in the log2 domain. Masks (start_pos, causal, local
@@ -14,7 +15,7 @@ namespace {
 
 // Warps per CTA (16 query rows each); compile-time knob explored by scripts/attn_explore.py.
 #ifndef DSATTN_PREFILL_WARPS
-#define DSATTN_PREFILL_WARPS 4
+#define DSATTN_PREFILL_WARPS 8
 #endif
 constexpr int kWarps = DSATTN_PREFILL_WARPS;
 constexpr int kBM = 16 * kWarps, kBN = 64, kThreads = 32 * kWarps;
