@@ -115,8 +115,8 @@ def measure_ceilings(quick: bool = False) -> dict:
         rates[name] = 2 * s**3 / (ms * 1e-3)
         del x, y, o
     torch.cuda.empty_cache()
-    # Also under the flat names bench_int8 uses (copy_TBps, gemm_TFps_<torch dtype name>).
-    return {"copy_bw": copy_bw, "gemm_rate": rates, "copy_TBps": copy_bw / 1e12,
+    # Also under the flat names bench_int8 uses (mem_TBps / copy_TBps, gemm_TFps_<dtype name>).
+    return {"copy_bw": copy_bw, "gemm_rate": rates, "copy_TBps": copy_bw / 1e12, "mem_TBps": copy_bw / 1e12,
             "gemm_TFps_float16": rates["fp16"] / 1e12, "gemm_TFps_bfloat16": rates["bf16"] / 1e12}
 
 

@@ -9,16 +9,13 @@
 // fp32; the normalized row is rounded to T once (exactly what the GEMM consumes and what `normed`
 // holds). The GEMM accumulates in fp32 (float32 T: true fp32, no TF32).
 //
-// Paths (chosen inside dsattn_qkv_gemm; callers do not choose):
-//   - M <= 16, fp16/bf16, sm_90, N % 8 == 0, W 16-byte aligned: either one fused persistent kernel
-//     (each CTA normalizes x into shared memory while TMA streams W; tensor-core MMA; bias
-//     epilogue) or the path below, whichever the context measured faster for this shape on its
-//     first uncaptured call (a one-time timing on that call's own buffers; calls made while the
-//     stream is being captured use the path below until then);
-//   - otherwise: a normalize kernel writing norm(input) to the workspace (or to `normed`), then a
-//     cuBLASLt matmul with the bias epilogue (per-shape plan in the context; for large shapes the
-//     first uncaptured call times the heuristic's candidates once and keeps the fastest);
-//   - quantized = 1: a normalize kernel into the workspace, then dsattn_int8_matmul (int8_matmul.h).
+// Path (automatic): a normalize kernel writes norm(input) once (to `normed`, or the workspace),
+// then a cuBLASLt matmul with the bias epilogue (per-shape plan in the context; for large shapes
+// the first uncaptured call times the heuristic's candidates once and keeps the fastest).
+// quantized = 1: the normalize kernel, then dsattn_int8_matmul (int8_matmul.h).
+// A fused small-M kernel (M <= 16, fp16/bf16, sm_90: TMA weight stream + in-kernel norm) exists
+// but runs only when forced through dsattn_qkv_gemm_debug_force_path: on H100 it measured slower
+// than the automatic path (plugins/kernels/NOTES_qkv_gemm.md).
 // With norm_type = 0 and no emit_normed the input is used directly (no normalize kernel).
 //
 // CUDA headers only: no TensorRT, no PyTorch.
