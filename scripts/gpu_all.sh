@@ -15,6 +15,10 @@ step() { # step NAME CMD...: run, log to $out/NAME.log, record the result
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$out/card.txt"
 if [ -f .device/unpack.sh ]; then bash .device/unpack.sh >"$out/unpack.log" 2>&1; eval "$(bash .device/unpack.sh | tail -1)"; fi
 export PYTHONPATH="${PYTHONPATH:-}"
+# pure-Python wheels the device image lacks (polygraphy), carried in .whl/
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
 step install python3 -m pip install -q --no-deps --no-build-isolation -e .
 trt="${TENSORRT_INCLUDE_DIR:-/opt/dsattn/trt/include}"
 step cmake cmake -S plugins -B build/plugins -G Ninja -DCMAKE_BUILD_TYPE=Release \
