@@ -31,8 +31,10 @@
 // the workspace must be 16-byte aligned.
 //
 // CUDA headers only: no TensorRT, no PyTorch. Thread-safety: the functions keep no state beyond a
-// per-device cache of the SM count; calls on different streams may run concurrently provided they
-// share no workspace, status, cache or context buffer.
+// per-device cache of the SM count and compute capability; calls on different streams may run
+// concurrently provided they share no workspace, status, cache or context buffer. On sm_90 the
+// combine kernel is launched with programmatic dependent launch (stream-capture safe; verified in
+// a CUDA graph). The prefill path sets its kernel's dynamic shared-memory limit on every call.
 #pragma once
 #include "dsattn_common.h"
 
