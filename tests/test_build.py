@@ -32,6 +32,21 @@ def test_declared_functions_parser():
             "dsattn_gemm_ctx_destroy"} <= names
 
 
+def cublaslt_root() -> str | None:
+    """The prefix of the pip package nvidia-cublas (extra `kernels`: headers + libcublasLt), which
+    CI installs because its bare nvcc ships no cuBLAS; None when not installed."""
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    for base in nvidia.__path__:
+        for sub in ("cu13", "cu12", "cublas"):
+            root = Path(base) / sub
+            if (root / "include" / "cublasLt.h").is_file():
+                return str(root)
+    return None
+
+
 def _tool(name):
     p = shutil.which(name)
     if p is None:
@@ -45,9 +60,13 @@ def test_kernels_library_builds_and_exports(tmp_path):
     nm = _tool("nm")
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
     build = tmp_path / "build"
+    # With cuBLASLt available (CUDA toolkit or the nvidia-cublas package), QKVGemm's cuBLASLt path
+    # must compile too: require it rather than let CMake compile it out.
+    root = cublaslt_root()
+    lt = [f"-DDSATTN_CUBLASLT_ROOT={root}", "-DDSATTN_REQUIRE_CUBLASLT=ON"] if root else []
     cfg = subprocess.run([cmake, "-S", str(REPO / "plugins"), "-B", str(build), *gen,
                           "-DCMAKE_CUDA_ARCHITECTURES=90a", "-DCMAKE_BUILD_TYPE=Release",
-                          "-DDSATTN_BUILD_PLUGINS=OFF"],
+                          "-DDSATTN_BUILD_PLUGINS=OFF", *lt],
                          capture_output=True, text=True, timeout=300)
     assert cfg.returncode == 0, f"cmake configure failed:\n{cfg.stdout[-4000:]}\n{cfg.stderr[-4000:]}"
     bld = subprocess.run([cmake, "--build", str(build), "--target", "dsattn_kernels", "-j2"],
