@@ -1,33 +1,50 @@
 #!/usr/bin/env bash
-# The whole GPU verification in one device call (H100): build kernels + plugins + harness, run the
-# harness (ctest), every `gpu` pytest (kernels, plugins, ONNX Runtime CUDA), compute-sanitizer on a
-# subset, then the benchmarks. Logs go to $OUT (or ./gpu-out). Prints a short summary last.
-#   carry: .device/unpack.sh .device/headers.tgz .device/trt-include.tgz [.device/ort/...]
+# The whole GPU verification in one device call (H100): build kernels + plugins + harness, ctest,
+# every `gpu` pytest (kernels, plugin harness, ONNX Runtime CUDA), compute-sanitizer on a subset of
+# every kernel and of the plugin harness, then the benchmarks (BENCHMARKS.md).
+#   carry: .device/unpack.sh .device/headers.tgz .device/trt-include.tgz .whl [.device/ort/...]
+# $OUT gets: summary.txt, pytest_gpu.log, BENCHMARKS.md, ort_cuda_errors.txt, logs.tgz (all logs).
 set -uo pipefail
 out="${OUT:-gpu-out}"; mkdir -p "$out"
+logs=/tmp/dsattn-logs; rm -rf "$logs"; mkdir -p "$logs"
 summary=()
-step() { # step NAME CMD...: run, log to $out/NAME.log, record the result
-  local name="$1"; shift
+step() { # step NAME TIMEOUT CMD...: run, log to $logs/NAME.log, record the result
+  local name="$1" to="$2"; shift 2
   local t0=$SECONDS
-  if "$@" >"$out/$name.log" 2>&1; then summary+=("PASS  $name ($((SECONDS-t0)) s)")
-  else summary+=("FAIL  $name ($((SECONDS-t0)) s): $(tail -3 "$out/$name.log" | tr '\n' ' ' | cut -c1-300)"); fi
+  if timeout "$to" "$@" >"$logs/$name.log" 2>&1; then summary+=("PASS  $name ($((SECONDS-t0)) s)")
+  else summary+=("FAIL  $name ($((SECONDS-t0)) s): $(tail -3 "$logs/$name.log" | tr '\n' ' ' | cut -c1-300)"); fi
 }
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$out/card.txt"
-if [ -f .device/unpack.sh ]; then bash .device/unpack.sh >"$out/unpack.log" 2>&1; eval "$(bash .device/unpack.sh | tail -1)"; fi
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$logs/card.txt"
+if [ -f .device/unpack.sh ]; then bash .device/unpack.sh >"$logs/unpack.log" 2>&1; eval "$(bash .device/unpack.sh | tail -1)"; fi
 export PYTHONPATH="${PYTHONPATH:-}"
 # pure-Python wheels the device image lacks (polygraphy), carried in .whl/
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:$PYTHONPATH"
 fi
-step install python3 -m pip install -q --no-deps --no-build-isolation -e .
+step install 120 python3 -m pip install -q --no-deps --no-build-isolation -e .
 trt="${TENSORRT_INCLUDE_DIR:-/opt/dsattn/trt/include}"
-step cmake cmake -S plugins -B build/plugins -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_CUDA_ARCHITECTURES=90a -DTensorRT_INCLUDE_DIR="$trt"
-step build cmake --build build/plugins -j16
-step ctest ctest --test-dir build/plugins --output-on-failure
-step pytest_gpu python3 -m pytest -m gpu -q -rs -p no:cacheprovider tests
-if [ "${DSATTN_SKIP_BENCH:-0}" != 1 ]; then
-  step bench python3 -m dsattn.tools.cli bench kernels --out "$out/BENCHMARKS.md"
+step cmake 60 cmake -S plugins -B build/plugins -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_CUDA_ARCHITECTURES=90a -DDSATTN_REQUIRE_CUBLASLT=ON -DTensorRT_INCLUDE_DIR="$trt"
+step build 240 cmake --build build/plugins -j16
+step ctest 60 ctest --test-dir build/plugins --output-on-failure
+rm -rf /tmp/plugcases
+step pytest_gpu 420 python3 -m pytest -m gpu -q -rs -p no:cacheprovider --basetemp=/tmp/plugcases tests
+cp "$logs/pytest_gpu.log" "$out/pytest_gpu.log"
+if [ "${DSATTN_SANITIZE:-1}" = 1 ]; then
+  cs="compute-sanitizer --tool memcheck --error-exitcode 7"
+  step memcheck_attn 120 $cs python3 scripts/attn_sanitize.py
+  step memcheck_qkv 150 $cs python3 scripts/qkv_gemm_sanitize.py
+  step memcheck_int8 120 $cs python3 scripts/int8_sanitize.py
+  small=$(find /tmp/plugcases -name manifest.txt -printf '%h\n' 2>/dev/null | sort \
+    | grep -E 'attn_(bloom|decode_fp32|overflow)|qkv_bfloat16_B1S1|int8_float16_2x3' | tr '\n' ' ')
+  [ -n "$small" ] && step memcheck_plugins 200 $cs --leak-check full \
+    build/plugins/dsattn_plugin_harness build/plugins/libdsattn_plugins.so $small
 fi
-echo; echo "== summary =="; printf '%s\n' "${summary[@]}"
-tail -5 "$out/pytest_gpu.log" 2>/dev/null
+if [ "${DSATTN_SKIP_BENCH:-0}" != 1 ]; then
+  step bench 300 python3 -m dsattn.tools.cli bench kernels --out "$out/BENCHMARKS.md"
+  tail -60 "$logs/bench.log"
+fi
+echo; echo "== summary =="; printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
+tail -3 "$logs/pytest_gpu.log" | tee -a "$out/summary.txt"
+grep -h "ERROR SUMMARY" "$logs"/memcheck_*.log 2>/dev/null | tee -a "$out/summary.txt"
+tar -C "$logs" -czf "$out/logs.tgz" .
