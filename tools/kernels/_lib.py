@@ -105,3 +105,23 @@ def current_stream_handle(device) -> ctypes.c_void_p:
     import torch
 
     return ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
+
+
+def check_tensor(name: str, t, device, dtype=None, shape=None, *, align: int = 1, device_of: str = "x") -> None:
+    """Check a tensor argument of a kernel binding: a contiguous torch tensor on ``device`` with the
+    given dtype and shape, whose data pointer is ``align``-byte aligned; raises TypeError/ValueError
+    naming the argument and what it got."""
+    import torch
+
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device} (the device of {device_of})")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name} must be {dtype}, got {t.dtype}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (shape {list(t.shape)}, strides {list(t.stride())})")
+    if align > 1 and t.numel() and t.data_ptr() % align:
+        raise ValueError(f"{name} must be {align}-byte aligned (data_ptr {t.data_ptr():#x})")

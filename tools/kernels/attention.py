@@ -76,21 +76,6 @@ def _int_attr(name: str, v, lo: int) -> int:
     return v
 
 
-def _check_tensor(name: str, t, device, dtype=None, shape=None):
-    import torch
-
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device != device:
-        raise ValueError(f"{name} is on {t.device}, expected {device} (the device of qkv)")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{name} must be {dtype}, got {t.dtype}")
-    if shape is not None and tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous (strides {t.stride()})")
-    if t.data_ptr() % 16:
-        raise ValueError(f"{name} must be 16-byte aligned (data_ptr {t.data_ptr():#x})")
 
 
 def _params(qkv, past_key, past_value, seq_lens, start_pos, out, status, slopes, *, num_heads,
@@ -118,6 +103,10 @@ def _params(qkv, past_key, past_value, seq_lens, start_pos, out, status, slopes,
 def workspace_size(params: SoftmaxContextParams, lib=None) -> int:
     """Bytes of device scratch dsattn_softmax_context needs for ``params`` (0 if invalid)."""
     return int(_prototypes(_lib.load(lib)).dsattn_softmax_context_workspace_size(ctypes.byref(params)))
+
+
+def _check(name, t, device, dtype=None, shape=None):
+    _lib.check_tensor(name, t, device, dtype, shape, align=16, device_of="qkv")
 
 
 def softmax_context(qkv, past_key, past_value, seq_lens, start_pos=None, *, num_heads: int,
@@ -153,15 +142,15 @@ def softmax_context(qkv, past_key, past_value, seq_lens, start_pos=None, *, num_
     if qkv.dim() != 3 or qkv.shape[2] != (H + 2 * Hkv) * D:
         raise ValueError(f"qkv must be [B, S, (H + 2*Hkv)*D = {(H + 2 * Hkv) * D}], got shape {tuple(qkv.shape)}")
     B, S = int(qkv.shape[0]), int(qkv.shape[1])
-    _check_tensor("qkv", qkv, dev)
+    _check("qkv", qkv, dev)
     _lib.torch_dtype_code(qkv.dtype)
     if past_key.dim() != 4 or tuple(past_key.shape[:2]) != (B, Hkv) or past_key.shape[3] != D:
         raise ValueError(f"past_key must be [B={B}, Hkv={Hkv}, Tmax, D={D}], got shape {tuple(past_key.shape)}")
-    _check_tensor("past_key", past_key, dev, qkv.dtype)
-    _check_tensor("past_value", past_value, dev, qkv.dtype, past_key.shape)
-    _check_tensor("seq_lens", seq_lens, dev, torch.int32, (B,))
+    _check("past_key", past_key, dev, qkv.dtype)
+    _check("past_value", past_value, dev, qkv.dtype, past_key.shape)
+    _check("seq_lens", seq_lens, dev, torch.int32, (B,))
     if start_pos is not None:
-        _check_tensor("start_pos", start_pos, dev, torch.int32, (B,))
+        _check("start_pos", start_pos, dev, torch.int32, (B,))
     slopes = None
     if alibi_slopes is not None:
         if isinstance(alibi_slopes, torch.Tensor):
@@ -169,15 +158,15 @@ def softmax_context(qkv, past_key, past_value, seq_lens, start_pos=None, *, num_
         elif len(alibi_slopes):
             slopes = torch.tensor([float(s) for s in alibi_slopes], dtype=torch.float32, device=dev)
         if slopes is not None:
-            _check_tensor("alibi_slopes", slopes, dev, torch.float32, (H,))
+            _check("alibi_slopes", slopes, dev, torch.float32, (H,))
     if out is None:
         out = torch.empty(B, S, H * D, dtype=qkv.dtype, device=dev)
     else:
-        _check_tensor("out", out, dev, qkv.dtype, (B, S, H * D))
+        _check("out", out, dev, qkv.dtype, (B, S, H * D))
     if status is None:
         status = torch.empty(1, dtype=torch.int32, device=dev)
     else:
-        _check_tensor("status", status, dev, torch.int32, (1,))
+        _check("status", status, dev, torch.int32, (1,))
 
     lib = _prototypes(_lib.load(lib))
     p = _params(qkv, past_key, past_value, seq_lens, start_pos, out, status, slopes, num_heads=H,

@@ -121,19 +121,6 @@ def raw_call(params: QKVGemmParams, workspace_ptr: int, workspace_bytes: int, *,
                                  ctypes.c_size_t(workspace_bytes), s))
 
 
-def _check_tensor(name, t, device, dtype=None, shape=None):
-    import torch
-
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device != device:
-        raise ValueError(f"{name} is on {t.device}, expected {device} (the device of x)")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{name} must be {dtype}, got {t.dtype}")
-    if shape is not None and tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous (shape {list(t.shape)}, strides {list(t.stride())})")
 
 
 def qkv_gemm(x, weight, bias=None, gamma=None, beta=None, weight_scale=None, *, norm_type=1,
@@ -156,7 +143,7 @@ def qkv_gemm(x, weight, bias=None, gamma=None, beta=None, weight_scale=None, *, 
     K = int(x.shape[-1])
     M = int(math.prod(x.shape[:-1]))
     dev = x.device
-    _check_tensor("x", x, dev)
+    _lib.check_tensor("x", x, dev)
     if norm_type not in (0, 1, 2):
         raise ValueError(f"norm_type must be 0 (none), 1 (LayerNorm) or 2 (RMSNorm), got {norm_type!r}")
     if quantized not in (0, 1):
@@ -171,7 +158,7 @@ def qkv_gemm(x, weight, bias=None, gamma=None, beta=None, weight_scale=None, *, 
         if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
             raise ValueError(f"weight must be int8 [N, hidden={K}] when quantized=1, got "
                              f"{getattr(weight, 'shape', weight)!r}")
-        _check_tensor("weight", weight, dev, torch.int8)
+        _lib.check_tensor("weight", weight, dev, torch.int8)
         N = int(weight.shape[0])
         if weight.shape[1] != K:
             raise ValueError(f"weight must be int8 [N, hidden={K}], got shape {list(weight.shape)}")
@@ -180,11 +167,11 @@ def qkv_gemm(x, weight, bias=None, gamma=None, beta=None, weight_scale=None, *, 
             raise ValueError(f"group_size={group_size} does not divide hidden={K}")
         if weight_scale is None:
             raise ValueError("weight_scale is required when quantized=1")
-        _check_tensor("weight_scale", weight_scale, dev, torch.float32, (N, K // g))
+        _lib.check_tensor("weight_scale", weight_scale, dev, torch.float32, (N, K // g))
     else:
         if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
             raise ValueError(f"weight must be 2-D [hidden={K}, N], got {getattr(weight, 'shape', weight)!r}")
-        _check_tensor("weight", weight, dev, dt)
+        _lib.check_tensor("weight", weight, dev, dt)
         if weight.shape[0] != K:
             raise ValueError(f"weight must be [hidden={K}, N] (input-major, x @ W), got shape "
                              f"{list(weight.shape)}")
@@ -196,17 +183,17 @@ def qkv_gemm(x, weight, bias=None, gamma=None, beta=None, weight_scale=None, *, 
     if N < 1:
         raise ValueError(f"weight has N={N} output features; need >= 1")
     if bias is not None:
-        _check_tensor("bias", bias, dev, dt, (N,))
+        _lib.check_tensor("bias", bias, dev, dt, (N,))
     if norm_type != 0:
         if gamma is None:
             raise ValueError(f"gamma is required when norm_type={norm_type}")
-        _check_tensor("gamma", gamma, dev, dt, (K,))
+        _lib.check_tensor("gamma", gamma, dev, dt, (K,))
     elif gamma is not None or beta is not None:
         raise ValueError("gamma/beta must be absent when norm_type=0")
     if norm_type == 1:
         if beta is None:
             raise ValueError("beta is required when norm_type=1 (LayerNorm)")
-        _check_tensor("beta", beta, dev, dt, (K,))
+        _lib.check_tensor("beta", beta, dev, dt, (K,))
     elif norm_type == 2 and beta is not None:
         raise ValueError("beta must be absent when norm_type=2 (RMSNorm has no bias)")
 
@@ -214,12 +201,12 @@ def qkv_gemm(x, weight, bias=None, gamma=None, beta=None, weight_scale=None, *, 
     if out is None:
         out = torch.empty(*lead, N, device=dev, dtype=dt)
     else:
-        _check_tensor("out", out, dev, dt, (*lead, N))
+        _lib.check_tensor("out", out, dev, dt, (*lead, N))
     if emit_normed:
         if normed_out is None:
             normed_out = torch.empty_like(x)
         else:
-            _check_tensor("normed_out", normed_out, dev, dt, tuple(x.shape))
+            _lib.check_tensor("normed_out", normed_out, dev, dt, tuple(x.shape))
 
     l = _prototypes(_lib.load(lib))
     if quantized and not hasattr(l, "dsattn_int8_matmul"):

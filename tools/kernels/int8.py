@@ -71,21 +71,12 @@ def raw_call(params: Int8MatMulParams, workspace_ptr: int = 0, workspace_bytes: 
     return int(l.dsattn_int8_matmul_path(ctypes.byref(params), int(path), ws, ctypes.c_size_t(workspace_bytes), s))
 
 
-def _check_tensor(name, t, device, dtype=None, shape=None):
-    import torch
 
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device != device:
-        raise ValueError(f"{name} is on {t.device}, expected {device} (the device of x)")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{name} must be {dtype}, got {t.dtype}")
-    if shape is not None and tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous (shape {list(t.shape)}, strides {list(t.stride())})")
-    if t.numel() and t.data_ptr() % (16 if name in ("x", "weight", "out") else t.element_size()):
-        raise ValueError(f"{name} must be 16-byte aligned (data_ptr {t.data_ptr():#x})")
+
+def _check(name, t, device, dtype=None, shape=None):
+    # the kernels need 16-byte aligned x, weight and output rows; others their element size
+    _lib.check_tensor(name, t, device, dtype, shape,
+                      align=16 if name in ("x", "weight", "out") else (t.element_size() if hasattr(t, "element_size") else 1))
 
 
 def int8_matmul(x, weight, weight_scale, bias=None, *, group_size: int = 0, lib=None, out=None,
@@ -124,16 +115,16 @@ def int8_matmul(x, weight, weight_scale, bias=None, *, group_size: int = 0, lib=
         raise ValueError(f"group_size={group_size} must be 0 (per channel) or a divisor of K={K} that is a "
                          f"multiple of {GROUP_MULTIPLE}")
     groups = 1 if group_size == 0 else K // group_size
-    _check_tensor("x", x, dev)
-    _check_tensor("weight", weight, dev, torch.int8, (N, K))
-    _check_tensor("weight_scale", weight_scale, dev, torch.float32, (N, groups))
+    _check("x", x, dev)
+    _check("weight", weight, dev, torch.int8, (N, K))
+    _check("weight_scale", weight_scale, dev, torch.float32, (N, groups))
     if bias is not None:
-        _check_tensor("bias", bias, dev, x.dtype, (N,))
+        _check("bias", bias, dev, x.dtype, (N,))
     out_shape = (*x.shape[:-1], N)
     if out is None:
         out = torch.empty(out_shape, dtype=x.dtype, device=dev)
     else:
-        _check_tensor("out", out, dev, x.dtype, out_shape)
+        _check("out", out, dev, x.dtype, out_shape)
     M = x.numel() // K
     p = Int8MatMulParams(input=x.data_ptr(), weight=weight.data_ptr(), weight_scale=weight_scale.data_ptr(),
                          bias=bias.data_ptr() if bias is not None else None, output=out.data_ptr(), M=M, N=N, K=K,
