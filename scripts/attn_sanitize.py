@@ -30,6 +30,8 @@ ok &= case(torch.bfloat16, 64, 1, 4, 4, 64, list(range(64)), 70, rotary_dim=32, 
 ok &= case(torch.bfloat16, 2, 2, 8, 2, 256, [0, 77], 80, local_window=20)
 ok &= case(torch.float16, 2, 70, 3, 3, 128, [0, 30], 100, rotary_dim=64, alibi_slopes=[0.1, 0.2, 0.3])
 ok &= case(torch.bfloat16, 1, 65, 4, 1, 64, [3], 70, causal=0)
+ok &= case(torch.bfloat16, 2, 150, 4, 2, 128, [0, 40], 200, rotary_dim=128, rotary_style=1, local_window=60,
+           alibi_slopes=[0.1, 0.2, 0.3, 0.4])
 ok &= case(torch.float32, 2, 9, 3, 3, 64, [0, 20], 40, rotary_dim=64)
 ok &= case(torch.float16, 2, 1, 3, 3, 96, [0, 20], 40)
 try:

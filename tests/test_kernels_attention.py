@@ -194,12 +194,35 @@ CASES = {
     "prefill_f16_d96_generic": dict(dtype=F16, B=2, S=97, H=3, Hkv=1, D=96, lens=[0, 1025], Tmax=1200, rd=96,
                                     style=1),
     "decode_bf16_d96_generic": dict(dtype=BF16, B=2, S=1, H=5, Hkv=5, D=96, lens=[1, 4098], Tmax=4099, alibi=True),
+    # D = 128 fp16/bf16 prefill runs the wgmma kernel on Hopper (q rotated in the kernel from the
+    # append kernel's cos/sin table): 128-key tiles, partial tiles, diagonal masks, both rotary
+    # styles and the element-wise rotate_half path (rotary_dim / 2 not a multiple of 8)
+    "prefill_bf16_d128_gqa4_alibi_window_gptj_s1025": dict(dtype=BF16, B=2, S=1025, H=8, Hkv=2, D=128,
+                                                           lens=[0, 2000], Tmax=3100, starts=[0, 33], alibi=True,
+                                                           rd=128, style=1, window=700),
+    "prefill_f16_d128_s4099_rd24": dict(dtype=F16, B=1, S=4099, H=2, Hkv=1, D=128, lens=[0], Tmax=4099, rd=24,
+                                        style=0, theta=500000.0),
+    "prefill_bf16_d128_norope_ragged_leftpad": dict(dtype=BF16, B=3, S=200, H=3, Hkv=3, D=128, lens=[0, 5, 129],
+                                                    Tmax=400, starts=[0, 100, 0]),
 }
+
+# The mma.sync prefill stays the fallback (sm_80, builds without sm_90a): on Hopper it runs only
+# when forced, so these D = 128 cases also go through it there.
+MMA_FALLBACK_CASES = ["prefill_f16_ragged_rope", "prefill_bf16_d128_gqa4_alibi_window_gptj_s1025",
+                      "prefill_f16_leftpad_masked_rows"]
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_softmax_context_matches_reference(name, seed):
+    case = dict(CASES[name])
+    _check_case(seed, case.pop("dtype"), **case)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", MMA_FALLBACK_CASES)
+def test_prefill_mma_fallback_matches_reference(name, seed, monkeypatch):
+    monkeypatch.setenv("DSATTN_PREFILL_FORCE_MMA", "1")  # read by the library on every call
     case = dict(CASES[name])
     _check_case(seed, case.pop("dtype"), **case)
 

@@ -130,3 +130,14 @@ bool prefill_mma_supported(dsattn_dtype dtype, int D);
 cudaError_t launch_prefill_mma(const Args& a, dsattn_dtype dtype, cudaStream_t stream);
 }  // namespace attn
 }  // namespace dsattn
+
+namespace dsattn {
+namespace attn {
+// Hopper prefill (softmax_context_prefill_sm90.cu): fp16/bf16, D == 128, wgmma. Usable only when
+// the current device is compute capability 9.0 and the build holds sm_90a code for it. Reads q from
+// qkv and rotates it itself with the cos/sin table the append kernel wrote at a.q_ws
+// (float2 {cos, sin} [B][S][rotary_dim / 2]); K/V from the caches (the append kernel ran first).
+bool prefill_sm90_usable(dsattn_dtype dtype, int D);
+cudaError_t launch_prefill_sm90(const Args& a, dsattn_dtype dtype, cudaStream_t stream);
+}  // namespace attn
+}  // namespace dsattn

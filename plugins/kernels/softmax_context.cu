@@ -2,6 +2,7 @@
 // generic CUDA-core attention kernel. The tensor-core prefill lives in softmax_context_prefill.cu.
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include <algorithm>
 #include <cmath>
@@ -33,11 +34,16 @@ constexpr int kMinSplitKeys = 64;   // never cut a row into chunks shorter than 
 constexpr int kDecodeMaxRows = 8;   // decode path: S * (H / Hkv) query rows per CTA at most
 
 // ---------------------------------------------------------------------------------------------
-// Append: one block per new token (b, s). Rotates q and k (cos/sin table of this token's position
-// in shared memory: one sincosf per frequency instead of one per element), writes k, v to the
-// caches and the rotated q to the workspace [B, H, S, D]. 16-byte vectors throughout.
+// Append: one block per new token (b, s). Rotates k (and q when write_q), cos/sin table of this
+// token's position in shared memory (one sincosf per frequency instead of one per element),
+// writes k, v to the caches and either the rotated q to the workspace [B, H, S, D] (write_q: the
+// mma.sync / generic prefill kernels read it there) or this token's cos/sin table to the workspace
+// (float2 [B][S][rotary_dim / 2]: the Hopper prefill kernel rotates q itself, so q skips a round
+// trip through device memory: a third less traffic here). 16-byte vectors throughout; the rotary
+// partner of an element comes from the same vector (rotate_every_two) or from one more 16-byte
+// load (rotate_half with rotary_dim / 2 a multiple of the vector), else element by element.
 template <typename T>
-__global__ void __launch_bounds__(256) append_kernel(Args a) {
+__global__ void __launch_bounds__(256) append_kernel(Args a, int write_q) {
   constexpr int VEC = 16 / sizeof(T);
   __shared__ int s_flag;
   __shared__ float s_cos[DSATTN_ATTN_MAX_HEAD_SIZE / 2], s_sin[DSATTN_ATTN_MAX_HEAD_SIZE / 2];
@@ -50,48 +56,57 @@ __global__ void __launch_bounds__(256) append_kernel(Args a) {
   const int rd = a.rotary_dim;
   if (rd > 0) {
     const float pos = (float)(seq + s - s0);
+    float2* tab = write_q ? nullptr : static_cast<float2*>(a.q_ws) + ((int64_t)b * a.S + s) * (rd / 2);
     for (int f = threadIdx.x; f < rd / 2; f += blockDim.x) {
       const float inv_freq = 1.0f / powf(a.rope_theta, (float)(2 * f) / (float)rd);
-      sincosf(pos * inv_freq, &s_sin[f], &s_cos[f]);
+      float sn, cs;
+      sincosf(pos * inv_freq, &sn, &cs);
+      s_sin[f] = sn;
+      s_cos[f] = cs;
+      if (tab) tab[f] = make_float2(cs, sn);
     }
     __syncthreads();
   }
   const T* row = static_cast<const T*>(a.qkv) + qkv_row(a, b, s);
   const int D = a.D, cpr = D / VEC;  // 16-byte chunks per head
-  const int nchunks = (a.H + 2 * a.Hkv) * cpr;
+  const int qh = write_q ? a.H : 0;  // q heads handled here
+  const int nchunks = (qh + 2 * a.Hkv) * cpr;
+  const int half = rd >> 1;
+  const bool chunk_pair = a.rotary_style == 0 && half % VEC == 0;
   for (int c = threadIdx.x; c < nchunks; c += blockDim.x) {
-    const int slot = c / cpr, d0 = (c % cpr) * VEC;
-    // slot -> (kind 0 q / 1 k / 2 v, head) per qkv_layout
+    const int i = c / cpr, d0 = (c % cpr) * VEC;
+    // i -> (kind 0 q / 1 k / 2 v, head): q heads first (when written), then k, then v heads
     int kind, head;
-    if (a.layout == 0) {
-      kind = slot < a.H ? 0 : (slot < a.H + a.Hkv ? 1 : 2);
-      head = kind == 0 ? slot : (kind == 1 ? slot - a.H : slot - a.H - a.Hkv);
+    if (i < qh) {
+      kind = 0;
+      head = i;
     } else {
-      kind = slot % 3;
-      head = slot / 3;
+      kind = i - qh < a.Hkv ? 1 : 2;
+      head = kind == 1 ? i - qh : i - qh - a.Hkv;
     }
-    const T* src = row + (int64_t)slot * D;
-    union { uint4 u; T e[VEC]; } in, out;
+    const int64_t src_off = kind == 0 ? q_off(a, head) : (kind == 1 ? k_off(a, head) : v_off(a, head));
+    const T* src = row + src_off;
+    union { uint4 u; T e[VEC]; } in, pin, out;
     in.u = *reinterpret_cast<const uint4*>(src + d0);
     out.u = in.u;
     if (kind < 2 && d0 < rd) {
+      if (chunk_pair) pin.u = *reinterpret_cast<const uint4*>(src + (d0 < half ? d0 + half : d0 - half));
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
         const int d = d0 + e;
         if (d < rd) {
-          int f, partner;
-          float sign;
+          int f;
+          float sign, xp;
           if (a.rotary_style == 0) {
-            const int half = rd >> 1;
             f = d < half ? d : d - half;
-            partner = d < half ? d + half : d - half;
             sign = d < half ? -1.f : 1.f;
+            xp = chunk_pair ? to_f(pin.e[e]) : to_f(src[d < half ? d + half : d - half]);
           } else {
             f = d >> 1;
-            partner = d ^ 1;
             sign = (d & 1) ? 1.f : -1.f;
+            xp = to_f(in.e[e ^ 1]);
           }
-          out.e[e] = from_f<T>(to_f(in.e[e]) * s_cos[f] + sign * to_f(src[partner]) * s_sin[f]);
+          out.e[e] = from_f<T>(to_f(in.e[e]) * s_cos[f] + sign * xp * s_sin[f]);
         }
       }
     }
@@ -546,7 +561,11 @@ cudaError_t validate(const dsattn_softmax_context_params* p, char* msg, size_t n
 size_t workspace_bytes(const dsattn_softmax_context_params& p) {
   if (p.batch == 0 || p.seq_len == 0) return 0;
   if (decode_supported(p)) return decode_ws_bytes(p, decode_splits(p));
-  return align256((size_t)p.batch * p.num_heads * p.seq_len * p.head_size * elem_size(p.dtype));
+  // Prefill: rotated q [B, H, S, D] (mma.sync / generic paths) or, on the Hopper path, the cos/sin
+  // table float2 [B, S, rotary_dim / 2] in the same space (larger only when H == 1).
+  const size_t q_bytes = (size_t)p.batch * p.num_heads * p.seq_len * p.head_size * elem_size(p.dtype);
+  const size_t tab_bytes = (size_t)p.batch * p.seq_len * (p.rotary_dim / 2) * 2 * sizeof(float);
+  return align256(std::max(q_bytes, tab_bytes));
 }
 
 template <typename T, int D, int RMAX>
@@ -604,11 +623,20 @@ cudaError_t launch_decode<__nv_bfloat16>(const Args& a, float* po, float* pl, in
   }
 }
 
+// DSATTN_PREFILL_FORCE_MMA=1 in the environment (read per call; tests) keeps the mma.sync prefill
+// on Hopper, so that the fallback stays testable on the device that has the wgmma kernel.
+bool prefill_force_mma() {
+  const char* v = getenv("DSATTN_PREFILL_FORCE_MMA");
+  return v && v[0] == '1';
+}
+
 template <typename T>
 cudaError_t launch_prefill(const Args& a, dsattn_dtype dtype, cudaStream_t st) {
-  append_kernel<T><<<dim3(a.S, a.B), 256, 0, st>>>(a);
+  const bool sm90 = prefill_sm90_usable(dtype, a.D) && !prefill_force_mma();
+  append_kernel<T><<<dim3(a.S, a.B), 256, 0, st>>>(a, sm90 ? 0 : 1);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
+  if (sm90) return launch_prefill_sm90(a, dtype, st);
   if (prefill_mma_supported(dtype, a.D)) return launch_prefill_mma(a, dtype, st);
   generic_kernel<T><<<dim3((a.S + 3) / 4, a.H, a.B), 128, 0, st>>>(a);
   return cudaGetLastError();

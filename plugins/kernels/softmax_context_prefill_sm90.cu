@@ -1,0 +1,367 @@
+// dsattn::SoftmaxContext prefill for Hopper (sm_90a): wgmma tensor cores, fp16/bf16, D = 128.
+//
+// Grid (H, ceil(S / 128), B), 256 threads = 2 warpgroups; warpgroup w owns query rows
+// [64 w, 64 w + 64) of a 128-row tile. Q (rotated here, from qkv and the append kernel's cos/sin
+// table: q never goes through device memory), K and V tiles of 128 keys live in shared memory in
+// the 128-byte-swizzled layout the wgmma descriptors describe: a [128][128] tile is stored as two
+// [128 rows][64 elements] atoms of 16 KiB (row r at 128 r bytes, 16-byte chunk c at (c ^ (r & 7))).
+//   S = Q K^T : wgmma m64n128k16, A = Q (smem, K-major), B = K tile (smem, K-major), 8 k-steps;
+//   online softmax in fp32 registers (log2 domain), masks only on tiles that straddle a boundary;
+//   O += P V  : wgmma m64n128k16, A = P (registers: the accumulator layout of S is the A-fragment
+//               layout, packed to T), B = V tile (smem, MN-major: transposed by the descriptor).
+// K/V tiles stream through two stages (cp.async, 16-byte chunks, zero-fill outside the key range):
+// the loads of tile j + 1 run while tile j is computed. Semantics identical to
+// softmax_context_prefill.cu (masks, ALiBi, start_pos, GQA, ragged rows; rows with no visible key
+// get zeros). Built only for sm_90a (the body is empty elsewhere); the host checks the device and
+// the binary before dispatching here (prefill_sm90_usable).
+#include "attn_common.cuh"
+
+namespace dsattn {
+namespace attn {
+namespace {
+
+constexpr int kBM = 128, kBN = 128, kD = 128, kThreads = 256;
+constexpr int kTileBytes = 128 * kD * 2;          // one [128][128] 16-bit tile (two 16 KiB atoms)
+constexpr int kAtomBytes = 128 * 128;             // [128 rows][64 elements] of 16-bit
+constexpr int kSmem = 5 * kTileBytes + 1024;      // Q + 2 x (K, V) + 1 KiB for 1024-byte alignment
+
+#define DSATTN_PREFILL_SM90_DEVICE (defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL))
+#if !defined(__CUDA_ARCH__) || DSATTN_PREFILL_SM90_DEVICE
+
+template <typename T>
+__device__ __forceinline__ void wgmma_ss(float (&d)[64], uint64_t da, uint64_t db, int acc_in);
+template <typename T>
+__device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t db);
+
+template <>
+__device__ __forceinline__ void wgmma_ss<__half>(float (&d)[64], uint64_t da, uint64_t db, int acc_in) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(da), "l"(db), "r"(acc_in));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_rs<__half>(float (&d)[64], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_ss<__nv_bfloat16>(float (&d)[64], uint64_t da, uint64_t db, int acc_in) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(da), "l"(db), "r"(acc_in));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_rs<__nv_bfloat16>(float (&d)[64], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(1));
+}
+
+// Descriptors, 128-byte swizzle (bit 62), 8-row groups 1024 B apart (stride byte offset).
+// K-major (Q, K): the leading byte offset is unused; a k-step of 16 elements adds 32 B.
+__device__ __forceinline__ uint64_t desc_kmajor(uint32_t addr) {
+  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+}
+// MN-major (V as B of P V: N = head dim contiguous): leading byte offset = distance between the
+// two 64-element atoms of N (16 KiB), stride byte offset = 8 key rows (1024 B); a k-step of 16
+// keys adds 16 rows = 2048 B.
+__device__ __forceinline__ uint64_t desc_mnmajor(uint32_t addr) {
+  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(kAtomBytes >> 4) << 16) | (uint64_t(1024 >> 4) << 32) |
+         (uint64_t(1) << 62);
+}
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+// Keeps the compiler from moving register accesses across the asynchronous wgmma window.
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool ok) {
+  const int n = ok ? 16 : 0;  // src-size 0: zero-fill
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait0() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+__device__ __forceinline__ void sts128(uint32_t addr, uint4 v) {
+  asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w));
+}
+// Byte offset of (row, 16-byte chunk c of 16) inside a swizzled [128][128] tile.
+__device__ __forceinline__ uint32_t tile_off(int row, int c) {
+  return (uint32_t)((c >> 3) * kAtomBytes + row * 128 + (((c & 7) ^ (row & 7)) << 4));
+}
+
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+#endif
+
+// Rotated q chunk (elements d0 .. d0 + 7 of q head h of token s), rounded to T exactly as the
+// append kernel rounds it for the mma.sync path; cos/sin from the append kernel's table.
+template <typename T>
+__device__ __forceinline__ uint4 q_chunk(const Args& a, const T* src, const float2* tab, int d0) {
+  union { uint4 u; T e[8]; } in, pin, out;
+  in.u = *reinterpret_cast<const uint4*>(src + d0);
+  const int rd = a.rotary_dim;
+  if (d0 >= rd) return in.u;
+  const int half = rd >> 1;
+  const bool chunk_pair = a.rotary_style == 0 && (half & 7) == 0;  // partner chunk 16-byte aligned
+  if (chunk_pair) pin.u = *reinterpret_cast<const uint4*>(src + (d0 < half ? d0 + half : d0 - half));
+  out.u = in.u;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const int d = d0 + e;
+    if (d < rd) {
+      int f;
+      float sign, xp;
+      if (a.rotary_style == 0) {
+        f = d < half ? d : d - half;
+        sign = d < half ? -1.f : 1.f;
+        xp = chunk_pair ? to_f(pin.e[e]) : to_f(src[d < half ? d + half : d - half]);
+      } else {
+        f = d >> 1;
+        sign = (d & 1) ? 1.f : -1.f;
+        xp = to_f(in.e[e ^ 1]);
+      }
+      const float2 cs = tab[f];
+      out.e[e] = from_f<T>(to_f(in.e[e]) * cs.x + sign * xp * cs.y);
+    }
+  }
+  return out.u;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) prefill_kernel_sm90(Args a) {
+#if DSATTN_PREFILL_SM90_DEVICE
+  extern __shared__ unsigned char smem_raw[];
+  __shared__ int s_flag;
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t sQ = (raw + 1023u) & ~1023u;  // swizzle atoms are 1024-byte aligned
+  const uint32_t sK0 = sQ + kTileBytes;        // K stage s at sK0 + 2 s tiles, V right after it
+  if (first_bad_row(a, &s_flag) >= 0) return;
+
+  const int mb = gridDim.y - 1 - blockIdx.y;  // heaviest (causal) tiles first
+  const int h = blockIdx.x, b = blockIdx.z, hk = h / a.group;
+  const int seq = a.seq_lens[b];
+  const int s0 = a.start_pos ? a.start_pos[b] : 0;
+  const int L = seq + a.S;
+  const int m0 = mb * kBM;
+  const int rows_here = min(kBM, a.S - m0);
+  const int p_min = seq + m0, p_max = seq + m0 + rows_here - 1;
+  int lo = s0;
+  if (a.window > 0) lo = max(lo, p_min - a.window + 1);
+  const int hi = a.causal ? min(L, p_max + 1) : L;
+  const int n_start = lo / kBN * kBN;
+  const int nblk = lo < hi ? (hi - 1) / kBN - lo / kBN + 1 : 0;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int wg = warp >> 2, wq = warp & 3;
+  const T* kg = static_cast<const T*>(a.kc) + cache_off(a, b, hk, 0);
+  const T* vg = static_cast<const T*>(a.vc) + cache_off(a, b, hk, 0);
+
+  auto load_kv = [&](int stage, int n0) {
+    const uint32_t dk = sK0 + stage * 2 * kTileBytes, dv = dk + kTileBytes;
+#pragma unroll 4
+    for (int c = tid; c < kBN * (kD / 8); c += kThreads) {
+      const int r = c >> 4, ch = c & 15, j = n0 + r;
+      const bool ok = j >= s0 && j < L;  // zero-fill: masked keys contribute exact zeros to P V
+      const int64_t off = (ok ? (int64_t)j * kD : 0) + ch * 8;
+      cp_async16(dk + tile_off(r, ch), kg + off, ok);
+      cp_async16(dv + tile_off(r, ch), vg + off, ok);
+    }
+  };
+  if (nblk > 0) load_kv(0, n_start);
+  cp_async_commit();
+
+  // Q tile: read from qkv, rotated, rounded to T, stored swizzled (rows past S: zeros).
+  {
+    const T* qkv = static_cast<const T*>(a.qkv);
+    const float2* tab = static_cast<const float2*>(a.q_ws);
+    const int hr = a.rotary_dim >> 1;
+#pragma unroll 4
+    for (int c = tid; c < kBM * (kD / 8); c += kThreads) {
+      const int r = c >> 4, ch = c & 15;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (r < rows_here) {
+        const int s = m0 + r;
+        v = q_chunk<T>(a, qkv + qkv_row(a, b, s) + q_off(a, h), tab + ((int64_t)b * a.S + s) * hr, ch * 8);
+      }
+      sts128(sQ + tile_off(r, ch), v);
+    }
+    fence_proxy_async();  // generic-proxy stores, read next by the tensor cores
+  }
+
+  float o[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) o[i] = 0.f;
+  float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.f, 0.f};
+  const float slope = a.alibi ? a.alibi[h] * kLog2e : 0.f;
+  const int r0 = wg * 64 + wq * 16 + (lane >> 2);  // tile rows of this thread: r0 and r0 + 8
+  const int prow[2] = {seq + m0 + r0, seq + m0 + r0 + 8};
+  const uint32_t qa = sQ + wg * 64 * 128;  // this warpgroup's 64 rows (inside each atom)
+
+  for (int it = 0; it < nblk; ++it) {
+    const int n0 = n_start + it * kBN;
+    const int stage = it & 1;
+    cp_async_wait0();
+    fence_proxy_async();
+    __syncthreads();  // tile `it` landed for all threads; both warpgroups are done with tile it-1
+    if (it + 1 < nblk) load_kv(stage ^ 1, n0 + kBN);
+    cp_async_commit();
+    const uint32_t kb = sK0 + stage * 2 * kTileBytes, vb = kb + kTileBytes;
+
+    float sacc[64];
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      const uint32_t koff = (kk >> 2) * kAtomBytes + (kk & 3) * 32;
+      wgmma_ss<T>(sacc, desc_kmajor(qa + koff), desc_kmajor(kb + koff), kk > 0);
+    }
+    wg_commit();
+    wg_wait<0>();
+    fence_regs(sacc);
+
+    const bool need_mask = n0 < s0 || n0 + kBN > L || (a.causal && n0 + kBN - 1 > p_min) ||
+                           (a.window > 0 && n0 <= p_max - a.window);
+    float mx[2] = {mrow[0], mrow[1]};
+#pragma unroll
+    for (int nt = 0; nt < kBN / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int j = n0 + nt * 8 + ((lane & 3) << 1) + (e & 1);
+        float x = fmaf(sacc[4 * nt + e], a.scale_log2, slope * (float)(j - s0));
+        if (need_mask && !key_visible(a, j, prow[e >> 1], s0, L)) x = -INFINITY;
+        sacc[4 * nt + e] = x;
+        mx[e >> 1] = fmaxf(mx[e >> 1], x);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+    }
+    float ms[2], corr[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      ms[i] = mx[i] == -INFINITY ? 0.f : mx[i];
+      corr[i] = fast_exp2(mrow[i] - ms[i]);
+      mrow[i] = mx[i];
+      lrow[i] *= corr[i];
+    }
+#pragma unroll
+    for (int nd = 0; nd < kD / 8; ++nd) {
+      o[4 * nd + 0] *= corr[0];
+      o[4 * nd + 1] *= corr[0];
+      o[4 * nd + 2] *= corr[1];
+      o[4 * nd + 3] *= corr[1];
+    }
+    uint32_t pf[kBN / 16][4];
+#pragma unroll
+    for (int nt = 0; nt < kBN / 8; ++nt) {
+      float pr[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        pr[e] = fast_exp2(sacc[4 * nt + e] - ms[e >> 1]);
+        lrow[e >> 1] += pr[e];
+      }
+      pf[nt >> 1][(nt & 1) * 2 + 0] = pack2<T>(pr[0], pr[1]);
+      pf[nt >> 1][(nt & 1) * 2 + 1] = pack2<T>(pr[2], pr[3]);
+    }
+    fence_regs(o);
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) wgmma_rs<T>(o, pf[kk], desc_mnmajor(vb + kk * 2048));
+    wg_commit();
+    wg_wait<0>();
+    fence_regs(o);
+  }
+  cp_async_wait0();
+
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    lrow[i] += __shfl_xor_sync(0xffffffffu, lrow[i], 1);
+    lrow[i] += __shfl_xor_sync(0xffffffffu, lrow[i], 2);
+  }
+  const float inv[2] = {lrow[0] > 0.f ? 1.f / lrow[0] : 0.f, lrow[1] > 0.f ? 1.f / lrow[1] : 0.f};
+  T* out = static_cast<T*>(a.ctx);
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int r = r0 + hf * 8;
+    if (r < rows_here) {
+      T* orow = out + (((int64_t)b * a.S + m0 + r) * a.H + h) * kD + ((lane & 3) << 1);
+#pragma unroll
+      for (int nd = 0; nd < kD / 8; ++nd)
+        *reinterpret_cast<uint32_t*>(orow + nd * 8) = pack2<T>(o[4 * nd + 2 * hf] * inv[hf], o[4 * nd + 2 * hf + 1] * inv[hf]);
+    }
+  }
+#endif
+}
+
+template <typename T>
+bool usable_t() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+    return false;
+  if (major != 9 || minor != 0) return false;
+  cudaFuncAttributes attr{};
+  if (cudaFuncGetAttributes(&attr, prefill_kernel_sm90<T>) != cudaSuccess) return false;
+  return attr.binaryVersion == 90;  // sm_90a machine code present (not a PTX JIT of another arch)
+}
+
+template <typename T>
+cudaError_t launch_t(const Args& a, cudaStream_t st) {
+  cudaError_t e = cudaFuncSetAttribute(prefill_kernel_sm90<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (e != cudaSuccess) return e;
+  dim3 grid(a.H, (a.S + kBM - 1) / kBM, a.B);
+  prefill_kernel_sm90<T><<<grid, kThreads, kSmem, st>>>(a);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+bool prefill_sm90_usable(dsattn_dtype dtype, int D) {
+  if (D != kD) return false;
+  // Per device (cached): compute capability 9.0 and sm_90a code in this build.
+  static int cached[2][64] = {};  // 0 unknown, 1 no, 2 yes
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0) return false;
+  const int t = dtype == DSATTN_BFLOAT16 ? 1 : 0;
+  if (dtype != DSATTN_FLOAT16 && dtype != DSATTN_BFLOAT16) return false;
+  if (dev < 64 && cached[t][dev]) return cached[t][dev] == 2;
+  const bool ok = t ? usable_t<__nv_bfloat16>() : usable_t<__half>();
+  if (dev < 64) cached[t][dev] = ok ? 2 : 1;
+  return ok;
+}
+
+cudaError_t launch_prefill_sm90(const Args& a, dsattn_dtype dtype, cudaStream_t st) {
+  if (a.D != kD) return cudaErrorNotSupported;
+  if (dtype == DSATTN_FLOAT16) return launch_t<__half>(a, st);
+  if (dtype == DSATTN_BFLOAT16) return launch_t<__nv_bfloat16>(a, st);
+  return cudaErrorNotSupported;
+}
+
+}  // namespace attn
+}  // namespace dsattn
