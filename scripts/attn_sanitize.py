@@ -26,6 +26,8 @@ def case(dtype, B, S, H, Hkv, D, lens, Tmax, **kw):
 
 ok = True
 ok &= case(torch.float16, 2, 1, 4, 2, 128, [5, 300], 310, rotary_dim=128, alibi_slopes=[0.1, 0.2, 0.3, 0.4])
+ok &= case(torch.float16, 1, 1, 2, 2, 128, [2000], 2100, rotary_dim=128)  # 33 splits: combine kernel
+ok &= case(torch.bfloat16, 2, 1, 16, 16, 128, [1000, 37], 1100, rotary_dim=128)  # 16 splits (combine kernel)
 ok &= case(torch.bfloat16, 64, 1, 4, 4, 64, list(range(64)), 70, rotary_dim=32, rotary_style=1)
 ok &= case(torch.bfloat16, 2, 2, 8, 2, 256, [0, 77], 80, local_window=20)
 ok &= case(torch.float16, 2, 70, 3, 3, 128, [0, 30], 100, rotary_dim=64, alibi_slopes=[0.1, 0.2, 0.3])

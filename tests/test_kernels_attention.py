@@ -178,6 +178,23 @@ CASES = {
                                                Tmax=1030, rd=128),
     "decode_f16_all_masked_row": dict(dtype=F16, B=2, S=1, H=3, Hkv=3, D=128, lens=[96, 40], Tmax=100,
                                       starts=[97, 0], window=8),
+    # decode split counts on both sides of the cluster-merge limit (sm_90: rows cut into <= 8 chunks
+    # merge inside a thread-block cluster, more through the combine kernel), empty chunks of short
+    # rows; split counts as decode_splits derives them for 132 SMs: 16 (B*Hkv 32), 11 (48),
+    # 3 (S=2 x GQA 4 rows), 2 (256), and 8 in the CUDA-graph test below
+    "decode_bf16_b1_h32_past2048_split16": dict(dtype=BF16, B=1, S=1, H=32, Hkv=32, D=128, lens=[2048], Tmax=2049,
+                                                 rd=128),
+    "decode_f16_split16_ragged_short_rows": dict(dtype=F16, B=2, S=1, H=16, Hkv=16, D=128, lens=[2047, 97],
+                                                 Tmax=2100, rd=128, alibi=True, starts=[0, 5]),
+    "decode_bf16_split11_bloom_layout1": dict(dtype=BF16, B=3, S=1, H=16, Hkv=16, D=128, lens=[4000, 1, 2500],
+                                              Tmax=4100, starts=[0, 0, 37], layout=1, alibi=True),
+    "decode_f16_split3_s2_gqa4_window": dict(dtype=F16, B=11, S=2, H=32, Hkv=8, D=128,
+                                             lens=[1000, 0, 17, 500, 999, 64, 65, 300, 1, 777, 128], Tmax=1024,
+                                             window=300, rd=128),
+    "decode_f16_b8_split2_ragged": dict(dtype=F16, B=8, S=1, H=32, Hkv=32, D=128,
+                                        lens=[1500, 3, 700, 1, 1200, 0, 64, 999], Tmax=1600, rd=128),
+    "decode_f32_split16_d64": dict(dtype=F32, B=4, S=1, H=8, Hkv=8, D=64, lens=[1090, 0, 333, 64], Tmax=1100,
+                                   rd=64, style=1),
     # prefill (append kernel + tensor-core flash attention)
     "prefill_f16_ragged_rope": dict(dtype=F16, B=3, S=97, H=5, Hkv=5, D=128, lens=[0, 1000, 4002], Tmax=4099,
                                     rd=128, style=0),

@@ -28,6 +28,36 @@ namespace {
 #ifndef DSATTN_DECODE_SLOT_SCALE
 #define DSATTN_DECODE_SLOT_SCALE 1
 #endif
+// Round 2 knobs (decode; softmax_context_notes.md has the measurements). CLUSTER 1: when a row
+// is cut into nsplit <= CLUSTER_SPLITS chunks, the nsplit CTAs of one (b, KV head) form a
+// thread-block cluster (sm_90) and merge their partial results through distributed shared memory
+// in the same launch (no combine kernel, no fp32 partials in global memory); otherwise (or
+// CLUSTER 0) the combine kernel. The kernel supports clusters of up to MAX_CLUSTER CTAs, but
+// 16-CTA clusters made batch 1 1.5x slower on the H100 (27 vs 18 us): 8 is the default limit.
+// PDL 1: the decode kernel itself is launched with programmatic dependent launch (its CTAs may be
+// scheduled while the previous kernel of the stream drains; its first instruction waits for it)
+// and lets its dependents launch once its K/V loads are done.
+#ifndef DSATTN_DECODE_CLUSTER
+#define DSATTN_DECODE_CLUSTER 1
+#endif
+#ifndef DSATTN_DECODE_MAX_CLUSTER
+#define DSATTN_DECODE_MAX_CLUSTER 16
+#endif
+#ifndef DSATTN_DECODE_CLUSTER_SPLITS
+#define DSATTN_DECODE_CLUSTER_SPLITS 8
+#endif
+#ifndef DSATTN_DECODE_PDL
+#define DSATTN_DECODE_PDL 1
+#endif
+// WAVES > 1 (untested exploration knob, off): when one wave of CTAs would give a row fewer than
+// MULTIWAVE_BELOW chunks (large batch), cut rows into WAVES waves' worth of chunks instead, so the
+// block scheduler balances CTAs that stream at unequal rates (notes: round 2, timing probe).
+#ifndef DSATTN_DECODE_WAVES
+#define DSATTN_DECODE_WAVES 1
+#endif
+#ifndef DSATTN_DECODE_MULTIWAVE_BELOW
+#define DSATTN_DECODE_MULTIWAVE_BELOW 4
+#endif
 
 constexpr int kMaxSplits = 64;      // decode split-KV: upper bound on chunks per row
 constexpr int kMinSplitKeys = 64;   // never cut a row into chunks shorter than this
@@ -150,8 +180,63 @@ __device__ __noinline__ uint4 new_token_vec(const Args a, int b, int hk, int s, 
   return r.u;
 }
 
+// Programmatic dependent launch (sm_90): wait for the previous grid of the stream (complete and
+// visible); allow the next PDL-launched grid to be scheduled. No-ops elsewhere.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// Thread-block cluster (sm_90): barrier with release/acquire semantics for shared memory, and the
+// address of `p` (this CTA's shared memory) in the CTA of cluster rank `rank`.
+__device__ __forceinline__ void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ const float* cluster_peer(const float* p, int rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  uint64_t r;
+  asm volatile("mapa.u64 %0, %1, %2;" : "=l"(r) : "l"(p), "r"(rank));
+  return reinterpret_cast<const float*>(r);
+#else
+  return p;
+#endif
+}
+
+// Timing probe (exploration builds only, DSATTN_DECODE_PROBE=1): %globaltimer of thread 0 of every
+// CTA at entry, after the row check, after the first step, after the K/V loop and at the end;
+// read back with dsattn_decode_probe_read (scripts/decode_explore.py probe).
+#ifndef DSATTN_DECODE_PROBE
+#define DSATTN_DECODE_PROBE 0
+#endif
+#if DSATTN_DECODE_PROBE
+__device__ unsigned long long g_dsattn_probe[4096 * 5];
+#define DSATTN_PROBE(k)                                                                        \
+  do {                                                                                         \
+    if (threadIdx.x == 0) {                                                                    \
+      const int cid_ = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);         \
+      unsigned long long t_;                                                                   \
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_)::"memory");                         \
+      if (cid_ < 4096) g_dsattn_probe[cid_ * 5 + (k)] = t_;                                    \
+    }                                                                                          \
+  } while (0)
+#else
+#define DSATTN_PROBE(k) \
+  do {                  \
+  } while (0)
+#endif
+
+// Decode kernel modes: `merge` 0 = one chunk (write the context), 1 = fp32 partials for the
+// combine kernel, 2 = the grid's x dimension is one thread-block cluster of nsplit CTAs that
+// merge through distributed shared memory (sm_90 only; host checks).
 template <typename T, int D, int RMAX>
-__global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, float* part_lse, int nsplit) {
+__global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, float* part_lse, int nsplit, int merge) {
   constexpr int VEC = 16 / sizeof(T);
   constexpr int TX = D / VEC;
   static_assert(TX <= 32 && 32 % TX == 0, "head size must map onto a warp");
@@ -163,15 +248,22 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
   __shared__ float s_q[RMAX * D];
   __shared__ float s_m[KSTEP][RMAX], s_l[KSTEP][RMAX];
   __shared__ float s_acc[KSTEP][RMAX][D];
+  __shared__ float s_lse[RMAX];
+  DSATTN_PROBE(0);
 
+#if DSATTN_DECODE_PDL
+  pdl_wait();  // launched as a programmatic dependent: nothing of the previous kernel is read before
+#endif
   const int split = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
-  // Prologue ordered to overlap latencies: the row's own seq_lens / start_pos loads are issued
-  // before the row check's barrier, and the first K/V step is in flight while q is rotated.
-  const int seq = a.seq_lens[b];
-  const int s0 = a.start_pos ? a.start_pos[b] : 0;
-  const int bad = first_bad_row(a, &s_flag);
-  if (split == 0 && hk == 0 && b == 0 && threadIdx.x == 0) *a.status = bad < 0 ? 0 : bad + 1;
-  if (bad >= 0) return;
+  // Prologue ordered to overlap latencies: the row's own seq_lens / start_pos are loaded, the first
+  // K/V steps are issued when this row itself is valid (reads inside the cache only), then the row
+  // check of all rows runs while they are in flight; nothing is written before it passes.
+  const int seq_raw = a.seq_lens[b];
+  const int s0_raw = a.start_pos ? a.start_pos[b] : 0;
+  const bool own_ok = seq_raw >= 0 && (int64_t)seq_raw + a.S <= a.Tmax && s0_raw >= 0 &&
+                      (int64_t)s0_raw <= (int64_t)seq_raw + a.S;
+  const int seq = own_ok ? seq_raw : 0;
+  const int s0 = own_ok ? s0_raw : 0;
   const int L = seq + a.S;
   const int g = a.group, R = g * a.S;
   const T* qkv = static_cast<const T*>(a.qkv);
@@ -189,7 +281,7 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
   const int chunk = (per + KSTEP - 1) / KSTEP * KSTEP;
   const int c_lo = lo + split * chunk;
   const int c_hi = min(hi, c_lo + chunk);
-  const int c_mid = min(c_hi, max(c_lo, seq));
+  const int c_mid = own_ok ? min(c_hi, max(c_lo, seq)) : c_lo;  // bad row: no loads
   const int64_t cache_base = cache_off(a, b, hk, 0) + tx * VEC;
 
   union V16 { uint4 u; T e[VEC]; };
@@ -213,6 +305,11 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
   V16 ka[UNROLL], va[UNROLL], kb[UNROLL], vb[UNROLL];
   if (c_lo < c_mid) load_cached(c_lo, ka, va);
   if (c_lo + STEP < c_mid) load_cached(c_lo + STEP, kb, vb);
+
+  const int bad = first_bad_row(a, &s_flag);
+  if (split == 0 && hk == 0 && b == 0 && threadIdx.x == 0) *a.status = bad < 0 ? 0 : bad + 1;
+  if (bad >= 0) return;  // uniform over the grid (and so over every cluster)
+  DSATTN_PROBE(1);
 
   if (split == 0) {  // append the new rows of KV head hk
     for (int e = threadIdx.x; e < a.S * D; e += blockDim.x) {
@@ -291,11 +388,16 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
 
   for (int base = c_lo; base < c_mid; base += 2 * STEP) {
     consume(ka, va, base, c_mid);
+    if (base == c_lo) DSATTN_PROBE(2);
     if (base + 2 * STEP < c_mid) load_cached(base + 2 * STEP, ka, va);
     if (base + STEP >= c_mid) break;
     consume(kb, vb, base + STEP, c_mid);
     if (base + 3 * STEP < c_mid) load_cached(base + 3 * STEP, kb, vb);
   }
+  DSATTN_PROBE(3);
+#if DSATTN_DECODE_PDL
+  pdl_trigger();  // every load of the cache is done: the next grid may be scheduled
+#endif
   // This call's new tokens inside the chunk (at most S keys): rotated k / v straight from qkv.
   for (int base = c_mid; base < c_hi; base += STEP) {
 #pragma unroll
@@ -340,12 +442,48 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
       o = lsum > 0.f ? o / lsum : 0.f;
     }
     const int64_t orow = ((int64_t)b * a.S + s) * a.H + h;
-    if (nsplit == 1) {
+    const float lse = (M == -INFINITY || !(lsum > 0.f)) ? -INFINITY : M + log2f(lsum);
+    if (merge == 0) {
       static_cast<T*>(a.ctx)[orow * D + d] = from_f<T>(o);
-    } else {
+    } else if (merge == 1) {
       part_o[(orow * nsplit + split) * D + d] = o;
-      if (d == 0) part_lse[orow * nsplit + split] = (M == -INFINITY || !(lsum > 0.f)) ? -INFINITY : M + log2f(lsum);
+      if (d == 0) part_lse[orow * nsplit + split] = lse;
+    } else {
+      s_acc[0][r][d] = o;  // only this thread reads / writes element (r, d) of slot 0 here
+      if (d == 0) s_lse[r] = lse;
     }
+  }
+  if (merge != 2) DSATTN_PROBE(4);
+  if (merge == 2) {
+    // Cluster merge: every CTA of the cluster (the nsplit chunks of this (b, hk)) published its
+    // (o, lse) in shared memory; CTA `split` finishes elements split, split + nsplit, ... of the
+    // R x D outputs by reading all of them, weights 2^(lse_i - max lse) (zeros when no key).
+    constexpr int MAXC = DSATTN_DECODE_MAX_CLUSTER;
+    cluster_sync();
+    for (int e = threadIdx.x * nsplit + split; e < R * D; e += blockDim.x * nsplit) {
+      const int r = e / D, d = e % D, s = r / g, h = hk * g + r % g;
+      float li[MAXC], M = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < MAXC; ++i) {
+        li[i] = i < nsplit ? *cluster_peer(&s_lse[r], i) : -INFINITY;
+        M = fmaxf(M, li[i]);
+      }
+      float o = 0.f, sum = 0.f;
+      if (M != -INFINITY) {
+#pragma unroll
+        for (int i = 0; i < MAXC; ++i) {
+          if (i < nsplit) {
+            const float w = fast_exp2(li[i] - M);
+            sum += w;
+            o = fmaf(w, *cluster_peer(&s_acc[0][r][d], i), o);
+          }
+        }
+        o = sum > 0.f ? o / sum : 0.f;
+      }
+      static_cast<T*>(a.ctx)[(((int64_t)b * a.S + s) * a.H + h) * D + d] = from_f<T>(o);
+    }
+    DSATTN_PROBE(4);
+    cluster_sync();  // no CTA leaves while a peer may still read its shared memory
   }
 }
 
@@ -490,6 +628,7 @@ int decode_splits(const dsattn_softmax_context_params& p) {
   const int64_t ctas = p.batch * p.num_kv_heads;
   const int64_t slots = per_sm * sm_count() * DSATTN_DECODE_SLOT_SCALE;
   int64_t n = slots / ctas;
+  if (DSATTN_DECODE_WAVES > 1 && n < DSATTN_DECODE_MULTIWAVE_BELOW) n = DSATTN_DECODE_WAVES * slots / ctas;
   n = std::min<int64_t>(n, (p.max_seq_len + kMinSplitKeys - 1) / kMinSplitKeys);
   n = std::min<int64_t>(n, kMaxSplits);
   return (int)std::max<int64_t>(n, 1);
@@ -568,21 +707,90 @@ size_t workspace_bytes(const dsattn_softmax_context_params& p) {
   return align256(std::max(q_bytes, tab_bytes));
 }
 
+// Whether the decode kernel that runs on this device was compiled for sm_90+ (PTX and binary
+// version of the loaded code; cached per device).
+template <typename T, int D, int RMAX>
+bool decode_sm90_code() {
+  static int cached[64] = {};  // 0 unknown, 1 no, 2 yes
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  if (cached[dev]) return cached[dev] == 2;
+  cudaFuncAttributes fa = {};
+  const bool ok = cudaFuncGetAttributes(&fa, decode_kernel<T, D, RMAX>) == cudaSuccess && fa.ptxVersion >= 90 &&
+                  fa.binaryVersion >= 90;
+  cudaGetLastError();
+  cached[dev] = ok ? 2 : 1;
+  return ok;
+}
+
+// Whether nsplit CTAs per cluster fit on this device (cached per device and cluster size: the
+// occupancy query is a host call).
+template <typename T, int D, int RMAX>
+bool decode_cluster_ok(int nsplit, const dim3& grid) {
+  static int cached[64][DSATTN_DECODE_MAX_CLUSTER + 1] = {};  // 0 unknown, 1 no, 2 yes
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  if (cached[dev][nsplit]) return cached[dev][nsplit] == 2;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(128);
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = nsplit;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int n = 0;
+  const bool ok = cudaOccupancyMaxActiveClusters(&n, decode_kernel<T, D, RMAX>, &cfg) == cudaSuccess && n >= 1;
+  cudaGetLastError();  // a refused query must not leak into the caller's error state
+  cached[dev][nsplit] = ok ? 2 : 1;
+  return ok;
+}
+
 template <typename T, int D, int RMAX>
 cudaError_t launch_decode_t(const Args& a, float* po, float* pl, int nsplit, cudaStream_t st) {
-  dim3 grid(nsplit, a.Hkv, a.B);
-  decode_kernel<T, D, RMAX><<<grid, 128, 0, st>>>(a, po, pl, nsplit);
-  cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess || nsplit == 1) return e;
+  const dim3 grid(nsplit, a.Hkv, a.B);
+  auto kern = decode_kernel<T, D, RMAX>;
+  cudaError_t e;
+  // PDL waits and cluster instructions exist only in code compiled for sm_90+ (the library may
+  // also carry sm_80 code, which a newer GPU could JIT): check the code that will run.
+  const bool cc9 = pdl_supported() && decode_sm90_code<T, D, RMAX>();
+  bool cluster = DSATTN_DECODE_CLUSTER && cc9 && nsplit > 1 &&
+                 nsplit <= std::min(DSATTN_DECODE_CLUSTER_SPLITS, DSATTN_DECODE_MAX_CLUSTER);
+  if (cluster && nsplit > 8) {  // 9..16 CTAs per cluster is a non-portable size
+    e = cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (e != cudaSuccess) return e;
+  }
+  if (cluster) cluster = decode_cluster_ok<T, D, RMAX>(nsplit, grid);
+  const int merge = nsplit == 1 ? 0 : (cluster ? 2 : 1);
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((unsigned)((int64_t)a.B * a.S * a.H));
+  cfg.gridDim = grid;
   cfg.blockDim = dim3(128);
   cfg.stream = st;
-  cudaLaunchAttribute attr[1];
-  if (pdl_supported()) {  // hide the combine launch behind the decode grid's tail
+  cudaLaunchAttribute attr[2];
+  int na = 0;
+  if (DSATTN_DECODE_PDL && cc9) {  // the kernel waits (griddepcontrol.wait) before any access
+    attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[na].val.programmaticStreamSerializationAllowed = 1;
+    ++na;
+  }
+  if (merge == 2) {
+    attr[na].id = cudaLaunchAttributeClusterDimension;
+    attr[na].val.clusterDim.x = nsplit;
+    attr[na].val.clusterDim.y = 1;
+    attr[na].val.clusterDim.z = 1;
+    ++na;
+  }
+  cfg.attrs = attr;
+  cfg.numAttrs = na;
+  e = cudaLaunchKernelEx(&cfg, kern, a, po, pl, nsplit, merge);
+  if (e != cudaSuccess || merge != 1) return e;
+  cfg.gridDim = dim3((unsigned)((int64_t)a.B * a.S * a.H));
+  cfg.numAttrs = 0;
+  if (cc9) {  // hide the combine launch behind the decode grid's tail
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
     cfg.numAttrs = 1;
   }
   return cudaLaunchKernelEx(&cfg, combine_kernel<T>, a, (const float*)po, (const float*)pl, nsplit);
@@ -647,6 +855,18 @@ cudaError_t launch_prefill(const Args& a, dsattn_dtype dtype, cudaStream_t st) {
 }  // namespace dsattn
 
 using namespace dsattn::attn;
+
+#if DSATTN_DECODE_PROBE
+// Exploration builds only: copies n values of the decode timing probe (5 per CTA) to host memory.
+extern "C" int dsattn_decode_probe_read(unsigned long long* dst, int n) {
+  return (int)cudaMemcpyFromSymbol(dst, dsattn::attn::g_dsattn_probe, sizeof(unsigned long long) * (size_t)n);
+}
+extern "C" int dsattn_decode_probe_reset() {
+  void* p = nullptr;
+  const cudaError_t e = cudaGetSymbolAddress(&p, dsattn::attn::g_dsattn_probe);
+  return (int)(e != cudaSuccess ? e : cudaMemset(p, 0, sizeof(unsigned long long) * 4096 * 5));
+}
+#endif
 
 extern "C" size_t dsattn_softmax_context_workspace_size(const dsattn_softmax_context_params* p) {
   if (validate(p, nullptr, 0) != cudaSuccess) return 0;
