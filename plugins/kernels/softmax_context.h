@@ -14,10 +14,14 @@
 //   - decode (S * H/Hkv <= 8, fp16/bf16 with D in {64, 128, 256}, fp32 with D in {64, 128}): one
 //     kernel does rotary + append + split-KV attention (flash-decoding: the key range of a row is
 //     cut into chunks so that even batch 1 fills the GPU; the query heads of a GQA group share one
-//     pass over K/V), then a combine kernel merges the chunks' partial results (skipped when one
-//     chunk suffices);
-//   - prefill (fp16/bf16 with D in {64, 128}): an append kernel (rotary + cache write + rotated q
-//     into the workspace), then a tensor-core flash-attention kernel (mma.sync m16n8k16);
+//     pass over K/V). On sm_90, the 2..8 chunks of a row run as one thread-block cluster and merge
+//     through distributed shared memory in the same launch; rows cut into more chunks (and other
+//     architectures) use a combine kernel that merges the chunks' partial results;
+//   - prefill (fp16/bf16 with D in {64, 128}): an append kernel (rotary + cache write), then a
+//     tensor-core flash-attention kernel: on sm_90a builds running on CC 9.0 with D = 128, a wgmma
+//     kernel that reads q from qkv and rotates it itself (cos/sin table from the append kernel);
+//     otherwise mma.sync m16n8k16 reading the rotated q the append kernel wrote to the workspace.
+//     Setting the environment variable DSATTN_PREFILL_FORCE_MMA=1 forces the mma.sync kernel (tests);
 //   - anything else (fp32 prefill, other head sizes): the append kernel, then a simple CUDA-core
 //     kernel (correct, not tuned).
 //
@@ -33,8 +37,8 @@
 // CUDA headers only: no TensorRT, no PyTorch. Thread-safety: the functions keep no state beyond a
 // per-device cache of the SM count and compute capability; calls on different streams may run
 // concurrently provided they share no workspace, status, cache or context buffer. On sm_90 the
-// combine kernel is launched with programmatic dependent launch (stream-capture safe; verified in
-// a CUDA graph). The prefill path sets its kernel's dynamic shared-memory limit on every call.
+// decode and combine kernels are launched with programmatic dependent launch (stream-capture safe;
+// verified in a CUDA graph). The prefill path sets its kernel's dynamic shared-memory limit on every call.
 #pragma once
 #include "dsattn_common.h"
 
@@ -72,8 +76,8 @@ typedef struct dsattn_softmax_context_params {
   dsattn_dtype dtype;          // T of qkv, caches and context
 } dsattn_softmax_context_params;
 
-// Bytes of scratch device memory dsattn_softmax_context needs (rotated q for the prefill paths,
-// fp32 partial results of the decode split). Depends on the sizes, dtype and the current device's
+// Bytes of scratch device memory dsattn_softmax_context needs (rotated q for the mma.sync prefill
+// path or the cos/sin table of the wgmma one, fp32 partial results of the decode split). Depends on the sizes, dtype and the current device's
 // SM count only (not on pointers). Returns 0 for params that dsattn_softmax_context would reject.
 // The workspace must be 256-byte aligned (cudaMalloc memory is).
 size_t dsattn_softmax_context_workspace_size(const dsattn_softmax_context_params* p);
