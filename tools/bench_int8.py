@@ -120,6 +120,23 @@ def _row(case, dtype, ours, baselines, floor_us, bytes_moved, card, note=""):
     }
 
 
+_SHORT = {"float16": "fp16", "bfloat16": "bf16"}
+
+
+def _add_target(row: dict, M: int, group: int) -> None:
+    """Issue 4's targets (per-channel scales, K 4096, N 12288): M 1..16 at least 1.75x faster than
+    cuBLAS in the same dtype; M 2048 no slower than cuBLAS."""
+    if group != 0:
+        return
+    cublas = next((v for k, v in row["speedup"].items() if k.startswith("cuBLAS")), None)
+    if cublas is None:
+        return
+    if M <= 16:
+        row["target"], row["met"] = ">= 1.75x faster than cuBLAS", cublas >= 1.75
+    elif M == 2048:
+        row["target"], row["met"] = "no slower than cuBLAS", cublas >= 1.0
+
+
 def run(lib=None, *, dtypes=("float16", "bfloat16"), quick=False, ceilings=None) -> list[dict]:
     """Benchmark rows (list of dicts: op, case, dtype, ours_us, baselines {name: µs}, speedup
     {name: x}, floor_us, pct_of_floor, achieved, card, note). ``quick``: fewer rows and repeats."""
@@ -172,14 +189,16 @@ def run(lib=None, *, dtypes=("float16", "bfloat16"), quick=False, ceilings=None)
         cases = [(M, 0) for M in M_VALUES] + ([] if quick else [(1, 128), (16, 128), (2048, 128)])
         for M, group in cases:
             res, base, floor_us, nbytes = bench_case(M, group, dt, name)
-            rows.append(_row(f"int8 M={M} K={K} N={N} group={group}", name, res[int8.PATH_AUTO], base, floor_us,
-                             nbytes, card))
+            row = _row(f"int8 M={M} K={K} N={N} group={group} {_SHORT[name]}", name, res[int8.PATH_AUTO], base,
+                       floor_us, nbytes, card)
+            _add_target(row, M, group)
+            rows.append(row)
         if not quick:  # crossover of the two tensor-core paths (chooses kSkinnyMaxM)
             for M in (32, 64, 96, 128, 192, 256, 512):
                 res, base, floor_us, nbytes = bench_case(M, 0, dt, name, paths=(int8.PATH_SKINNY, int8.PATH_TILED),
                                                          baselines=M in (32, 96, 128, 192, 256, 512))
                 for path, t in res.items():
-                    rows.append(_row(f"int8 M={M} K={K} N={N} group=0 path={path_names[path]}", name, t, base,
+                    rows.append(_row(f"int8 M={M} K={K} N={N} group=0 path={path_names[path]} {_SHORT[name]}", name, t, base,
                                      floor_us, nbytes, card, note="path forced"))
     for r in rows:
         r["ceilings"] = ceil
