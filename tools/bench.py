@@ -221,6 +221,9 @@ def markdown(rows: list[dict], ceilings: dict, env: dict, notes: list[str]) -> s
         "FLOPs / GEMM rate); % of floor = floor / ours. Ratio = baseline / ours (> 1: ours faster). "
         "Medians of CUDA-event timings; small cases as CUDA-graph replays; inputs rotated past L2.",
         "",
+        "The targets of issue 4, which are missed and what limits each (measured): "
+        "[docs/PERFORMANCE.md](docs/PERFORMANCE.md).",
+        "",
         "| case | ours | baselines | ratio (baseline / ours) | % of floor | target | card |",
         "|---|---|---|---|---|---|---|",
     ]
