@@ -221,6 +221,13 @@ CASES = {
                                         style=0, theta=500000.0),
     "prefill_bf16_d128_norope_ragged_leftpad": dict(dtype=BF16, B=3, S=200, H=3, Hkv=3, D=128, lens=[0, 5, 129],
                                                     Tmax=400, starts=[0, 100, 0]),
+    # wgmma kernel's two softmax forms: scale > 0 without ALiBi folds the scale into the exponent
+    # (max over raw scores; a large scale makes the row maxima dominate), ALiBi or scale <= 0 keep
+    # the biased / general form; many 128-key tiles cycle through all three K/V stages
+    "prefill_f16_d128_negative_scale_window": dict(dtype=F16, B=2, S=300, H=4, Hkv=2, D=128, lens=[0, 700],
+                                                   Tmax=1000, rd=128, scale=-0.06, window=200),
+    "prefill_bf16_d128_scale0p4_noncausal_ragged": dict(dtype=BF16, B=2, S=257, H=2, Hkv=1, D=128, lens=[0, 611],
+                                                        Tmax=900, causal=0, rd=64, scale=0.4, starts=[0, 9]),
 }
 
 # The mma.sync prefill stays the fallback (sm_80, builds without sm_90a): on Hopper it runs only
