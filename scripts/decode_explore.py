@@ -13,22 +13,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "build" / "dec"
-# name -> (source, flags). "head" is the committed decode path before round 2 (same-run "before").
-# Results of the round-2 runs are in plugins/kernels/softmax_context_notes.md ("Round 2: decode").
-# Next to test: waves4 (large-batch rows cut into ~4 waves of chunks; the timing probe shows the
-# CTAs of one wave streaming at unequal rates at B=8).
+# name -> (source, flags). "head" is the committed decode path before this round (same-run "before").
+# Results of the round-2/3 runs are in plugins/kernels/softmax_context_notes.md ("Round 2: decode",
+# "Round 3: decode"). Round 3: new-token rotary once per (token, element) for q and k, kept in
+# shared memory (default), and rows cut into W waves of chunks at mid batch (DSATTN_DECODE_WAVES;
+# at H=32 it changes B=8 only: 4 / 6 / 8 splits for W = 2 / 3 / 4; B=1 and B=64 keep 16 and 1).
+# Outcome (H100): the rotary change is the default; every waves variant was slower at B=8.
 VARIANTS = {
     "default": ("SRC", []),  # the source's defaults (cluster merge <= 8 CTAs, PDL)
-    "combine": ("SRC", ["-DDSATTN_DECODE_CLUSTER=0"]),
-    "nopdl": ("SRC", ["-DDSATTN_DECODE_PDL=0"]),
     "waves4": ("SRC", ["-DDSATTN_DECODE_WAVES=4"]),
+    "waves3": ("SRC", ["-DDSATTN_DECODE_WAVES=3"]),
     "waves4c0": ("SRC", ["-DDSATTN_DECODE_WAVES=4", "-DDSATTN_DECODE_CLUSTER=0"]),
-    "probe": ("SRC", ["-DDSATTN_DECODE_PROBE=1"]),
+    "waves3c0": ("SRC", ["-DDSATTN_DECODE_WAVES=3", "-DDSATTN_DECODE_CLUSTER=0"]),
+    "waves2": ("SRC", ["-DDSATTN_DECODE_WAVES=2"]),
 }
-if (ROOT / "scripts/decode_r2_src/head.cu").is_file():  # optional "before" source (not committed)
-    VARIANTS = {"head": ("scripts/decode_r2_src/head.cu", []), **VARIANTS}
-BF16_TOO = ("default",)
+if (ROOT / "scripts/decode_r3_src/head.cu").is_file():  # optional "before" source (not committed)
+    VARIANTS = {"head": ("scripts/decode_r3_src/head.cu", []), **VARIANTS}
+BF16_TOO = ("default", "head", "waves4")
 NO_BENCH = ("probe",)
+TWICE = ("head", "default", "waves4", "waves3")  # timed a second time, in reverse order
 
 
 def libpath(name):
@@ -88,7 +91,8 @@ def bench():
     print(f"ceilings: copy {ceil['copy_bw'] / 1e9:.0f} GB/s", flush=True)
     summary = []
     fp16 = [(v, torch.float16, "fp16") for v in VARIANTS if v not in NO_BENCH]
-    order = fp16 + [(v, torch.bfloat16, "bf16") for v in BF16_TOO] + fp16[::-1]  # each fp16 variant twice
+    order = (fp16 + [(v, torch.bfloat16, "bf16") for v in BF16_TOO if v in VARIANTS]
+             + [x for x in fp16[::-1] if x[0] in TWICE])
     for v, dt, dn in order:
         if not Path(libpath(v)).is_file():
             continue
@@ -106,6 +110,17 @@ def bench():
             print("   " + line, flush=True)
     print("\n== summary")
     print("\n".join(summary))
+    return 0
+
+
+def sanitize(name):
+    """scripts/attn_sanitize.py against variant `name`'s library (run under compute-sanitizer)."""
+    import runpy
+
+    from dsattn.tools.kernels import attention
+
+    attention.softmax_context = partial(attention.softmax_context, lib=libpath(name))
+    runpy.run_path(str(ROOT / "scripts/attn_sanitize.py"), run_name="__main__")
     return 0
 
 
@@ -178,6 +193,8 @@ if __name__ == "__main__":
         src, flags = VARIANTS[sys.argv[2]]
         print(src, " ".join(flags))
         sys.exit(0)
+    if cmd == "sanitize":
+        sys.exit(sanitize(sys.argv[2]))
     if cmd == "probe":
         sys.exit(probe())
     sys.exit(check() if cmd == "check" else bench())

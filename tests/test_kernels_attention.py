@@ -356,3 +356,27 @@ def test_cuda_graph_capture_and_replay(S, seed):
     ref, _, _ = ops.softmax_context(qkv.float(), k0.float(), v0.float(), lens, **kw)
     err = (out.float() - ref).abs().max().item()
     assert not torch.isnan(out).any() and err <= 2e-2, f"graph replay error {err:.3g}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("H,Hkv,S,D", [(32, 32, 1, 128), (32, 8, 2, 128), (8, 8, 1, 64), (16, 16, 1, 256)])
+def test_decode_workspace_covers_smaller_batches(H, Hkv, S, D):
+    """The TensorRT plugin sizes the workspace at the profile's largest batch and runs smaller
+    batches with it: the decode workspace must be an upper bound over every batch' <= batch (the
+    split count, so the partials, grows as the batch shrinks)."""
+    NB = 40
+    qkv = torch.empty(NB, S, (H + 2 * Hkv) * D, device="cuda", dtype=F16)
+    pk = torch.empty(NB, Hkv, 4100, D, device="cuda", dtype=F16)
+    pv = torch.empty_like(pk)  # distinct caches: params the op would reject get workspace size 0
+    lens = torch.zeros(NB, dtype=torch.int32, device="cuda")
+    out = torch.empty(NB, S, H * D, device="cuda", dtype=F16)
+    st = torch.empty(1, dtype=torch.int32, device="cuda")
+
+    def params(B):  # views of the first B rows: only the sizes matter here
+        return attention._params(qkv[:B], pk[:B], pv[:B], lens[:B], None, out[:B], st, None, num_heads=H,
+                                 num_kv_heads=Hkv, head_size=D, scale=1.0 / math.sqrt(D), rope_theta=10000.0,
+                                 qkv_layout=0, causal=1, local_window=0, rotary_dim=0, rotary_style=0)
+    sizes = [attention.workspace_size(params(B)) for B in range(1, NB + 1)]
+    assert max(sizes) > 0, f"no decode split needs partials here: {sizes}"
+    for B in range(1, NB + 1):
+        assert sizes[B - 1] >= max(sizes[:B]), f"B={B}: {sizes[B - 1]} < max over smaller batches {max(sizes[:B])}"

@@ -91,6 +91,29 @@ __device__ __forceinline__ float rope_elem(const T* x, int d, const Args& a, flo
   return xd * cs + sign * to_f(x[partner]) * sn;
 }
 
+// rope_elem split in two (decode path): the angle's cos and the signed sin of element d's pair,
+// and the partner index, computed once and applied to several rows of the same token (q heads,
+// the new key) -- same formula as rope_elem. Only for d < rotary_dim.
+__device__ __forceinline__ void rope_cs(int d, const Args& a, float pos, float& cs, float& ssn, int& partner) {
+  const int rd = a.rotary_dim;
+  int f;
+  float sign;
+  if (a.rotary_style == 0) {
+    const int half = rd >> 1;
+    f = d < half ? d : d - half;
+    partner = d < half ? d + half : d - half;
+    sign = d < half ? -1.f : 1.f;
+  } else {
+    f = d >> 1;
+    partner = d ^ 1;
+    sign = (d & 1) ? 1.f : -1.f;
+  }
+  const float inv_freq = 1.0f / powf(a.rope_theta, (float)(2 * f) / (float)rd);
+  float sn;
+  sincosf(pos * inv_freq, &sn, &cs);
+  ssn = sign * sn;
+}
+
 // Device-side row check (header: "Cache overflow"). Every thread of the block gets the same
 // answer: -1 when all rows are fine, else the smallest bad row. Uses one int of shared memory.
 __device__ __forceinline__ int first_bad_row(const Args& a, int* smem_flag) {

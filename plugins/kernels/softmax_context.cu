@@ -49,9 +49,11 @@ namespace {
 #ifndef DSATTN_DECODE_PDL
 #define DSATTN_DECODE_PDL 1
 #endif
-// WAVES > 1 (untested exploration knob, off): when one wave of CTAs would give a row fewer than
+// WAVES > 1 (exploration knob, off): when one wave of CTAs would give a row fewer than
 // MULTIWAVE_BELOW chunks (large batch), cut rows into WAVES waves' worth of chunks instead, so the
 // block scheduler balances CTAs that stream at unequal rates (notes: round 2, timing probe).
+// Measured slower at B=8 H=32 (round 3: W=2/3/4 +8..11 us with cluster merge, +1..1.5 us with the
+// combine kernel), so off.
 #ifndef DSATTN_DECODE_WAVES
 #define DSATTN_DECODE_WAVES 1
 #endif
@@ -249,6 +251,13 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
   __shared__ float s_m[KSTEP][RMAX], s_l[KSTEP][RMAX];
   __shared__ float s_acc[KSTEP][RMAX][D];
   __shared__ float s_lse[RMAX];
+  // This call's new tokens (S <= RMAX of them), rotated k and v, for the CTA whose chunk holds
+  // them: filled in the prologue so the epilogue (on the critical path of the last chunk) reads
+  // shared memory instead of recomputing the key rotary per element. v only where it fits the
+  // 48 KB of static shared memory (else read from qkv in the epilogue, as before).
+  constexpr bool VNEW_SMEM = RMAX * D * sizeof(T) <= 2048;
+  __shared__ __align__(16) T s_knew[RMAX * D];
+  __shared__ __align__(16) T s_vnew[VNEW_SMEM ? RMAX * D : VEC];
   DSATTN_PROBE(0);
 
 #if DSATTN_DECODE_PDL
@@ -311,21 +320,35 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
   if (bad >= 0) return;  // uniform over the grid (and so over every cluster)
   DSATTN_PROBE(1);
 
-  if (split == 0) {  // append the new rows of KV head hk
-    for (int e = threadIdx.x; e < a.S * D; e += blockDim.x) {
-      const int s = e / D, d = e % D;
-      const T* row = qkv + qkv_row(a, b, s);
-      const float pos = (float)(seq + s - s0);
-      const T kv = a.rotary_dim ? from_f<T>(rope_elem(row + k_off(a, hk), d, a, pos)) : row[k_off(a, hk) + d];
-      kc[cache_off(a, b, hk, seq + s) + d] = kv;
-      vc[cache_off(a, b, hk, seq + s) + d] = row[v_off(a, hk) + d];
-    }
-  }
-  for (int e = threadIdx.x; e < R * D; e += blockDim.x) {  // q rows r = s * g + gi
-    const int r = e / D, d = e % D, s = r / g, h = hk * g + r % g;
-    const T* qrow = qkv + qkv_row(a, b, s) + q_off(a, h);
-    const float qv = a.rotary_dim ? rope_elem(qrow, d, a, (float)(seq + s - s0)) : to_f(qrow[d]);
+  // q rows r = s * g + gi, rotated; the rows with gi == 0 also rotate token s's key with the same
+  // cos / sin (one powf + sincosf per element for q and k together): split 0 appends the new rows
+  // of KV head hk, the CTA holding the new tokens keeps them in shared memory.
+  const bool has_new = c_mid < c_hi;
+  for (int e = threadIdx.x; e < R * D; e += blockDim.x) {
+    const int r = e / D, d = e % D, s = r / g, gi = r % g, h = hk * g + gi;
+    const T* row = qkv + qkv_row(a, b, s);
+    const T* qrow = row + q_off(a, h);
+    float cs = 1.f, ssn = 0.f;
+    int p = d;
+    const bool rot = d < a.rotary_dim;
+    if (rot) rope_cs(d, a, (float)(seq + s - s0), cs, ssn, p);
+    const float qd = to_f(qrow[d]);
+    const float qv = rot ? qd * cs + ssn * to_f(qrow[p]) : qd;
     s_q[e] = qv * a.scale_log2;
+    if (gi == 0 && (split == 0 || has_new)) {
+      const T* krow = row + k_off(a, hk);
+      const float kd = to_f(krow[d]);
+      const T kv = rot ? from_f<T>(kd * cs + ssn * to_f(krow[p])) : krow[d];
+      const T vv = row[v_off(a, hk) + d];
+      if (split == 0) {
+        kc[cache_off(a, b, hk, seq + s) + d] = kv;
+        vc[cache_off(a, b, hk, seq + s) + d] = vv;
+      }
+      if (has_new) {
+        s_knew[s * D + d] = kv;
+        if (VNEW_SMEM) s_vnew[s * D + d] = vv;
+      }
+    }
   }
   __syncthreads();
 
@@ -406,8 +429,9 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
       ka[u].u = make_uint4(0, 0, 0, 0);
       va[u].u = make_uint4(0, 0, 0, 0);
       if (j < c_hi) {
-        ka[u].u = new_token_vec<T, VEC>(a, b, hk, j - seq, seq, s0, tx * VEC, true);
-        va[u].u = new_token_vec<T, VEC>(a, b, hk, j - seq, seq, s0, tx * VEC, false);
+        ka[u].u = *reinterpret_cast<const uint4*>(&s_knew[(j - seq) * D + tx * VEC]);
+        va[u].u = VNEW_SMEM ? *reinterpret_cast<const uint4*>(&s_vnew[(j - seq) * D + tx * VEC])
+                            : new_token_vec<T, VEC>(a, b, hk, j - seq, seq, s0, tx * VEC, false);
       }
     }
     consume(ka, va, base, c_hi);
@@ -699,7 +723,20 @@ cudaError_t validate(const dsattn_softmax_context_params* p, char* msg, size_t n
 
 size_t workspace_bytes(const dsattn_softmax_context_params& p) {
   if (p.batch == 0 || p.seq_len == 0) return 0;
-  if (decode_supported(p)) return decode_ws_bytes(p, decode_splits(p));
+  if (decode_supported(p)) {
+    // Maximum over every batch' <= batch: callers (the TensorRT plugin) size the workspace once at
+    // the profile's largest batch and run smaller ones with it, and the split count (so the fp32
+    // partials) grows as the batch shrinks. Splits never grow with the batch, so stop at 1.
+    size_t ws = 0;
+    dsattn_softmax_context_params q = p;
+    for (int64_t b = 1; b <= p.batch; ++b) {
+      q.batch = b;
+      const int n = decode_splits(q);
+      ws = std::max(ws, decode_ws_bytes(q, n));
+      if (n <= 1) break;
+    }
+    return ws;
+  }
   // Prefill: rotated q [B, H, S, D] (mma.sync / generic paths) or, on the Hopper path, the cos/sin
   // table float2 [B, S, rotary_dim / 2] in the same space (larger only when H == 1).
   const size_t q_bytes = (size_t)p.batch * p.num_heads * p.seq_len * p.head_size * elem_size(p.dtype);
