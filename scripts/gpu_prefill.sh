@@ -57,7 +57,7 @@ export -f sass
 step sass 60 bash -c sass
 step diag 60 python3 scripts/prefill_diag.py
 step pytest_attn 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_kernels_attention.py
-step pytest_forced_mma 90 env DSATTN_PREFILL_FORCE_MMA=1 python3 -m pytest -q -rs -p no:cacheprovider -k "prefill or graph" tests/test_kernels_attention.py
+step pytest_forced_mma 90 python3 -m pytest -q -rs -p no:cacheprovider -k "mma_fallback" tests/test_kernels_attention.py
 step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 7 python3 scripts/attn_sanitize.py
 before=(); [ -f build/prefill_old/libdsattn_kernels_old.so ] && before=(before=build/prefill_old/libdsattn_kernels_old.so)
 step bench 150 python3 scripts/prefill_bench.py "${before[@]}" \

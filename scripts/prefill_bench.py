@@ -8,6 +8,7 @@ import torch
 
 from dsattn.tools import bench
 from dsattn.tools import bench_attention as ba
+from dsattn.tools.kernels import attention
 
 print(f"device: {torch.cuda.get_device_name()}", flush=True)
 ceil = bench.measure_ceilings(True)
@@ -15,7 +16,7 @@ for spec in sys.argv[1:]:
     label, lib = spec.split("=", 1)
     force = lib.endswith(":force_mma")
     lib = lib.removesuffix(":force_mma")
-    os.environ["DSATTN_PREFILL_FORCE_MMA"] = "1" if force else "0"
+    attention.debug_force_prefill_mma(force, lib=lib)
     for dt, dname in ((torch.float16, "fp16"), (torch.bfloat16, "bf16")):
         print(f"== {label} ({lib}{' force_mma' if force else ''}) {dname}", flush=True)
         ba.prefill_rows(lib, dt, dname, ceil, False)

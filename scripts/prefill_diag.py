@@ -1,7 +1,6 @@
 """Small prefill cases through dsattn_softmax_context vs the fp32 reference, printing where errors
 sit (rows / columns of the context) to localize layout bugs of the prefill kernels. Usage:
-python3 scripts/prefill_diag.py [lib path]"""
-import os
+python3 scripts/prefill_diag.py [lib path] [--force-mma]"""
 import sys
 
 import torch
@@ -9,7 +8,10 @@ import torch
 from dsattn.export import ops
 from dsattn.tools.kernels import attention
 
-lib = sys.argv[1] if len(sys.argv) > 1 else None
+FORCE = "--force-mma" in sys.argv
+args = [a for a in sys.argv[1:] if a != "--force-mma"]
+lib = args[0] if args else None
+attention.debug_force_prefill_mma(FORCE, lib=lib)
 
 
 def run(dtype, B, S, H, Hkv, D, lens, Tmax, **kw):
@@ -26,7 +28,7 @@ def run(dtype, B, S, H, Hkv, D, lens, Tmax, **kw):
     bad = (d > 0.02)
     rows = bad.any(-1).any(-1).any(0).nonzero().flatten().tolist()
     cols = bad.any(0).any(0).any(0).nonzero().flatten().tolist()
-    tag = "FORCE_MMA" if os.environ.get("DSATTN_PREFILL_FORCE_MMA") == "1" else "default"
+    tag = "FORCE_MMA" if FORCE else "default"
     print(f"[{tag}] {dtype} B={B} S={S} H={H}/{Hkv} D={D} lens={lens} {kw}: max err {err:.3e}; "
           f"bad rows {rows[:12]}{'...' if len(rows) > 12 else ''} ({len(rows)}); bad cols {cols[:16]} ({len(cols)})",
           flush=True)

@@ -245,10 +245,13 @@ def test_softmax_context_matches_reference(name, seed):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", MMA_FALLBACK_CASES)
-def test_prefill_mma_fallback_matches_reference(name, seed, monkeypatch):
-    monkeypatch.setenv("DSATTN_PREFILL_FORCE_MMA", "1")  # read by the library on every call
-    case = dict(CASES[name])
-    _check_case(seed, case.pop("dtype"), **case)
+def test_prefill_mma_fallback_matches_reference(name, seed):
+    attention.debug_force_prefill_mma(True)  # the mma.sync kernel, even where wgmma applies
+    try:
+        case = dict(CASES[name])
+        _check_case(seed, case.pop("dtype"), **case)
+    finally:
+        attention.debug_force_prefill_mma(False)
 
 
 @pytest.mark.gpu

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include "attn_common.cuh"
@@ -868,12 +869,10 @@ cudaError_t launch_decode<__nv_bfloat16>(const Args& a, float* po, float* pl, in
   }
 }
 
-// DSATTN_PREFILL_FORCE_MMA=1 in the environment (read per call; tests) keeps the mma.sync prefill
-// on Hopper, so that the fallback stays testable on the device that has the wgmma kernel.
-bool prefill_force_mma() {
-  const char* v = getenv("DSATTN_PREFILL_FORCE_MMA");
-  return v && v[0] == '1';
-}
+// Set by dsattn_softmax_context_debug_force_prefill_mma (tests only): keeps the mma.sync prefill on
+// Hopper, so that the fallback stays testable on the device that has the wgmma kernel.
+std::atomic<int> g_prefill_force_mma{0};
+bool prefill_force_mma() { return g_prefill_force_mma.load(std::memory_order_relaxed) != 0; }
 
 template <typename T>
 cudaError_t launch_prefill(const Args& a, dsattn_dtype dtype, cudaStream_t st) {
@@ -904,6 +903,12 @@ extern "C" int dsattn_decode_probe_reset() {
   return (int)(e != cudaSuccess ? e : cudaMemset(p, 0, sizeof(unsigned long long) * 4096 * 5));
 }
 #endif
+
+extern "C" cudaError_t dsattn_softmax_context_debug_force_prefill_mma(int32_t on) {
+  if (on != 0 && on != 1) return cudaErrorInvalidValue;
+  dsattn::attn::g_prefill_force_mma.store(on, std::memory_order_relaxed);
+  return cudaSuccess;
+}
 
 extern "C" size_t dsattn_softmax_context_workspace_size(const dsattn_softmax_context_params* p) {
   if (validate(p, nullptr, 0) != cudaSuccess) return 0;

@@ -21,7 +21,7 @@
 //     tensor-core flash-attention kernel: on sm_90a builds running on CC 9.0 with D = 128, a wgmma
 //     kernel that reads q from qkv and rotates it itself (cos/sin table from the append kernel);
 //     otherwise mma.sync m16n8k16 reading the rotated q the append kernel wrote to the workspace.
-//     Setting the environment variable DSATTN_PREFILL_FORCE_MMA=1 forces the mma.sync kernel (tests);
+//     dsattn_softmax_context_debug_force_prefill_mma(1) forces the mma.sync kernel (tests);
 //   - anything else (fp32 prefill, other head sizes): the append kernel, then a simple CUDA-core
 //     kernel (correct, not tuned).
 //
@@ -95,6 +95,11 @@ cudaError_t dsattn_softmax_context_validate(const dsattn_softmax_context_params*
 // *status (see above).
 cudaError_t dsattn_softmax_context(const dsattn_softmax_context_params* p, void* workspace,
                                    size_t workspace_bytes, cudaStream_t stream);
+
+// Tests only: on = 1 makes every later prefill call in this process use the mma.sync kernel even
+// where the Hopper wgmma kernel applies (so the fallback stays testable on an H100); on = 0 (the
+// default) restores the automatic choice. Returns cudaErrorInvalidValue for other values.
+cudaError_t dsattn_softmax_context_debug_force_prefill_mma(int32_t on);
 
 #ifdef __cplusplus
 }

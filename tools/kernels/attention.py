@@ -63,6 +63,8 @@ def _prototypes(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.dsattn_softmax_context_validate.argtypes = [P, ctypes.c_char_p, ctypes.c_size_t]
     lib.dsattn_softmax_context_validate.restype = ctypes.c_int
     lib.dsattn_softmax_context.argtypes = [P, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    lib.dsattn_softmax_context_debug_force_prefill_mma.argtypes = [ctypes.c_int32]
+    lib.dsattn_softmax_context_debug_force_prefill_mma.restype = ctypes.c_int
     lib.dsattn_softmax_context.restype = ctypes.c_int
     lib._dsattn_attn_protos = True
     return lib
@@ -98,6 +100,13 @@ def _params(qkv, past_key, past_value, seq_lens, start_pos, out, status, slopes,
     p.rotary_dim, p.rotary_style = rotary_dim, rotary_style
     p.dtype = _lib.torch_dtype_code(qkv.dtype)
     return p
+
+
+def debug_force_prefill_mma(on: bool, lib=None) -> None:
+    """Tests only: force (True) or release (False) the mma.sync prefill kernel on Hopper."""
+    l = _prototypes(_lib.load(lib))
+    _lib.check(l, l.dsattn_softmax_context_debug_force_prefill_mma(1 if on else 0),
+               "dsattn_softmax_context_debug_force_prefill_mma")
 
 
 def workspace_size(params: SoftmaxContextParams, lib=None) -> int:
