@@ -25,6 +25,7 @@
 // why a scale applied to mma sums needs the chunk inside one group: group_size % 64 == 0 for one
 // mma per step; 32- and 16-multiples use 2 or 4 masked mmas per step (skinny kernel only).
 #include "int8_matmul.h"
+#include "sm90_ptx.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -32,6 +33,8 @@
 #include <algorithm>
 
 namespace {
+
+using namespace dsattn::sm90;
 
 constexpr int kChunk = 64;  // k per chunk (see the permutation above)
 
@@ -716,33 +719,10 @@ __device__ __forceinline__ void wgmma_m64k16<__nv_bfloat16, 128>(float (&d)[64],
 __device__ __forceinline__ uint64_t wg_desc(uint32_t addr) {
   return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
 }
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
-// Keeps the compiler from moving accumulator accesses across the asynchronous wgmma window.
-template <int N>
-__device__ __forceinline__ void fence_acc(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
 __device__ __forceinline__ void sts128(uint32_t addr, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
   asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" ::"r"(addr), "r"(a), "r"(b), "r"(c), "r"(d));
 }
 
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi);
-template <>
-__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
-  const __half2 h = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-template <>
-__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
 
 // 4 int8 -> T(q * s) pairs (lo = e0,e1; hi = e2,e3), q * s computed in fp32 and rounded once.
 template <typename T>
@@ -873,7 +853,7 @@ __global__ void __launch_bounds__(256, MINB) int8_wgmma_kernel(const TiledArgs a
     wg_wait<1>();  // chunk kc-1 done (its B buffer and x slot are reused at kc+1)
   }
   wg_wait<0>();
-  fence_acc(acc);
+  fence_regs(acc);
   cp_async_wait<0>();
 
   // Epilogue. acc[4j + e]: row wq*16 + lane/4 (+8 for e >= 2), column 8j + 2(lane%4) + (e & 1).

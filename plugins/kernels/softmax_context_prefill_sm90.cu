@@ -15,10 +15,13 @@
 // get zeros). Built only for sm_90a (the body is empty elsewhere); the host checks the device and
 // the binary before dispatching here (prefill_sm90_usable).
 #include "attn_common.cuh"
+#include "sm90_ptx.cuh"
 
 namespace dsattn {
 namespace attn {
 namespace {
+
+using namespace dsattn::sm90;
 
 constexpr int kBM = 128, kBN = 128, kD = 128, kThreads = 256;
 constexpr int kTileBytes = 128 * kD * 2;          // one [128][128] 16-bit tile (two 16 KiB atoms)
@@ -93,17 +96,6 @@ __device__ __forceinline__ uint64_t desc_mnmajor(uint32_t addr) {
   return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(kAtomBytes >> 4) << 16) | (uint64_t(1024 >> 4) << 32) |
          (uint64_t(1) << 62);
 }
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
-// Keeps the compiler from moving register accesses across the asynchronous wgmma window.
-template <int N>
-__device__ __forceinline__ void fence_regs(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool ok) {
   const int n = ok ? 16 : 0;  // src-size 0: zero-fill
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
@@ -118,15 +110,6 @@ __device__ __forceinline__ uint32_t tile_off(int row, int c) {
   return (uint32_t)((c >> 3) * kAtomBytes + row * 128 + (((c & 7) ^ (row & 7)) << 4));
 }
 
-template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
-template <> __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
-  const __half2 h = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
 #endif
 
 // Rotated q chunk (elements d0 .. d0 + 7 of q head h of token s), rounded to T exactly as the
