@@ -55,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
         profiles = _profiles(args)
         out = Path(args.output) if args.output else Path(args.model).with_suffix(".plan")
         if args.print_trtexec:
+            # The line is meant for another machine, so a library missing here is not an error.
+            for lib in args.plugins:
+                if not Path(lib).is_file():
+                    print(f"dsattn build-engine: note: plugin library {lib!r} does not exist on this machine",
+                          file=sys.stderr)
             print(trtexec_command(args.model, args.plugins, out, profiles, timing_cache=args.timing_cache, **ranges))
             return 0
         path = build_engine(args.model, args.plugins, out, profiles=profiles, timing_cache=args.timing_cache,

@@ -162,9 +162,11 @@ def test_cli_print_trtexec(model, tmp_path, capsys, no_tensorrt):
     rc = cli.main(["build-engine", str(model), "--plugins", "lib.so", "--print-trtexec", "--batch", "2",
                    "-o", str(tmp_path / "o.plan")])
     assert rc == 0
-    line = capsys.readouterr().out.strip()
+    captured = capsys.readouterr()
+    line = captured.out.strip()
     assert line.startswith("trtexec --onnx=") and "--minShapes=hidden_states:2x1x256" in line
     assert f"--saveEngine={tmp_path / 'o.plan'}" in line
+    assert "plugin library 'lib.so' does not exist on this machine" in captured.err
 
 
 def test_cli_bad_options(model, capsys, no_tensorrt):
