@@ -157,6 +157,19 @@ std::vector<nvinfer1::PluginField> fieldNamesFromTable(std::vector<AttrSpec> con
 bool isAbsent(int32_t index, int32_t nbInputs, nvinfer1::Dims const* dimsOrNull);
 bool isAbsentExpr(int32_t index, int32_t nbInputs, nvinfer1::DimsExprs const* inputs);
 
+// The dims and types of enqueue's tensor descriptors, as the arrays the plugins' params() builders
+// and shape checks take.
+struct TensorDescs {
+  std::vector<nvinfer1::Dims> dims;
+  std::vector<nvinfer1::DataType> types;
+  TensorDescs(nvinfer1::PluginTensorDesc const* desc, int32_t n) : dims(n), types(n) {
+    for (int32_t i = 0; i < n; ++i) {
+      dims[i] = desc[i].dims;
+      types[i] = desc[i].type;
+    }
+  }
+};
+
 class PluginBase : public nvinfer1::IPluginV3,
                    public nvinfer1::IPluginV3OneCore,
                    public nvinfer1::IPluginV3OneBuildV2,

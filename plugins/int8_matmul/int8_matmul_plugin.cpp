@@ -138,12 +138,9 @@ class Int8MatMulPlugin final : public PluginBase {
     //   weight_scale fp32  [N, K / g]      g = group_size or K
     //   bias         T     [N]             optional (input 3)
     //   output       T     [..., N]        -> [M, N]
-    std::vector<Dims> dims(nbInputs);
-    std::vector<DataType> types(nbInputs);
-    for (int32_t i = 0; i < nbInputs; ++i) {
-      dims[i] = inDesc[i].dims;
-      types[i] = inDesc[i].type;
-    }
+    TensorDescs const in(inDesc, nbInputs);
+    auto const& dims = in.dims;
+    auto const& types = in.types;
     dsattn_int8_matmul_params p = params(dims.data(), types.data());
     DSATTN_CHECK(outDesc[0].type == types[kIN_INPUT], "output type differs from input type");
     p.input = inputs[kIN_INPUT];

@@ -228,12 +228,9 @@ class QKVGemmPlugin final : public PluginBase {
     //   gamma, beta  T     [K]        per norm_type
     //   weight_scale fp32  [N, K / g] quantized=1
     //   qkv          T     [B, S, N];  normed T [B, S, K] when emit_normed=1
-    std::vector<Dims> dims(nbInputs);
-    std::vector<DataType> types(nbInputs);
-    for (int32_t i = 0; i < nbInputs; ++i) {
-      dims[i] = inDesc[i].dims;
-      types[i] = inDesc[i].type;
-    }
+    TensorDescs const in(inDesc, nbInputs);
+    auto const& dims = in.dims;
+    auto const& types = in.types;
     dsattn_qkv_gemm_params p = params(dims.data(), types.data());
     auto opt = [&](int32_t i) -> void const* { return isAbsent(i, nbInputs, dims.data()) ? nullptr : inputs[i]; };
     p.input = inputs[kIN_INPUT];

@@ -263,12 +263,9 @@ class SoftmaxContextPlugin final : public PluginBase {
     //   start_pos     int32 [B]                     optional (input 4); left padding
     //   context       T     [B, S, H*D]
     //   workspace     [status int32 | 256 B pad][kernel scratch]
-    std::vector<Dims> dims(nbInputs);
-    std::vector<DataType> types(nbInputs);
-    for (int32_t i = 0; i < nbInputs; ++i) {
-      dims[i] = inDesc[i].dims;
-      types[i] = inDesc[i].type;
-    }
+    TensorDescs const in(inDesc, nbInputs);
+    auto const& dims = in.dims;
+    auto const& types = in.types;
     dsattn_softmax_context_params p = params(dims.data(), types.data(), nbInputs);
     DSATTN_CHECK(workspace != nullptr, "no workspace (the status word lives there)");
     if (!mSlopes.empty() && mSlopesDev == nullptr) {
