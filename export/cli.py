@@ -42,7 +42,9 @@ BUILTIN_CONFIG = dict(hidden_size=256, heads=8, dtype="float16", bigscience_bloo
 HF_FAMILIES = {"bloom": ("BloomConfig", "bloom.modeling_bloom.BloomBlock"),
                "llama": ("LlamaConfig", "llama.modeling_llama.LlamaDecoderLayer"),
                "gpt_neox": ("GPTNeoXConfig", "gpt_neox.modeling_gpt_neox.GPTNeoXLayer"),
-               "gptj": ("GPTJConfig", "gptj.modeling_gptj.GPTJBlock")}
+               "gptj": ("GPTJConfig", "gptj.modeling_gptj.GPTJBlock"),
+               "mistral": ("MistralConfig", "mistral.modeling_mistral.MistralDecoderLayer"),
+               "qwen2": ("Qwen2Config", "qwen2.modeling_qwen2.Qwen2DecoderLayer")}
 MODEL_NAME = "dsattn_attention.onnx"
 
 
@@ -350,8 +352,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--config", metavar="FILE", type=_existing_file,
                      help="JSON object of AttentionConfig fields (e.g. {\"hidden_size\": 512, \"heads\": 8})")
     src.add_argument("--hf-config", metavar="FILE", type=_existing_file,
-                     help="Hugging Face config.json (model_type bloom, llama, gpt_neox or gptj): "
-                          "a random-weight layer of that family, converted with from_hf")
+                     help="Hugging Face config.json (model_type bloom, llama, gpt_neox, gptj, mistral or qwen2): "
+                          "a random-weight layer 0 of that family, converted with from_hf")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                         help="activation/weight dtype (default: the config's; built-in: float16)")
     parser.add_argument("--int8", action="store_true", help="int8 weight-only quantization (quantize_int8)")

@@ -9,6 +9,14 @@ pre-norm module) or a bare attention module (converted with ``pre_layer_norm=Fal
 | LLaMA (and GQA) | LlamaDecoderLayer / LlamaAttention | RMSNorm | rotate_half | separate q/k/v -> blocked |
 | GPT-NeoX | GPTNeoXLayer / GPTNeoXAttention | LayerNorm | rotate_half, partial | per-head interleaved -> blocked |
 | GPT-J | GPTJBlock / GPTJAttention | LayerNorm | rotate_every_two, partial | separate q/k/v (no bias) -> blocked |
+| Mistral | MistralDecoderLayer / MistralAttention | RMSNorm | rotate_half | separate q/k/v (no bias) -> blocked |
+| Qwen2 | Qwen2DecoderLayer / Qwen2Attention | RMSNorm | rotate_half | separate q/k/v (with bias) -> blocked |
+
+Sliding-window attention (Mistral's ``config.sliding_window``; Qwen2's per-layer window, set when
+``use_sliding_window`` is on and the layer index is >= ``max_window_layers``) maps onto
+``local_window`` unchanged: transformers masks key ``kv_idx`` for query ``q_idx`` unless
+``q_idx - sliding_window < kv_idx <= q_idx``, both counted in cache positions (left padding
+included), which is OPS.md's ``j > p_i - local_window`` with ``p_i = seq_lens[b] + i``.
 
 The dsattn module computes the layer's attention output (norm + attention + output projection,
 without the residual) for the layer's input hidden states. Positions for rotary are counted from
@@ -28,7 +36,8 @@ from .modules import BloomSelfAttention, DeepSpeedSelfAttention
 __all__ = ["from_hf", "SUPPORTED"]
 
 SUPPORTED = ("BloomBlock", "BloomAttention", "LlamaDecoderLayer", "LlamaAttention", "GPTNeoXLayer",
-             "GPTNeoXAttention", "GPTJBlock", "GPTJAttention")
+             "GPTNeoXAttention", "GPTJBlock", "GPTJAttention", "MistralDecoderLayer", "MistralAttention",
+             "Qwen2DecoderLayer", "Qwen2Attention")
 
 
 def _rope(config, name: str) -> tuple[float, float]:
@@ -63,6 +72,30 @@ def _norm_params(norm: Optional[nn.Module], kind: str):
     if eps is None or not hasattr(norm, "weight"):
         raise NotImplementedError(f"unsupported RMSNorm class {type(norm).__name__}")
     return norm.weight, None, float(eps)
+
+
+def _sliding_window(attn: nn.Module, config, name: str) -> Optional[int]:
+    """The sliding window (in tokens) the HF attention layer masks with, or None for full causal.
+
+    Mistral: ``config.sliding_window`` applies to every layer (the model builds its mask with
+    ``create_sliding_window_causal_mask`` whenever it is set). Qwen2: the attention module's own
+    ``sliding_window`` (None unless ``use_sliding_window`` and this layer is a
+    "sliding_attention" layer). LLaMA has none. transformers' condition ``kv_idx > q_idx - W``
+    on cache positions is OPS.md's ``j > p_i - local_window``, so W is passed through unchanged.
+    """
+    if name.startswith("Mistral"):
+        w = getattr(config, "sliding_window", None)
+        where = "config.sliding_window"
+    elif name.startswith("Qwen2"):
+        w = getattr(attn, "sliding_window", None)
+        where = "sliding_window (use_sliding_window / layer_types)"
+    else:
+        return None
+    if w is None:
+        return None
+    if isinstance(w, bool) or not isinstance(w, int) or w <= 0:
+        raise ValueError(f"{name}: {where}={w!r} must be a positive int or None")
+    return w
 
 
 @torch.no_grad()
@@ -116,9 +149,10 @@ def from_hf(module: nn.Module, *, max_out_tokens: int = 1024) -> DeepSpeedSelfAt
         m = _build(BloomSelfAttention, cfg, gamma, beta, qkv.weight, qkv.bias, dense.weight, dense.bias, dtype)
         return m.to(device)
 
-    if name.startswith("Llama"):
-        attn = module.self_attn if name == "LlamaDecoderLayer" else module
-        norm = module.input_layernorm if name == "LlamaDecoderLayer" else None
+    if name.startswith(("Llama", "Mistral", "Qwen2")):
+        is_layer = name.endswith("DecoderLayer")
+        attn = module.self_attn if is_layer else module
+        norm = module.input_layernorm if is_layer else None
         c = attn.config
         gamma, _, eps = _norm_params(norm, "rmsnorm")
         H, Hkv, D = c.num_attention_heads, c.num_key_value_heads, attn.head_dim
@@ -130,10 +164,13 @@ def from_hf(module: nn.Module, *, max_out_tokens: int = 1024) -> DeepSpeedSelfAt
         b = (torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias], 0)
              if attn.q_proj.bias is not None else None)
         dtype = _dtype_of(w, attn.o_proj.weight)
+        window = _sliding_window(attn, c, name)
         cfg = AttentionConfig(**_common(c.hidden_size, H, dtype, norm, max_out_tokens, num_kv=Hkv,
                                         norm_type="rmsnorm", epsilon=eps, rotary_dim=rd, rotate_half=True,
                                         rotate_every_two=False, rope_theta=theta, qkv_bias=b is not None,
-                                        attn_out_bias=attn.o_proj.bias is not None))
+                                        attn_out_bias=attn.o_proj.bias is not None,
+                                        local_attention=window is not None,
+                                        **({"window_size": window} if window is not None else {})))
         return _build(DeepSpeedSelfAttention, cfg, gamma, None, w, b, attn.o_proj.weight, attn.o_proj.bias,
                       dtype).to(device)
 

@@ -67,7 +67,36 @@ def _gptj(seed):
     return model, layer, layer.attn, cfg, True
 
 
-FAMILIES = {"bloom": _bloom, "llama_gqa": _llama, "gpt_neox": _neox, "gptj": _gptj}
+def _mistral(seed, window=None):
+    from transformers import MistralConfig, MistralModel
+
+    cfg = MistralConfig(vocab_size=32, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, sliding_window=window,
+                        rope_parameters={"rope_type": "default", "rope_theta": 3000.0})
+    cfg._attn_implementation = "eager"
+    model = MistralModel(cfg).eval()
+    layer = model.layers[0]
+    return model, layer, layer.self_attn, cfg, True
+
+
+def _qwen2(seed, window=None):
+    from transformers import Qwen2Config, Qwen2Model
+
+    # max_window_layers=0: the one layer is a "sliding_attention" layer when use_sliding_window is on.
+    cfg = Qwen2Config(vocab_size=32, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+                      use_sliding_window=window is not None, sliding_window=window, max_window_layers=0,
+                      rope_parameters={"rope_type": "default", "rope_theta": 7000.0})
+    cfg._attn_implementation = "eager"
+    model = Qwen2Model(cfg).eval()
+    layer = model.layers[0]
+    return model, layer, layer.self_attn, cfg, True
+
+
+# Sliding-window variants use window 4 with a 7-token prompt and 3 decode steps, so the longest row
+# (no padding) has keys dropping out of the window in prefill and decode (an off-by-one changes it).
+FAMILIES = {"bloom": _bloom, "llama_gqa": _llama, "gpt_neox": _neox, "gptj": _gptj, "mistral": _mistral,
+            "mistral_swa4": lambda s: _mistral(s, 4), "qwen2": _qwen2, "qwen2_swa4": lambda s: _qwen2(s, 4)}
 
 
 def _randomize(model, gen):
@@ -163,3 +192,60 @@ def test_from_hf_rejects_unsupported():
         from_hf(torch.nn.Linear(4, 4))
     with pytest.raises(TypeError, match="int"):
         from_hf(3)
+
+
+@pytest.mark.parametrize("family,window", [("mistral", None), ("mistral_swa4", 4), ("qwen2", None),
+                                           ("qwen2_swa4", 4)])
+def test_from_hf_mistral_qwen2_mapping(family, window, seed):
+    model, layer, attn, cfg, _ = FAMILIES[family](seed)
+    m = from_hf(layer)
+    c = m.config
+    assert c.norm_type == "rmsnorm" and c.rotate_half and c.num_kv == 2 and c.heads == 4
+    assert c.local_attention == (window is not None)
+    if window is not None:
+        assert c.window_size == window
+    assert c.qkv_bias == family.startswith("qwen2") and c.attn_out_bias is False
+    assert c.rope_theta == (3000.0 if family.startswith("mistral") else 7000.0)
+    bare = from_hf(attn)  # the attention module alone keeps the window, drops the norm
+    assert bare.norm_w is None and bare.config.local_attention == (window is not None)
+
+
+def test_from_hf_qwen2_full_attention_layers_below_max_window_layers(seed):
+    from transformers import Qwen2Config, Qwen2Model
+
+    cfg = Qwen2Config(vocab_size=8, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, use_sliding_window=True, sliding_window=5,
+                      max_window_layers=1)
+    model = Qwen2Model(cfg).eval()
+    assert from_hf(model.layers[0]).config.local_attention is False
+    c1 = from_hf(model.layers[1]).config
+    assert c1.local_attention is True and c1.window_size == 5
+
+
+def test_from_hf_rejects_bad_sliding_window(seed):
+    model, layer, *_ = _mistral(seed, 4)
+    for bad in (0, -2):  # transformers' strict config already refuses non-int values
+        layer.self_attn.config.sliding_window = bad
+        with pytest.raises(ValueError, match="sliding_window"):
+            from_hf(layer)
+
+
+@pytest.mark.parametrize("model_type,extra", [("mistral", dict(sliding_window=3)),
+                                              ("qwen2", dict(use_sliding_window=True, sliding_window=3,
+                                                             max_window_layers=0))])
+def test_hf_config_export_mistral_qwen2_window(tmp_path, seed, model_type, extra):
+    # `dsattn export --hf-config` builds layer 0 of the family; a window shorter than the exported
+    # prefill (seq 4) is checked against the ONNX reference evaluator and ONNX Runtime.
+    import json
+
+    from dsattn.export import cli
+
+    hf = dict(model_type=model_type, hidden_size=64, intermediate_size=32, num_attention_heads=4,
+              num_key_value_heads=2, num_hidden_layers=1, vocab_size=16, rms_norm_eps=1e-5, **extra)
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    res = cli.export_main(hf_config=str(tmp_path / "config.json"), dtype="float32", batch=3, seq=4, capacity=6,
+                          out=tmp_path / "out", seed=seed, log=lambda s: None)
+    assert res.passed, (res.checks, res.validations)
+    assert len(res.validations) == 1 and res.validations[0].passed
+    assert res.config.local_attention and res.config.window_size == 3
+    assert res.config.qkv_bias == (model_type == "qwen2") and not res.config.attn_out_bias
