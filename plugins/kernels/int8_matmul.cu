@@ -639,9 +639,8 @@ __global__ void __launch_bounds__(kTiledThreads, MINB) int8_tiled_kernel(const T
   }
 }
 
-template <typename T, bool GROUPED, int NT, int STAGES, int MINB>
-cudaError_t launch_tiled_t(const dsattn_int8_matmul_params& prm, cudaStream_t s) {
-  using C = TileCfg<NT, STAGES>;
+// Kernel arguments of both tiled paths (mma.sync and wgmma), for block tiles kBM x bn.
+TiledArgs tiled_args(const dsattn_int8_matmul_params& prm, int bn) {
   TiledArgs a{};
   a.x = prm.input;
   a.w = prm.weight;
@@ -655,7 +654,14 @@ cudaError_t launch_tiled_t(const dsattn_int8_matmul_params& prm, cudaStream_t s)
   a.ngroups = prm.K / a.group;
   a.chunks = int((prm.K + kChunk - 1) / kChunk);
   a.m_tiles = int((prm.M + kBM - 1) / kBM);
-  a.n_tiles = int((prm.N + C::kBN - 1) / C::kBN);
+  a.n_tiles = int((prm.N + bn - 1) / bn);
+  return a;
+}
+
+template <typename T, bool GROUPED, int NT, int STAGES, int MINB>
+cudaError_t launch_tiled_t(const dsattn_int8_matmul_params& prm, cudaStream_t s) {
+  using C = TileCfg<NT, STAGES>;
+  const TiledArgs a = tiled_args(prm, C::kBN);
   auto kern = int8_tiled_kernel<T, GROUPED, NT, STAGES, MINB>;
   cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (e != cudaSuccess) return e;
@@ -909,20 +915,7 @@ bool wgmma_usable() {
 template <typename T, bool GROUPED, int BN, int STAGES, int MINB>
 cudaError_t launch_wgmma_t(const dsattn_int8_matmul_params& prm, cudaStream_t s) {
   using C = WgCfg<BN, STAGES>;
-  TiledArgs a{};
-  a.x = prm.input;
-  a.w = prm.weight;
-  a.scale = prm.weight_scale;
-  a.bias = prm.bias;
-  a.out = prm.output;
-  a.M = prm.M;
-  a.N = prm.N;
-  a.K = prm.K;
-  a.group = prm.group_size ? prm.group_size : prm.K;
-  a.ngroups = prm.K / a.group;
-  a.chunks = int((prm.K + kChunk - 1) / kChunk);
-  a.m_tiles = int((prm.M + kBM - 1) / kBM);
-  a.n_tiles = int((prm.N + BN - 1) / BN);
+  const TiledArgs a = tiled_args(prm, BN);
   auto kern = int8_wgmma_kernel<T, GROUPED, BN, STAGES, MINB>;
   cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (e != cudaSuccess) return e;
