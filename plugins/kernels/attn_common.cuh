@@ -64,6 +64,31 @@ __device__ __forceinline__ int64_t cache_off(const Args& a, int b, int hk, int j
   return (((int64_t)b * a.Hkv + hk) * a.Tmax + j) * a.D;
 }
 
+// The key range a prefill query tile sees (OPS.md masks), shared by the prefill kernels: query
+// rows m0 .. m0+rows_here-1 of row b sit at absolute positions p_min .. p_max; visible keys lie in
+// [lo, hi) (left padding start_pos, local window, causal), covered by nblk key blocks of BN from
+// n_start.
+struct TileKeys {
+  int seq, s0, L, m0, rows_here, p_min, p_max, lo, hi, n_start, nblk;
+};
+template <int BM, int BN>
+__device__ __forceinline__ TileKeys tile_keys(const Args& a, int b, int mb) {
+  TileKeys t;
+  t.seq = a.seq_lens[b];
+  t.s0 = a.start_pos ? a.start_pos[b] : 0;
+  t.L = t.seq + a.S;
+  t.m0 = mb * BM;
+  t.rows_here = min(BM, a.S - t.m0);
+  t.p_min = t.seq + t.m0;
+  t.p_max = t.seq + t.m0 + t.rows_here - 1;
+  t.lo = t.s0;
+  if (a.window > 0) t.lo = max(t.lo, t.p_min - a.window + 1);
+  t.hi = a.causal ? min(t.L, t.p_max + 1) : t.L;
+  t.n_start = t.lo / BN * BN;
+  t.nblk = t.lo < t.hi ? (t.hi - 1) / BN - t.lo / BN + 1 : 0;
+  return t;
+}
+
 // Element d of the rotated vector x (D elements of one head of one token) at rotary position pos.
 // Mirrors the fp32 reference: inv_freq = 1 / theta^(2f / rotary_dim), angle = pos * inv_freq,
 // precise sinf/cosf (angles reach thousands of radians: no fast intrinsics here).

@@ -272,17 +272,9 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel_sm90(Args a) {
   const int mb = gridDim.y - 1 - blockIdx.y;  // heaviest (causal) tiles first
   const int h = blockIdx.x, b = blockIdx.z, hk = h / a.group;
 #endif
-  const int seq = a.seq_lens[b];
-  const int s0 = a.start_pos ? a.start_pos[b] : 0;
-  const int L = seq + a.S;
-  const int m0 = mb * kBM;
-  const int rows_here = min(kBM, a.S - m0);
-  const int p_min = seq + m0, p_max = seq + m0 + rows_here - 1;
-  int lo = s0;
-  if (a.window > 0) lo = max(lo, p_min - a.window + 1);
-  const int hi = a.causal ? min(L, p_max + 1) : L;
-  const int n_start = lo / kBN * kBN;
-  const int nblk = lo < hi ? (hi - 1) / kBN - lo / kBN + 1 : 0;
+  const TileKeys tk = tile_keys<kBM, kBN>(a, b, mb);
+  const int seq = tk.seq, s0 = tk.s0, L = tk.L, m0 = tk.m0, rows_here = tk.rows_here;
+  const int p_min = tk.p_min, p_max = tk.p_max, n_start = tk.n_start, nblk = tk.nblk;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int wg = warp >> 2, wq = warp & 3;
