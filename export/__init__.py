@@ -6,7 +6,7 @@ from_hf, quantize_int8, export_onnx. The reference ops live in ``dsattn.export.o
 from . import ops
 from .config import AttentionConfig
 from .modules import BloomSelfAttention, DeepSpeedSelfAttention, KVCache
-from .quant import load_deepspeed_int8, quantize_int8
+from .modules import load_deepspeed_int8, quantize_int8
 
 __all__ = ["AttentionConfig", "DeepSpeedSelfAttention", "BloomSelfAttention", "KVCache", "from_hf",
            "quantize_int8", "load_deepspeed_int8", "export_onnx", "ops"]

@@ -25,6 +25,7 @@ cumsum(attention_mask) - 1``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -33,11 +34,30 @@ from torch import nn
 from .config import AttentionConfig
 from .modules import BloomSelfAttention, DeepSpeedSelfAttention
 
-__all__ = ["from_hf", "SUPPORTED"]
+__all__ = ["from_hf", "HFFamily", "HF_FAMILIES", "SUPPORTED"]
 
-SUPPORTED = ("BloomBlock", "BloomAttention", "LlamaDecoderLayer", "LlamaAttention", "GPTNeoXLayer",
-             "GPTNeoXAttention", "GPTJBlock", "GPTJAttention", "MistralDecoderLayer", "MistralAttention",
-             "Qwen2DecoderLayer", "Qwen2Attention")
+
+@dataclass(frozen=True)
+class HFFamily:
+    """One converted transformers family: where its classes live (``transformers.models.<module>``)."""
+
+    config_class: str
+    module: str
+    layer_class: str
+    attention_class: str
+
+
+#: Hugging Face ``model_type`` -> the family's transformers classes (the table above, in code).
+HF_FAMILIES: dict[str, HFFamily] = {
+    "bloom": HFFamily("BloomConfig", "bloom.modeling_bloom", "BloomBlock", "BloomAttention"),
+    "llama": HFFamily("LlamaConfig", "llama.modeling_llama", "LlamaDecoderLayer", "LlamaAttention"),
+    "gpt_neox": HFFamily("GPTNeoXConfig", "gpt_neox.modeling_gpt_neox", "GPTNeoXLayer", "GPTNeoXAttention"),
+    "gptj": HFFamily("GPTJConfig", "gptj.modeling_gptj", "GPTJBlock", "GPTJAttention"),
+    "mistral": HFFamily("MistralConfig", "mistral.modeling_mistral", "MistralDecoderLayer", "MistralAttention"),
+    "qwen2": HFFamily("Qwen2Config", "qwen2.modeling_qwen2", "Qwen2DecoderLayer", "Qwen2Attention"),
+}
+#: Class names ``from_hf`` converts: each family's decoder layer and bare attention module.
+SUPPORTED = tuple(c for f in HF_FAMILIES.values() for c in (f.layer_class, f.attention_class))
 
 
 def _rope(config, name: str) -> tuple[float, float]:

@@ -16,8 +16,10 @@ from torch import nn
 
 from . import ops
 from .config import AttentionConfig
+from .quant import quantize_weight, row_group_scales
 
-__all__ = ["KVCache", "DeepSpeedSelfAttention", "BloomSelfAttention", "bloom_alibi_slopes"]
+__all__ = ["KVCache", "DeepSpeedSelfAttention", "BloomSelfAttention", "bloom_alibi_slopes", "quantize_int8",
+           "load_deepspeed_int8"]
 
 
 @dataclass
@@ -134,8 +136,6 @@ class DeepSpeedSelfAttention(nn.Module):
         self._activation_dtype = T
         self.reset_parameters()
         if c.dtype == torch.int8:
-            from .quant import quantize_int8
-
             quantize_int8(self)
 
     def _check_config(self, c: AttentionConfig) -> None:
@@ -241,3 +241,79 @@ class BloomSelfAttention(DeepSpeedSelfAttention):
     def _check_config(self, c: AttentionConfig) -> None:
         if not c.bigscience_bloom:
             raise ValueError("BloomSelfAttention needs AttentionConfig.bigscience_bloom=True, got False")
+
+
+# ------------------------------------------------------------------------------------------------
+# int8 weights of a module (the math is in quant.py)
+# ------------------------------------------------------------------------------------------------
+
+def _set_int8(module: DeepSpeedSelfAttention, name: str, q: torch.Tensor, scale: torch.Tensor) -> None:
+    if name in module._parameters:
+        del module._parameters[name]
+    module.register_buffer(name, q)
+    setattr(module, name + "_scale", scale)
+
+
+@torch.no_grad()
+def quantize_int8(module: DeepSpeedSelfAttention, group_size: int = 0) -> DeepSpeedSelfAttention:
+    """Quantize the QKV and output-projection weights of ``module`` to int8, in place.
+
+    The weights become int8 buffers in output-major layout (attn_qkvw [N, hidden],
+    attn_ow [hidden, Hp*D]) with float32 scales ``attn_qkvw_scale`` / ``attn_ow_scale``
+    [N, K / group_size]; ``group_size`` (0 = per output channel) must divide both K's
+    (hidden for the QKV GEMM, Hp*D for the output projection). Biases and norms stay in T.
+    Returns the module.
+    """
+    if not isinstance(module, DeepSpeedSelfAttention):
+        raise TypeError(f"module must be a DeepSpeedSelfAttention/BloomSelfAttention, got {type(module).__name__}")
+    if module.quantized:
+        raise ValueError("module is already quantized")
+    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 0:
+        raise ValueError(f"group_size must be an int >= 0, got {group_size!r}")
+    for name, k in (("attn_qkvw", module.attn_qkvw.shape[0]), ("attn_ow", module.attn_ow.shape[0])):
+        if group_size and k % group_size:
+            raise ValueError(f"group_size={group_size} does not divide K={k} of {name}")
+    module._activation_dtype = module.activation_dtype
+    q, s = quantize_weight(module.attn_qkvw.t(), group_size)
+    _set_int8(module, "attn_qkvw", q, s)
+    q, s = quantize_weight(module.attn_ow.t(), group_size)
+    _set_int8(module, "attn_ow", q, s)
+    module.quantized = True
+    module.qkv_group_size = group_size
+    module.out_group_size = group_size
+    return module
+
+
+@torch.no_grad()
+def load_deepspeed_int8(module: DeepSpeedSelfAttention, attn_qkvw: torch.Tensor, attn_qkvw_scale: torch.Tensor,
+                        attn_ow: torch.Tensor, attn_ow_scale: torch.Tensor, *, q_groups: Optional[int] = None,
+                        ow_q_groups: Optional[int] = None) -> DeepSpeedSelfAttention:
+    """Load DeepSpeed int8 weights (``[out, in]`` int8 with a ``.scale`` of row-group scales).
+
+    attn_qkvw: int8 [(Hp + 2*KVp)*D, hidden]; attn_ow: int8 [hidden, Hp*D]; the scales are
+    DeepSpeed's ``.scale`` tensors, whose first ``q_groups`` floats are the scales of ``q_groups``
+    equal row groups (default: rows of a 2-D scale, else its number of values). Each row group's
+    scale is repeated for its rows (per-channel scales, OPS.md). The module must not be quantized
+    yet; its norms and biases are kept (load them separately).
+    """
+    if not isinstance(module, DeepSpeedSelfAttention):
+        raise TypeError(f"module must be a DeepSpeedSelfAttention/BloomSelfAttention, got {type(module).__name__}")
+    if module.quantized:
+        raise ValueError("module is already quantized")
+    exp_qkv = (module.attn_qkvw.shape[1], module.attn_qkvw.shape[0])
+    exp_o = (module.attn_ow.shape[1], module.attn_ow.shape[0])
+    for name, w, exp in (("attn_qkvw", attn_qkvw, exp_qkv), ("attn_ow", attn_ow, exp_o)):
+        if not isinstance(w, torch.Tensor) or w.dtype != torch.int8:
+            raise TypeError(f"{name} must be an int8 tensor, got {getattr(w, 'dtype', type(w).__name__)}")
+        if tuple(w.shape) != exp:
+            raise ValueError(f"{name} must be int8 [out, in] = {list(exp)}, got {list(w.shape)}")
+    s_qkv = row_group_scales("attn_qkvw", attn_qkvw_scale, exp_qkv[0], q_groups)
+    s_o = row_group_scales("attn_ow", attn_ow_scale, exp_o[0], ow_q_groups if ow_q_groups is not None else q_groups)
+    module._activation_dtype = module.activation_dtype
+    dev = module.attn_qkvw.device
+    _set_int8(module, "attn_qkvw", attn_qkvw.to(dev).contiguous(), s_qkv.to(dev))
+    _set_int8(module, "attn_ow", attn_ow.to(dev).contiguous(), s_o.to(dev))
+    module.quantized = True
+    module.qkv_group_size = 0
+    module.out_group_size = 0
+    return module

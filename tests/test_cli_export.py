@@ -1,4 +1,4 @@
-"""`dsattn export`: default run, --hf-config / --config / --int8 runs, option errors, mismatch exit code."""
+"""`dsattn export` (dsattn.tools.pipeline): default run, --hf-config / --config / --int8 runs, option errors, mismatch exit code."""
 from __future__ import annotations
 
 import json
@@ -9,18 +9,18 @@ import onnx
 import pytest
 import torch
 
-from dsattn.export import cli
+from dsattn.tools import export_cli, pipeline
 
 
 def test_default_run_passes(tmp_path, capsys):
-    rc = cli.main(["--out", str(tmp_path), "--seed", "3"])
+    rc = export_cli.main(["--out", str(tmp_path), "--seed", "3"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "built-in BLOOM-like config" in out and "PASSED" in out and "decode  B=2 S=1" in out
     # the main job ends with ONNX Runtime (CPU) on the lowered model, both cases, every output
     ort_rows = [l for l in out.splitlines() if "onnxruntime-cpu" in l]
     assert len(ort_rows) == 6 and all(l.rstrip().endswith("PASS") for l in ort_rows), out
-    model = onnx.load(tmp_path / cli.MODEL_NAME)
+    model = onnx.load(tmp_path / pipeline.MODEL_NAME)
     assert {n.op_type for n in model.graph.node} >= {"QKVGemm", "SoftmaxContext"}
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["dsattn.config"])["bigscience_bloom"] is True
@@ -30,26 +30,26 @@ def test_hf_config_llama_gqa_int8(tmp_path, seed):
     hf = dict(model_type="llama", hidden_size=64, intermediate_size=32, num_attention_heads=4, num_key_value_heads=2,
               num_hidden_layers=1, vocab_size=16, rms_norm_eps=1e-5)
     (tmp_path / "config.json").write_text(json.dumps(hf))
-    res = cli.export_main(hf_config=str(tmp_path / "config.json"), dtype="float32", int8=True, group_size=16,
+    res = pipeline.export_main(hf_config=str(tmp_path / "config.json"), dtype="float32", int8=True, group_size=16,
                           batch=3, seq=4, capacity=6, out=tmp_path / "out", seed=seed, log=lambda s: None)
     assert res.passed, (res.checks, res.validations)
     assert len(res.validations) == 1 and res.validations[0].passed
     assert res.config.kv_heads == 2 and res.config.norm_type == "rmsnorm" and res.config.rotary == 16
     assert [c.case for c in res.checks][::3] == ["prefill B=3 S=4", "decode B=3 S=1"]
-    assert res.model_paths == [str(tmp_path / "out" / cli.MODEL_NAME)]
+    assert res.model_paths == [str(tmp_path / "out" / pipeline.MODEL_NAME)]
 
 
 def test_config_file_bf16(tmp_path, seed):
     cfg = dict(hidden_size=64, heads=4, rotary_dim=8, rotate_every_two=True, epsilon=1e-5, qkv_bias=False)
     (tmp_path / "c.json").write_text(json.dumps(cfg))
-    res = cli.export_main(config=str(tmp_path / "c.json"), dtype="bfloat16", batch=2, seq=3, capacity=5,
+    res = pipeline.export_main(config=str(tmp_path / "c.json"), dtype="bfloat16", batch=2, seq=3, capacity=5,
                           out=tmp_path, seed=seed, log=lambda s: None)
     assert res.passed, res.checks
     assert res.validations == []  # ONNX Runtime CPU has no bfloat16 MatMul: skipped, with a note
 
 
 def test_mismatch_exits_nonzero(tmp_path, monkeypatch, capsys):
-    real = cli.export_models
+    real = pipeline.export_models
 
     def export_then_perturb(module, out_dir, **kw):
         paths = real(module, out_dir, **kw)
@@ -57,8 +57,8 @@ def test_mismatch_exits_nonzero(tmp_path, monkeypatch, capsys):
             module.attn_ob.add_(0.5)  # the PyTorch module now differs from the exported graph
         return paths
 
-    monkeypatch.setattr(cli, "export_models", export_then_perturb)
-    rc = cli.main(["--out", str(tmp_path), "--dtype", "float32", "--seq", "2", "--capacity", "3"])
+    monkeypatch.setattr(pipeline, "export_models", export_then_perturb)
+    rc = export_cli.main(["--out", str(tmp_path), "--dtype", "float32", "--seq", "2", "--capacity", "3"])
     out = capsys.readouterr().out
     assert rc == 1 and "MISMATCH" in out and "FAILED" in out
 
@@ -74,7 +74,7 @@ def test_mismatch_exits_nonzero(tmp_path, monkeypatch, capsys):
 ])
 def test_bad_options_exit_2(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:
-        cli.main(argv)
+        export_cli.main(argv)
     assert e.value.code == 2
     assert needle in capsys.readouterr().err
 
@@ -85,7 +85,7 @@ def test_bad_config_contents(tmp_path, capsys):
     for argv, needle in ((["--config", str(tmp_path / "c.json")], "AttentionConfig.num_kv=3"),
                          (["--hf-config", str(tmp_path / "h.json")], "model_type='t5' is not supported")):
         with pytest.raises(SystemExit) as e:
-            cli.main(argv)
+            export_cli.main(argv)
         assert e.value.code == 2 and needle in capsys.readouterr().err
 
 

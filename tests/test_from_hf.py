@@ -238,12 +238,12 @@ def test_hf_config_export_mistral_qwen2_window(tmp_path, seed, model_type, extra
     # prefill (seq 4) is checked against the ONNX reference evaluator and ONNX Runtime.
     import json
 
-    from dsattn.export import cli
+    from dsattn.tools import pipeline
 
     hf = dict(model_type=model_type, hidden_size=64, intermediate_size=32, num_attention_heads=4,
               num_key_value_heads=2, num_hidden_layers=1, vocab_size=16, rms_norm_eps=1e-5, **extra)
     (tmp_path / "config.json").write_text(json.dumps(hf))
-    res = cli.export_main(hf_config=str(tmp_path / "config.json"), dtype="float32", batch=3, seq=4, capacity=6,
+    res = pipeline.export_main(hf_config=str(tmp_path / "config.json"), dtype="float32", batch=3, seq=4, capacity=6,
                           out=tmp_path / "out", seed=seed, log=lambda s: None)
     assert res.passed, (res.checks, res.validations)
     assert len(res.validations) == 1 and res.validations[0].passed

@@ -2,6 +2,7 @@
 structural promises (checker, IR, graph I/O), cache semantics and bad input."""
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -325,14 +326,9 @@ def test_model_without_dsattn_nodes_warns_and_is_unchanged():
     assert again.graph.SerializeToString() == lowered.graph.SerializeToString()
 
 
-def test_fast_and_argument_types():
-    m = sc_model(TP.FLOAT, SC_CASES[0])
-    with pytest.raises(NotImplementedError, match="fast=True.*GroupQueryAttention"):
-        lower_for_ort(m, fast=True)
+def test_argument_types():
     with pytest.raises(TypeError, match="model must be an onnx.ModelProto"):
         lower_for_ort("model.onnx")
-    with pytest.raises(TypeError, match="fast must be a bool"):
-        lower_for_ort(m, fast=1)
 
 
 def test_ir_version_capped():
@@ -350,8 +346,10 @@ def test_lower_cli(tmp_path, capsys):
     out = tmp_path / "m.ort.onnx"
     lowered = onnx.load(out)
     assert not [n for n in lowered.graph.node if n.domain == "dsattn"]
-    assert main(["lower", str(path), "-o", str(tmp_path / "x.onnx"), "--fast"]) == 1
-    assert "not implemented" in capsys.readouterr().err
+    bad = tmp_path / "bad.onnx"
+    onnx.save(sc_model(TP.FLOAT16, dataclasses.replace(SC_CASES[1], attrs={**SC_CASES[1].attrs, "causal": 2})), bad)
+    assert main(["lower", str(bad), "-o", str(tmp_path / "x.onnx")]) == 1
+    assert "causal" in capsys.readouterr().err
     assert main(["lower", str(tmp_path / "missing.onnx")]) == 2
 
 

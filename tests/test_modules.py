@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from dsattn.export import AttentionConfig, BloomSelfAttention, DeepSpeedSelfAttention, KVCache, quantize_int8
-from dsattn.export.quant import load_deepspeed_int8
+from dsattn.export import load_deepspeed_int8
 
 
 def ref_forward(m, x, key, value, seq_lens, start_pos, *, w_qkv=None, w_o=None):

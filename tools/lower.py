@@ -698,24 +698,16 @@ def _lower_graph(graph: onnx.GraphProto, ti: _TypeInfo, opset: int, taken: set[s
     graph.node.extend(new_nodes)
 
 
-def lower_for_ort(model: onnx.ModelProto, *, fast: bool = False) -> onnx.ModelProto:
+def lower_for_ort(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a copy of ``model`` in which every dsattn node is replaced by standard ONNX ops.
 
     The graph inputs and outputs stay the same (names, types, shapes). The result has IR version
     <= 13 (ONNX Runtime 1.31) and passes ``onnx.checker.check_model(full_check=True)``. See the
     module docstring for the numerics, the cache-overflow behaviour and the errors.
-
-    ``fast=True`` would map onto ONNX Runtime contrib ops (GroupQueryAttention, MatMulNBits); it is
-    not implemented and raises NotImplementedError.
     """
     if not isinstance(model, onnx.ModelProto):
         raise TypeError(f"model must be an onnx.ModelProto, got {type(model).__name__} "
                         "(load a path with onnx.load first)")
-    if not isinstance(fast, bool):
-        raise TypeError(f"fast must be a bool, got {type(fast).__name__}")
-    if fast:
-        raise NotImplementedError("lower_for_ort(fast=True) (mapping onto ONNX Runtime contrib ops "
-                                  "GroupQueryAttention / MatMulNBits) is not implemented; use fast=False")
     out = onnx.ModelProto()
     out.CopyFrom(model)
 

@@ -1,4 +1,4 @@
-"""`dsattn lower MODEL [-o OUT] [--fast]`: replace the dsattn custom ops by standard ONNX ops
+"""`dsattn lower MODEL [-o OUT]`: replace the dsattn custom ops by standard ONNX ops
 (``dsattn.tools.lower_for_ort``) so that ONNX Runtime runs the model without a custom-op library."""
 from __future__ import annotations
 
@@ -21,8 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="ONNX model with dsattn custom ops")
     parser.add_argument("-o", "--output", metavar="OUT", default=None,
                         help="where to write the lowered model (default: MODEL with .ort.onnx)")
-    parser.add_argument("--fast", action="store_true",
-                        help="map onto ONNX Runtime contrib ops (GroupQueryAttention, MatMulNBits); not implemented yet")
     parser.add_argument("--no-check", action="store_true", help="skip onnx.checker (full_check) on the result")
 
 
@@ -38,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            lowered = lower_for_ort(model, fast=args.fast)
-    except (ValueError, NotImplementedError) as exc:
+            lowered = lower_for_ort(model)
+    except ValueError as exc:
         print(f"dsattn lower: {exc}", file=sys.stderr)
         return 1
     for w in caught:

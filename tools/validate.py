@@ -34,8 +34,6 @@ raw 2-byte values; loading also accepts float32 arrays whose values are exact in
 from __future__ import annotations
 
 import ctypes
-import importlib
-import importlib.util
 import math
 import os
 import random
@@ -52,7 +50,8 @@ from .lower import lower_for_ort
 
 __all__ = [
     "validate", "ValidationReport", "ReportRow", "CASES", "default_tolerance", "resolve_provider",
-    "make_session", "run_session", "to_float32_model", "make_inputs", "check_feeds",
+    "make_session", "run_session", "to_float32_model", "make_inputs", "check_feeds", "Reference", "reference",
+    "compare",
 ]
 
 CASES = ("prefill", "decode")
@@ -417,6 +416,10 @@ class ValidationReport:
     __str__ = table
 
 
+# ------------------------------------------------------------------------------------------------
+# the accuracy rule: the fp32 reference of one case and the comparison against it
+# ------------------------------------------------------------------------------------------------
+
 def default_tolerance(elem: int, err_t: float) -> tuple[float, float]:
     """(atol, rtol) of the accuracy rule for an output of element type ``elem`` whose reference in
     that precision is off the fp32 reference by ``err_t`` (max abs)."""
@@ -447,15 +450,65 @@ def _as_f32(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float32) if (a.dtype.kind == "f" or a.dtype == _bf16()) else a
 
 
-def _compare(case: str, runtime: str, ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
-             tols: Mapping[str, tuple[float, float]], out_types: Mapping[str, int]) -> list[ReportRow]:
-    """Polygraphy comparison of one runtime's outputs against the fp32 reference."""
+def _run_reference(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from dsattn.export.ops import reference_evaluator
+
+    ev = reference_evaluator(model)
+    names = [o.name for o in model.graph.output]
+    return dict(zip(names, ev.run(None, dict(feeds))))
+
+
+@dataclass
+class Reference:
+    """The truth of one case: the model's outputs computed in fp32 (``outputs``), the same graph in
+    its own precision T (``in_t``; the fp32 outputs for a float32 model) and the (atol, rtol) the
+    accuracy rule allows each output (``tols``)."""
+
+    outputs: dict[str, np.ndarray]
+    in_t: dict[str, np.ndarray]
+    tols: dict[str, tuple[float, float]]
+    out_types: dict[str, int]
+    precision: int
+
+
+def reference(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *,
+              model32: Optional[onnx.ModelProto] = None, atol: Union[None, float, Mapping[str, float]] = None,
+              rtol: Union[None, float, Mapping[str, float]] = None) -> Reference:
+    """Run the reference evaluator on ``model`` (dsattn custom ops) for ``feeds`` in fp32 and in the
+    model's precision, and derive each output's tolerance (``atol``/``rtol`` override the rule as
+    in ``validate``). ``model32``: ``to_float32_model(model)`` when the caller already has it.
+    A ValueError from the reference (inputs it rejects) propagates."""
+    precision = _precision(model)
+    out_types = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
+    if precision == TensorProto.FLOAT:
+        ref = _run_reference(model, feeds)
+        ref_t = ref
+    else:
+        feeds32 = {k: _as_f32(v) for k, v in feeds.items()}
+        ref = _run_reference(model32 if model32 is not None else to_float32_model(model), feeds32)
+        ref_t = _run_reference(model, feeds)
+    tols = {}
+    for n in ref:
+        err_t = (float(np.abs(_as_f32(ref_t[n]).astype(np.float64) - ref[n].astype(np.float64)).max())
+                 if ref[n].size and ref_t is not ref else 0.0)
+        d_atol, d_rtol = default_tolerance(out_types.get(n, TensorProto.FLOAT), err_t)
+        tols[n] = (_pick(atol, n, d_atol, "atol"), _pick(rtol, n, d_rtol, "rtol"))
+    return Reference(ref, ref_t, tols, out_types, precision)
+
+
+def compare(case: str, runtime: str, ref: Reference, got: Mapping[str, np.ndarray]) -> list[ReportRow]:
+    """One runtime's outputs against the fp32 reference under the accuracy rule (Polygraphy's
+    comparator, per-output atol/rtol, max error statistic); one ReportRow per output. NaN, a wrong
+    shape or a missing output never passes."""
     from polygraphy.comparator import Comparator, RunResults
     from polygraphy.comparator.struct import IterationResult
     from polygraphy.logger import G_LOGGER
 
-    names = list(ref)
-    ref32 = OrderedDict((n, _as_f32(ref[n])) for n in names)
+    names = list(ref.outputs)
+    missing = [n for n in names if n not in got]
+    if missing:
+        raise ValueError(f"{runtime} case {case}: outputs {missing} are missing (got {sorted(got)})")
+    ref32 = OrderedDict((n, _as_f32(ref.outputs[n])) for n in names)
     got32 = OrderedDict((n, _as_f32(got[n])) for n in names)
     rr = RunResults()
     rr.append(("reference-fp32", [IterationResult(ref32, runner_name="reference-fp32")]))
@@ -466,10 +519,10 @@ def _compare(case: str, runtime: str, ref: Mapping[str, np.ndarray], got: Mappin
         from polygraphy.comparator import CompareFunc
 
         make_func = CompareFunc.simple
-    func = make_func(atol={n: tols[n][0] for n in names}, rtol={n: tols[n][1] for n in names},
+    func = make_func(atol={n: ref.tols[n][0] for n in names}, rtol={n: ref.tols[n][1] for n in names},
                      check_error_stat="max")
     old = G_LOGGER.module_severity
-    G_LOGGER.module_severity = G_LOGGER.ERROR  # the table below replaces Polygraphy's long log
+    G_LOGGER.module_severity = G_LOGGER.ERROR  # the report's table replaces Polygraphy's long log
     try:
         results = Comparator.compare_accuracy(rr, compare_func=func)
     finally:
@@ -477,18 +530,18 @@ def _compare(case: str, runtime: str, ref: Mapping[str, np.ndarray], got: Mappin
     per_output = next(iter(results[0].values()))[0]
     rows = []
     for n in names:
-        res = per_output[n]
         a, b = ref32[n], got32[n]
-        finite = bool(np.isfinite(b).all()) and a.shape == b.shape
-        diff = np.abs(a.astype(np.float64) - b.astype(np.float64)) if a.shape == b.shape else np.array([np.inf])
-        rows.append(ReportRow(case, runtime, n, _elem_name(out_types.get(n, TensorProto.FLOAT)),
+        same_shape = a.shape == b.shape
+        finite = same_shape and bool(np.isfinite(b).all())
+        diff = np.abs(a.astype(np.float64) - b.astype(np.float64)) if same_shape else np.array([np.inf])
+        rows.append(ReportRow(case, runtime, n, _elem_name(ref.out_types.get(n, TensorProto.FLOAT)),
                               float(diff.max()) if diff.size else 0.0, float(diff.mean()) if diff.size else 0.0,
-                              tols[n][0], tols[n][1], bool(res) and finite))
+                              ref.tols[n][0], ref.tols[n][1], bool(per_output[n]) and finite))
     return rows
 
 
 # ------------------------------------------------------------------------------------------------
-# TensorRT (thin: TensorRT is not installable in this workplace, see DESIGN.md)
+# TensorRT (thin: no TensorRT builder is installed where CI runs)
 # ------------------------------------------------------------------------------------------------
 
 class _TensorRT:
@@ -518,16 +571,8 @@ class _TensorRT:
 
 
 # ------------------------------------------------------------------------------------------------
-# validate
+# validate: options -> cases -> runtimes -> compare each case
 # ------------------------------------------------------------------------------------------------
-
-def _run_reference(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from dsattn.export.ops import reference_evaluator
-
-    ev = reference_evaluator(model)
-    names = [o.name for o in model.graph.output]
-    return dict(zip(names, ev.run(None, dict(feeds))))
-
 
 def _load_model(model_path) -> tuple[onnx.ModelProto, str]:
     if isinstance(model_path, onnx.ModelProto):
@@ -538,6 +583,114 @@ def _load_model(model_path) -> tuple[onnx.ModelProto, str]:
     if not os.path.isfile(path):
         raise ValueError(f"model_path {path!r} does not exist")
     return onnx.load(path), path
+
+
+@dataclass
+class _Options:
+    """validate's arguments, checked and normalized before anything runs."""
+
+    providers: list[str]  # as given (short names label the runtimes)
+    resolved: list[str]  # full ONNX Runtime provider names
+    plugins: list[str]
+    engine: Optional[str]
+    cases: list[str]
+    seed: int
+    atol: Union[None, float, Mapping[str, float]]
+    rtol: Union[None, float, Mapping[str, float]]
+
+
+def _options(providers, plugins, engine, cases, seed, atol, rtol) -> _Options:
+    if isinstance(providers, str):
+        providers = [p for p in providers.split(",") if p]
+    providers = list(providers)
+    resolved = [resolve_provider(p) for p in providers]  # fail early, naming the provider
+    if isinstance(plugins, (str, os.PathLike)):
+        plugins = [plugins]
+    plugins = [os.fspath(p) for p in plugins]
+    cases = [cases] if isinstance(cases, str) else list(cases)
+    for c in cases:
+        if c not in CASES:
+            raise ValueError(f"cases: unknown case {c!r}; choose from {CASES}")
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    _pick(atol, "", 0.0, "atol")
+    _pick(rtol, "", 0.0, "rtol")
+    return _Options(providers, resolved, plugins, engine, cases, seed, atol, rtol)
+
+
+def _case_feeds(model: onnx.ModelProto, opts: _Options, report: ValidationReport, batch, seq, capacity,
+                load_inputs) -> tuple[list[tuple[str, dict[str, np.ndarray]]], Optional[_Dims]]:
+    """The cases to run: the feeds of a Polygraphy JSON file, or generated ones (with their sizes)."""
+    if load_inputs is not None:
+        from polygraphy.json import load_json
+
+        data = load_json(load_inputs, description="input data")
+        if isinstance(data, Mapping):
+            data = [data]
+        if not isinstance(data, list) or not data:
+            raise ValueError(f"load_inputs {load_inputs!r}: expected a non-empty list of feed dicts")
+        return [(f"loaded[{i}]", check_feeds(model, feeds, where=f"load_inputs {load_inputs!r} entry {i}"))
+                for i, feeds in enumerate(data)], None
+    dims, static_s = _resolve_sizes(model, batch, seq, capacity)
+    rng = np.random.default_rng(opts.seed)
+    out = []
+    for c in opts.cases:
+        if c == "decode" and static_s not in (None, 1):
+            report.notes.append(f"case decode skipped: the model has a static sequence length {static_s}")
+            continue
+        out.append((c, make_inputs(model, c, batch=dims.batch, seq=dims.seq, capacity=dims.capacity, rng=rng)))
+    return out, dims
+
+
+def _open_runtimes(model: onnx.ModelProto, model_file: Optional[str], precision: int, opts: _Options, dims,
+                   tmpdir: str, report: ValidationReport) -> dict[str, Any]:
+    """runtime name -> callable(feeds) -> outputs: ONNX Runtime per provider on the lowered model,
+    then TensorRT when asked for. A runtime that cannot start is an error of the report."""
+    runtimes: dict[str, Any] = {}
+    lowered = lower_for_ort(model)
+    for full, short in zip(opts.resolved, opts.providers):
+        name = f"onnxruntime-{short.lower().replace('executionprovider', '')}"
+        try:
+            sess = make_session(lowered, full)
+        except Exception as exc:  # a runtime that cannot even load the model fails the report
+            hint = ""
+            if "NOT_IMPLEMENTED" in str(exc) and precision == TensorProto.BFLOAT16:
+                hint = (" (the lowered dsattn nodes compute in float32, but another node of the model runs in "
+                        "bfloat16, which this provider has no kernel for; ORT CUDA has bfloat16 MatMul/Add)")
+            report.errors.append(f"{name}: cannot create a session for the lowered model: {exc}{hint}")
+            continue
+        runtimes[name] = lambda feeds, sess=sess: run_session(sess, feeds)
+    if opts.engine is None and not opts.plugins:
+        report.notes.append("TensorRT: not requested (pass engine/plugins)")
+        return runtimes
+    try:
+        runtimes["tensorrt"] = _TensorRT(opts.engine, opts.plugins, model_file, dims, tmpdir)
+    except Exception as exc:
+        report.errors.append(f"tensorrt: {exc}")
+    return runtimes
+
+
+def _run_case(report: ValidationReport, case: str, feeds: Mapping[str, np.ndarray], model: onnx.ModelProto,
+              model32: onnx.ModelProto, runtimes: Mapping[str, Any], opts: _Options) -> None:
+    """Reference for one case, then every runtime compared with it; rows and errors go to ``report``."""
+    try:
+        ref = reference(model, feeds, model32=model32, atol=opts.atol, rtol=opts.rtol)
+    except ValueError as exc:
+        raise ValueError(f"case {case}: the reference rejects the inputs: {exc}") from exc
+    if ref.precision != TensorProto.FLOAT:  # what computing in T costs: the scale of the rule
+        report.rows += compare(case, f"reference-{_elem_name(ref.precision)}", ref, ref.in_t)
+    for name, run in runtimes.items():
+        try:
+            got = run(feeds)
+        except Exception as exc:
+            report.errors.append(f"{name} case {case}: run failed: {exc}")
+            continue
+        try:
+            report.rows += compare(case, name, ref, got)
+        except ValueError as exc:  # missing outputs
+            report.errors.append(str(exc))
 
 
 def validate(model_path, *, providers: Sequence[str] = ("cpu",), plugins: Sequence[str] = (),
@@ -556,112 +709,19 @@ def validate(model_path, *, providers: Sequence[str] = ("cpu",), plugins: Sequen
     seed (reported, so a run can be replayed).
     """
     model, label = _load_model(model_path)
-    if isinstance(providers, str):
-        providers = [p for p in providers.split(",") if p]
-    providers = list(providers)
-    resolved = [resolve_provider(p) for p in providers]  # fail early, naming the provider
-    if isinstance(plugins, (str, os.PathLike)):
-        plugins = [plugins]
-    plugins = [os.fspath(p) for p in plugins]
-    if isinstance(cases, str):
-        cases = [cases]
-    for c in cases:
-        if c not in CASES:
-            raise ValueError(f"cases: unknown case {c!r}; choose from {CASES}")
-    if seed is None:
-        seed = random.SystemRandom().randrange(2**31)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    _pick(atol, "", 0.0, "atol")
-    _pick(rtol, "", 0.0, "rtol")
-
+    opts = _options(providers, plugins, engine, cases, seed, atol, rtol)
     precision = _precision(model)
-    report = ValidationReport(label, _elem_name(precision), seed)
-    rng = np.random.default_rng(seed)
-
-    # ---- the cases ----
-    case_feeds: list[tuple[str, dict[str, np.ndarray]]] = []
-    dims = None  # sizes of the generated cases (None: loaded inputs)
-    if load_inputs is not None:
-        from polygraphy.json import load_json
-
-        data = load_json(load_inputs, description="input data")
-        if isinstance(data, Mapping):
-            data = [data]
-        if not isinstance(data, list) or not data:
-            raise ValueError(f"load_inputs {load_inputs!r}: expected a non-empty list of feed dicts")
-        for i, feeds in enumerate(data):
-            case_feeds.append((f"loaded[{i}]", check_feeds(model, feeds, where=f"load_inputs {load_inputs!r} entry {i}")))
-    else:
-        dims, static_s = _resolve_sizes(model, batch, seq, capacity)
-        for c in cases:
-            if c == "decode" and static_s not in (None, 1):
-                report.notes.append(f"case decode skipped: the model has a static sequence length {static_s}")
-                continue
-            case_feeds.append((c, make_inputs(model, c, batch=dims.batch, seq=dims.seq, capacity=dims.capacity, rng=rng)))
+    report = ValidationReport(label, _elem_name(precision), opts.seed)
+    case_feeds, dims = _case_feeds(model, opts, report, batch, seq, capacity, load_inputs)
     if save_inputs is not None:
         from polygraphy.json import save_json
 
         save_json([f for _, f in case_feeds], save_inputs, description="input data")
         report.notes.append(f"inputs saved to {save_inputs}")
-
-    out_types = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
     model32 = to_float32_model(model) if precision != TensorProto.FLOAT else model
-    lowered = lower_for_ort(model)
-    sessions = {}
-    for full, short in zip(resolved, providers):
-        runtime = f"onnxruntime-{short.lower().replace('executionprovider', '')}"
-        try:
-            sessions[runtime] = make_session(lowered, full)
-        except Exception as exc:  # a runtime that cannot even load the model fails the report
-            hint = ""
-            if "NOT_IMPLEMENTED" in str(exc) and precision == TensorProto.BFLOAT16:
-                hint = (" (the lowered dsattn nodes compute in float32, but another node of the model runs in "
-                        "bfloat16, which this provider has no kernel for; ORT CUDA has bfloat16 MatMul/Add)")
-            report.errors.append(f"{runtime}: cannot create a session for the lowered model: {exc}{hint}")
-    want_trt = engine is not None or bool(plugins)
-    trt_runner = None
-    tmp = tempfile.TemporaryDirectory(prefix="dsattn-validate-")
-    if want_trt:
-        try:
-            trt_runner = _TensorRT(engine, plugins, None if isinstance(model_path, onnx.ModelProto) else label,
-                                   dims, tmp.name)
-        except Exception as exc:
-            report.errors.append(f"tensorrt: {exc}")
-    else:
-        report.notes.append("TensorRT: not requested (pass engine/plugins)")
-
-    for case, feeds in case_feeds:
-        feeds32 = {k: (v.astype(np.float32) if v.dtype.kind == "f" or v.dtype == _bf16() else v) for k, v in feeds.items()}
-        try:
-            ref = _run_reference(model32, feeds32)
-        except ValueError as exc:
-            raise ValueError(f"case {case}: the reference rejects the inputs: {exc}") from exc
-        if precision != TensorProto.FLOAT:
-            ref_t = _run_reference(model, feeds)
-            err_t = {n: float(np.abs(_as_f32(ref_t[n]).astype(np.float64) - ref[n].astype(np.float64)).max())
-                     if ref[n].size else 0.0 for n in ref}
-        else:
-            err_t = {n: 0.0 for n in ref}
-        tols = {}
-        for n in ref:
-            d_atol, d_rtol = default_tolerance(out_types.get(n, TensorProto.FLOAT), err_t[n])
-            tols[n] = (_pick(atol, n, d_atol, "atol"), _pick(rtol, n, d_rtol, "rtol"))
-        if precision != TensorProto.FLOAT:
-            report.rows += _compare(case, f"reference-{_elem_name(precision)}", ref, ref_t, tols, out_types)
-        for runtime, sess in sessions.items():
-            try:
-                got = run_session(sess, feeds)
-            except Exception as exc:
-                report.errors.append(f"{runtime} case {case}: run failed: {exc}")
-                continue
-            report.rows += _compare(case, runtime, ref, got, tols, out_types)
-        if trt_runner is not None:
-            try:
-                got = trt_runner(feeds)
-            except Exception as exc:
-                report.errors.append(f"tensorrt case {case}: {exc}")
-            else:
-                report.rows += _compare(case, "tensorrt", ref, got, tols, out_types)
-    tmp.cleanup()
+    model_file = None if isinstance(model_path, onnx.ModelProto) else label
+    with tempfile.TemporaryDirectory(prefix="dsattn-validate-") as tmpdir:
+        runtimes = _open_runtimes(model, model_file, precision, opts, dims, tmpdir, report)
+        for case, feeds in case_feeds:
+            _run_case(report, case, feeds, model, model32, runtimes, opts)
     return report
