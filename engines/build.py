@@ -10,21 +10,29 @@ What both do (TensorRT >= 10.8; TensorRT 11 is strongly typed only):
 - create the network strongly typed (precision comes from the model; the flag is a no-op in 11),
 - one optimization profile for batch / seq / cache capacity (engines.profiles),
 - enable ``PreviewFeature.ALIASED_PLUGIN_IO_10_03`` so the KV cache outputs alias their inputs,
-- serialize the plugin library into the plan (``plugins_to_serialize`` / ``--setPluginsToSerialize``),
-  so running the plan needs no separate plugin loading,
-- an optional timing cache file (read if present, written back).
+- an optional timing cache file (read if present, written back),
+- write the plan (and the timing cache) atomically (dsattn.fileio): a failed build or write leaves
+  an older plan untouched.
+
+The plugin library is *not* serialized into the plan: TensorRT serializes plugin libraries only
+into version-compatible engines (``setPluginsToSerialize``), and a plan carrying plugin code
+deserializes only where the runtime allows host code (``setEngineHostCodeAllowed``). So a plan is
+always run with the plugin library loaded first: ``EngineRunner(plan, plugins=LIB)``,
+``dsattn validate --engine PLAN --plugins LIB``, ``trtexec --loadEngine=PLAN --dynamicPlugins=LIB``.
 
 Status: none of the TensorRT calls here has run: TensorRT cannot be installed in this workplace
 (DESIGN.md). The pure logic (profiles, command lines, argument checks) is unit-tested.
 """
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from dsattn.engines.profiles import Profile, derive_profile, format_shapes
+from dsattn.fileio import check_output_path, load_onnx, write_bytes_atomic
 
 MIN_TENSORRT = "10.8"
 _INSTALL_HINT = (f"TensorRT >= {MIN_TENSORRT} Python package is required: install it from NVIDIA "
@@ -46,6 +54,25 @@ def import_tensorrt():
     return trt
 
 
+# Plugin libraries loaded into TensorRT's (process-wide) plugin registry: loadLibrary fails when the
+# library's creators are already registered, so a library is loaded once per process however many
+# builds and runners use it.
+_LOADED: dict[str, object] = {}
+
+
+def load_plugin_libraries(registry, libs) -> None:
+    """Loads each plugin library into ``registry`` once per process (see _LOADED)."""
+    for lib in libs:
+        key = os.path.realpath(lib)
+        if key in _LOADED:
+            continue
+        handle = registry.load_library(str(lib))
+        if handle is None:
+            raise RuntimeError(f"TensorRT could not load plugin library {str(lib)!r} (see the log above; "
+                               f"loadLibrary also fails when its creators are already registered)")
+        _LOADED[key] = handle
+
+
 def _plugin_paths(plugins) -> list[Path]:
     if isinstance(plugins, (str, Path)):
         plugins = [plugins]
@@ -61,7 +88,8 @@ def _plugin_paths(plugins) -> list[Path]:
 
 def resolve_profile(onnx_path, profiles: Profile | None = None, *, batch=None, seq=None, capacity=None) -> Profile:
     """`profiles` as given (checked against the model) or derived from the model's dynamic dims."""
-    return derive_profile(onnx_path, batch=batch, seq=seq, capacity=capacity, overrides=profiles)
+    model = load_onnx(onnx_path, "ONNX model", load_external_data=False)  # one-line errors for bad files
+    return derive_profile(model, batch=batch, seq=seq, capacity=capacity, overrides=profiles)
 
 
 def trtexec_command(onnx_path, plugins, out, profiles: Profile | None = None, *, batch=None, seq=None,
@@ -71,15 +99,13 @@ def trtexec_command(onnx_path, plugins, out, profiles: Profile | None = None, *,
     samples/common/sampleOptions.cpp). ``--stronglyTyped`` is required by TensorRT 10 for our typed
     models and an accepted no-op in TensorRT 11."""
     onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise FileNotFoundError(f"ONNX model {str(onnx_path)!r} does not exist")
     libs = [Path(p) for p in ([plugins] if isinstance(plugins, (str, Path)) else plugins)]
     if not libs:
         raise ValueError("plugins must name the dsattn plugin library, got none")
     profile = resolve_profile(onnx_path, profiles, batch=batch, seq=seq, capacity=capacity)
     args = [trtexec, f"--onnx={onnx_path}"]
+    # The plan holds no plugin code (see the module docstring): --dynamicPlugins again when running it.
     args += [f"--dynamicPlugins={p}" for p in libs]
-    args += [f"--setPluginsToSerialize={p}" for p in libs]
     if profile:
         args += [f"--minShapes={format_shapes(profile, 0)}", f"--optShapes={format_shapes(profile, 1)}",
                  f"--maxShapes={format_shapes(profile, 2)}"]
@@ -131,9 +157,8 @@ def build_engine(onnx_path, plugins, out, *, profiles: Profile | None = None, ba
     timing_cache: file read when it exists and written after the build.
     """
     onnx_path = Path(onnx_path)
-    if not onnx_path.is_file():
-        raise FileNotFoundError(f"ONNX model {str(onnx_path)!r} does not exist")
     libs = _plugin_paths(plugins)
+    out = check_output_path(out, "engine output")
     if workspace_bytes is not None and (not isinstance(workspace_bytes, int) or workspace_bytes <= 0):
         raise ValueError(f"workspace_bytes must be a positive int, got {workspace_bytes!r}")
     profile = resolve_profile(onnx_path, profiles, batch=batch, seq=seq, capacity=capacity)
@@ -141,11 +166,7 @@ def build_engine(onnx_path, plugins, out, *, profiles: Profile | None = None, ba
 
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    registry = builder.get_plugin_registry()
-    for lib in libs:
-        if registry.load_library(str(lib)) is None:
-            raise RuntimeError(f"TensorRT could not load plugin library {str(lib)!r} (see the log above; "
-                               f"loadLibrary also fails when its creators are already registered)")
+    load_plugin_libraries(builder.get_plugin_registry(), libs)
     flags = 0
     strongly = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
     if strongly is not None:  # deprecated no-op in TensorRT 11 (always strongly typed)
@@ -158,7 +179,6 @@ def build_engine(onnx_path, plugins, out, *, profiles: Profile | None = None, ba
 
     config = builder.create_builder_config()
     config.set_preview_feature(trt.PreviewFeature.ALIASED_PLUGIN_IO_10_03, True)
-    config.plugins_to_serialize = [str(p) for p in libs]
     if workspace_bytes is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     net_inputs = {network.get_input(i).name for i in range(network.num_inputs)}
@@ -173,7 +193,11 @@ def build_engine(onnx_path, plugins, out, *, profiles: Profile | None = None, ba
 
     cache_path = Path(timing_cache) if timing_cache is not None else None
     if cache_path is not None:
-        blob = cache_path.read_bytes() if cache_path.exists() else b""
+        check_output_path(cache_path, "timing cache")
+        try:
+            blob = cache_path.read_bytes() if cache_path.exists() else b""
+        except OSError as exc:
+            raise ValueError(f"timing cache {str(cache_path)!r}: cannot read ({exc.strerror})") from None
         cache = config.create_timing_cache(blob)
         config.set_timing_cache(cache, ignore_mismatch=False)
     if progress:
@@ -182,12 +206,11 @@ def build_engine(onnx_path, plugins, out, *, profiles: Profile | None = None, ba
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(bytes(memoryview(plan)))
+    write_bytes_atomic(out, bytes(memoryview(plan)))
     if cache_path is not None:
-        cache_path.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+        write_bytes_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
     return out
 
 
-__all__: Iterable[str] = ["build_engine", "trtexec_command", "import_tensorrt", "resolve_profile", "MIN_TENSORRT"]
+__all__: Iterable[str] = ["build_engine", "trtexec_command", "import_tensorrt", "resolve_profile",
+                          "load_plugin_libraries", "MIN_TENSORRT"]

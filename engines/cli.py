@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"explicit {which} shapes per input, trtexec syntax (all three together)")
     parser.add_argument("--timing-cache", metavar="FILE", help="timing cache file (read if present, then updated)")
     parser.add_argument("--no-progress", action="store_true", help="no build progress bar")
-    parser.add_argument("--verbose", action="store_true", help="TensorRT verbose log")
+    # --verbose (the global option of `dsattn`) also turns on TensorRT's verbose log here.
 
 
 def _profiles(args) -> dict | None:
@@ -46,6 +46,11 @@ def _profiles(args) -> dict | None:
     return {n: (mins[n], opts[n], maxs[n]) for n in mins}
 
 
+def _one_line(e: BaseException) -> str:
+    # TensorRT's parser reports one error per line: keep them all, on one line.
+    return "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+
+
 def run(args: argparse.Namespace) -> int:
     from dsattn.engines.build import build_engine, trtexec_command
 
@@ -55,17 +60,21 @@ def run(args: argparse.Namespace) -> int:
         profiles = _profiles(args)
         out = Path(args.output) if args.output else Path(args.model).with_suffix(".plan")
         if args.print_trtexec:
+            line = trtexec_command(args.model, args.plugins, out, profiles, timing_cache=args.timing_cache, **ranges)
             # The line is meant for another machine, so a library missing here is not an error.
             for lib in args.plugins:
                 if not Path(lib).is_file():
                     print(f"dsattn build-engine: note: plugin library {lib!r} does not exist on this machine",
                           file=sys.stderr)
-            print(trtexec_command(args.model, args.plugins, out, profiles, timing_cache=args.timing_cache, **ranges))
+            print(line)
             return 0
         path = build_engine(args.model, args.plugins, out, profiles=profiles, timing_cache=args.timing_cache,
-                            progress=not args.no_progress, verbose=args.verbose, **ranges)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError) as e:
-        print(f"dsattn build-engine: error: {e}", file=sys.stderr)
+                            progress=not args.no_progress, verbose=getattr(args, "verbose", False), **ranges)
+    except (ValueError, TypeError, FileNotFoundError) as e:  # a bad option or input file
+        print(f"dsattn build-engine: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except (ImportError, RuntimeError, OSError) as e:  # no TensorRT, a failed build or write
+        print(f"dsattn build-engine: error: {_one_line(e)}", file=sys.stderr)
+        return 1
     print(f"wrote {path}")
     return 0

@@ -91,8 +91,10 @@ def model_inputs(model) -> list[ModelInput]:
     """Graph inputs (initializers excluded) of an onnx.ModelProto or path, with their dims."""
     import onnx
 
-    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        model = onnx.load(str(model), load_external_data=False)
+    if isinstance(model, str) or hasattr(model, "__fspath__"):
+        from dsattn.fileio import load_onnx
+
+        model = load_onnx(model, "ONNX model", load_external_data=False)
     if not isinstance(model, onnx.ModelProto):
         raise TypeError(f"model must be an onnx.ModelProto or a path, got {type(model).__name__}")
     inits = {i.name for i in model.graph.initializer}
@@ -123,9 +125,10 @@ def derive_profile(model, *, batch=None, seq=None, capacity=None,
     no role and no override, or when a given shape contradicts the model.
     """
     ranges = dict(DEFAULT_RANGES)
+    given = {}
     for role, r in (("batch", batch), ("seq", seq), ("capacity", capacity)):
         if r is not None:
-            ranges[role] = check_range(tuple(r), role)
+            ranges[role] = given[role] = check_range(tuple(r), role)
     overrides = dict(overrides or {})
     inputs = model_inputs(model)
     # A model with a static cache capacity (export_onnx's default) cannot take more new tokens than
@@ -140,6 +143,7 @@ def derive_profile(model, *, batch=None, seq=None, capacity=None,
     unknown = sorted(set(overrides) - set(names))
     if unknown:
         raise ValueError(f"profile given for {unknown}, which are not inputs of the model (inputs: {names})")
+    _check_given_roles(inputs, given, overrides)
     profile: Profile = {}
     param_role: dict[str, str] = {}
     for inp in inputs:
@@ -179,6 +183,26 @@ def derive_profile(model, *, batch=None, seq=None, capacity=None,
         profile[inp.name] = (tuple(mn), tuple(op), tuple(mx))
     _check_seq_fits_capacity(profile)
     return profile
+
+
+def _check_given_roles(inputs: Sequence[ModelInput], given: Mapping[str, tuple[int, int, int]],
+                       overrides: Mapping) -> None:
+    """A range given for a role must act on the model: where every dim of that role is static, the
+    range must be that size (a --capacity 64 on a model exported with capacity 32 would otherwise
+    be ignored without a word), and a role no input has is an error too."""
+    for role, r in given.items():
+        dims = [(i.name, a, d) for i in inputs if i.name not in overrides
+                for a, d in enumerate(i.dims) if ROLES.get((i.name, a)) == role]
+        if any(not isinstance(d, int) for _, _, d in dims):
+            continue  # a dynamic dim takes the range
+        text = ":".join(str(v) for v in r)
+        if not dims:
+            raise ValueError(f"{role} range {text}: the model has no {role} axis (inputs: "
+                             f"{[i.name for i in inputs]})")
+        name, axis, d = dims[0]
+        if r != (d, d, d):
+            raise ValueError(f"{role} range {text} conflicts with the model's static {role} {d} (input "
+                             f"{name!r} axis {axis}); the model was exported with it")
 
 
 def _check_seq_fits_capacity(profile: Profile) -> None:

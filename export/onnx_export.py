@@ -29,6 +29,8 @@ import onnx
 import torch
 from onnx import TensorProto, defs, helper
 
+from dsattn.fileio import save_onnx_atomic
+
 from . import ops
 from .modules import DeepSpeedSelfAttention, KVCache
 
@@ -40,7 +42,6 @@ OUTPUT_NAMES = ("output", "present_key", "present_value")
 IR_VERSION = 10  # ONNX Runtime >= 1.16 and TensorRT 10/11 read IR 10; must stay <= 13
 OPSET = 18  # default ONNX opset (torchlib builds at 18)
 _COMMON = dict(plugin_version=str(ops.OP_VERSION), plugin_namespace=ops.DOMAIN)
-_TWO_GB = 2 * 1024**3
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,7 +205,44 @@ def _post_process(model: onnx.ModelProto, T: int) -> onnx.ModelProto:
     if stray:
         raise RuntimeError("exported graph has tensors outside the module dtype "
                            f"{TensorProto.DataType.Name(T)}: " + "; ".join(stray))
+    _fill_absent_inputs(model, T)
     return model
+
+
+# Element type of an absent optional input given as a shape-[0] tensor (T: the node's float type).
+_ABSENT_TYPE = {("QKVGemm", 5): TensorProto.FLOAT, ("SoftmaxContext", 4): TensorProto.INT32,
+                ("Int8MatMul", 2): TensorProto.FLOAT}
+
+
+def _fill_absent_inputs(model: onnx.ModelProto, T: int) -> None:
+    """Only trailing inputs of a dsattn node may be absent (left out); an absent input before a
+    present one becomes a shape-[0] initializer, which every dsattn runtime reads as absent
+    (OPS.md). Why: TensorRT's ONNX parser hands every empty input name to the plugin as a null
+    ITensor, and what TensorRT makes of a null plugin input is not defined, while a zero-volume
+    constant is an ordinary tensor. Trailing empty names are dropped here: the parser does not
+    trim them."""
+    g = model.graph
+    taken = {i.name for i in g.initializer} | {i.name for i in g.input} | {o for n in g.node for o in n.output}
+    made: dict[int, str] = {}
+    for n in g.node:
+        if n.domain != ops.DOMAIN:
+            continue
+        ins = list(n.input)
+        while ins and not ins[-1]:
+            ins.pop()
+        for i, name in enumerate(ins):
+            if name:
+                continue
+            et = _ABSENT_TYPE.get((n.op_type, i), T)
+            if et not in made:
+                base = f"dsattn_absent_{helper.tensor_dtype_to_np_dtype(et).name}"
+                while base in taken:
+                    base += "_"
+                made[et] = base
+                g.initializer.append(helper.make_tensor(base, et, [0], []))
+            ins[i] = made[et]
+        del n.input[:]
+        n.input.extend(ins)
 
 
 def _check_positive(name: str, v) -> int:
@@ -277,20 +315,7 @@ def export_onnx(module: DeepSpeedSelfAttention, path: Union[str, os.PathLike], *
     for k, v in meta.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     path.parent.mkdir(parents=True, exist_ok=True)
-    big = model.ByteSize() > _TWO_GB - 64 * 1024**2 if _fits_bytesize(model) else True
-    if big:
-        data = path.name + ".data"
-        if (path.parent / data).exists():
-            (path.parent / data).unlink()  # onnx appends to an existing data file
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data, size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
-    onnx.checker.check_model(str(path), full_check=True)
+    # Staged next to `path`, checked, then renamed: a failed write or check leaves the previous
+    # model (and its external data) as they were.
+    save_onnx_atomic(model, path, check=lambda p: onnx.checker.check_model(str(p), full_check=True))
     return str(path)
-
-
-def _fits_bytesize(model: onnx.ModelProto) -> bool:
-    """ByteSize() itself fails on protos past 2 GB; count initializer bytes first."""
-    total = sum(len(t.raw_data) for t in model.graph.initializer)
-    return total < _TWO_GB - 64 * 1024**2

@@ -478,6 +478,10 @@ def run_node(op_type: str, inputs: Sequence[Optional[np.ndarray]], attrs: Mappin
         if i >= len(inputs) or inputs[i] is None:
             _fail(f"{op_type}: required input {i} '{names[i]}' is missing")
     inputs += [None] * (len(names) - len(inputs))
+    # A shape-[0] tensor in an optional slot is absent (OPS.md: how an absent input that precedes a
+    # present one is written).
+    inputs = [None if i >= _REQUIRED_INPUTS[op_type] and a is not None and np.shape(a) == (0,) else a
+              for i, a in enumerate(inputs)]
     t = [None if a is None else _np_to_torch(n, a) for n, a in zip(names, inputs)]
     a = dict(_ATTR_DEFAULTS[op_type])
     for k, v in attrs.items():

@@ -154,13 +154,17 @@ def test_post_process_rejects_stray_float32():
 
 def test_external_data_path(tmp_path, monkeypatch, seed):
     # Models past 2 GB store weights as external data; lower the threshold to exercise that path.
-    from dsattn.export import onnx_export
+    from dsattn import fileio
 
-    monkeypatch.setattr(onnx_export, "_TWO_GB", 0)
+    monkeypatch.setattr(fileio, "EXTERNAL_DATA_THRESHOLD", 0)
     torch.manual_seed(seed)
     m = DeepSpeedSelfAttention(AttentionConfig(hidden_size=64, heads=4, dtype="fp32")).eval()
     path = export_onnx(m, tmp_path / "ext.onnx", batch=2, seq=2, capacity=CAP)
-    assert (tmp_path / "ext.onnx.data").stat().st_size >= m.attn_qkvw.numel() * 4
+    size = (tmp_path / "ext.onnx.data").stat().st_size
+    assert size >= m.attn_qkvw.numel() * 4
+    export_onnx(m, tmp_path / "ext.onnx", batch=2, seq=2, capacity=CAP)  # a rerun rewrites, never appends
+    assert (tmp_path / "ext.onnx.data").stat().st_size == size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ext.onnx", "ext.onnx.data"]  # no staging left
     model = onnx.load(path)  # loads the external data back
     _run_both(m, model, B=2, S=3, L=0, seed=seed)
 

@@ -200,7 +200,17 @@ def test_tensorrt_plumbing_with_a_stand_in_runtime(fp16_model, tmp_path, monkeyp
         return out
 
     monkeypatch.setattr(engines, "run_engine", garbage)
-    rep = validate(fp16_model, seed=seed, engine="given.plan")
+    rep = validate(fp16_model, seed=seed, engine="given.plan", plugins=["libdsattn_plugins.so"])
     assert not rep.passed and "build" in calls
     assert {r.output for r in rep.rows if not r.passed} == {"context"}
     assert all(r.runtime == "tensorrt" for r in rep.rows if not r.passed)
+
+
+def test_engine_without_plugins_is_an_error(fp16_model, monkeypatch, seed):
+    """A plan carries no plugin code: the library must be loaded before deserializing it."""
+    import dsattn.engines as engines
+
+    monkeypatch.setattr(engines, "import_tensorrt", lambda: None)
+    rep = validate(fp16_model, seed=seed, engine="given.plan", cases=("decode",))
+    assert not rep.passed
+    assert any("needs the plugin library too" in e for e in rep.errors), rep.errors

@@ -33,6 +33,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from dsattn.fileio import check_output_path, write_text_atomic
+
 L2_BYTES = 50 * 2**20
 
 
@@ -273,6 +275,11 @@ def _call_section(modname: str, lib, dtypes, quick, ceilings, out_dir, notes) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    try:  # before minutes of measurements, not after
+        check_output_path(args.out, "--out")
+    except ValueError as e:
+        print(f"dsattn bench: error: {e}", file=sys.stderr)
+        return 2
     try:
         import torch
     except ImportError:
@@ -317,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
     if "int8" in only:
         rows += _call_section("dsattn.tools.bench_int8", lib, dtypes, args.quick, ceilings, out.parent, notes)
     text = markdown(rows, ceilings, env, notes)
-    out.write_text(text)
+    write_text_atomic(out, text)  # a failed write keeps the previous BENCHMARKS.md
     print()
     print(text)
     print(f"wrote {out}")

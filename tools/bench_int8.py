@@ -235,8 +235,9 @@ def main(argv=None) -> int:
           ", ".join(f"{k} {v:.2f}" for k, v in rows[0]["ceilings"].items()))
     print(format_table(rows))
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        from dsattn.fileio import write_text_atomic
+
+        write_text_atomic(a.json, json.dumps(rows, indent=1))
     return 0
 
 

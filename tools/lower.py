@@ -256,12 +256,15 @@ def _parse_attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return values
 
 
-def _inputs(node: onnx.NodeProto) -> list[Optional[str]]:
+def _inputs(node: onnx.NodeProto, ti: Optional["_TypeInfo"] = None) -> list[Optional[str]]:
     names = _INPUTS[node.op_type]
     if len(node.input) > len(names):
         raise ValueError(f"{_node_label(node)} has {len(node.input)} inputs; {node.op_type} takes at most "
                          f"{len(names)} {names}")
     ins: list[Optional[str]] = [x if x else None for x in node.input] + [None] * (len(names) - len(node.input))
+    if ti is not None:  # a shape-[0] tensor in an optional slot is absent (OPS.md)
+        ins = [None if i >= _REQUIRED_INPUTS[node.op_type] and x is not None and ti.dims(x) == (0,) else x
+               for i, x in enumerate(ins)]
     for i in range(_REQUIRED_INPUTS[node.op_type]):
         if ins[i] is None:
             raise ValueError(f"{_node_label(node)}: required input {i} {names[i]!r} is missing")
@@ -347,7 +350,7 @@ def _dequant_t(e: _Emitter, node, ti: _TypeInfo, weight: str, scale: Optional[st
 
 def _lower_qkv_gemm(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) -> None:
     label = _node_label(node)
-    x, weight, bias, gamma, beta, scale = _inputs(node)
+    x, weight, bias, gamma, beta, scale = _inputs(node, ti)
     norm_type, eps = a["norm_type"], a["epsilon"]
     if norm_type not in (0, 1, 2):
         raise ValueError(f"{label}: attribute norm_type must be 0 (none), 1 (LayerNorm) or 2 (RMSNorm), "
@@ -409,7 +412,7 @@ def _lower_qkv_gemm(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) -> None
 
 def _lower_int8_matmul(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) -> None:
     label = _node_label(node)
-    x, weight, scale, bias = _inputs(node)
+    x, weight, scale, bias = _inputs(node, ti)
     if len(node.output) != 1:
         raise ValueError(f"{label}: must have exactly 1 output, got {len(node.output)}")
     e.t_elem = _node_t(node, ti, [(x, "input"), (bias, "bias")])
@@ -461,7 +464,7 @@ def _rotary(e: _Emitter, x: str, cos: str, sin: str, rotary_dim: int, head_size:
 
 def _lower_softmax_context(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) -> None:
     label = _node_label(node)
-    qkv, past_k, past_v, seq_lens, start_pos = _inputs(node)
+    qkv, past_k, past_v, seq_lens, start_pos = _inputs(node, ti)
     if len(node.output) > 3:
         raise ValueError(f"{label}: has {len(node.output)} outputs, SoftmaxContext has 3")
     H, D = a["num_heads"], a["head_size"]

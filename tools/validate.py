@@ -558,6 +558,9 @@ class _TensorRT:
         except (ImportError, RuntimeError) as exc:
             raise RuntimeError(f"TensorRT was requested (engine={engine!r}, plugins={list(plugins)}) but is not "
                                f"importable: {exc}") from exc
+        if not plugins:
+            raise RuntimeError(f"engine {engine!r} needs the plugin library too (plugins / --plugins LIB): plans "
+                               "carry no plugin code, the library is loaded before deserializing")
         if engine is None:
             if model_path is None:
                 raise RuntimeError("building a TensorRT engine needs the model as a file (pass a path, not a ModelProto)")
@@ -580,9 +583,9 @@ def _load_model(model_path) -> tuple[onnx.ModelProto, str]:
     if not isinstance(model_path, (str, os.PathLike)):
         raise TypeError(f"model_path must be a path or an onnx.ModelProto, got {type(model_path).__name__}")
     path = os.fspath(model_path)
-    if not os.path.isfile(path):
-        raise ValueError(f"model_path {path!r} does not exist")
-    return onnx.load(path), path
+    from dsattn.fileio import load_onnx
+
+    return load_onnx(path, "model"), path
 
 
 @dataclass
@@ -608,9 +611,13 @@ def _options(providers, plugins, engine, cases, seed, atol, rtol) -> _Options:
         plugins = [plugins]
     plugins = [os.fspath(p) for p in plugins]
     cases = [cases] if isinstance(cases, str) else list(cases)
+    if not cases:
+        raise ValueError(f"cases: none given; choose from {CASES}")
     for c in cases:
         if c not in CASES:
             raise ValueError(f"cases: unknown case {c!r}; choose from {CASES}")
+    if not providers and engine is None and not plugins:
+        raise ValueError("providers: none given and no TensorRT engine/plugins: nothing would be validated")
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -626,7 +633,11 @@ def _case_feeds(model: onnx.ModelProto, opts: _Options, report: ValidationReport
     if load_inputs is not None:
         from polygraphy.json import load_json
 
-        data = load_json(load_inputs, description="input data")
+        try:
+            data = load_json(load_inputs, description="input data")
+        except (OSError, ValueError) as exc:  # missing file, not JSON
+            raise ValueError(f"load_inputs {os.fspath(load_inputs)!r}: cannot read input data "
+                             f"({exc.strerror if isinstance(exc, OSError) else exc})") from None
         if isinstance(data, Mapping):
             data = [data]
         if not isinstance(data, list) or not data:
@@ -710,13 +721,25 @@ def validate(model_path, *, providers: Sequence[str] = ("cpu",), plugins: Sequen
     """
     model, label = _load_model(model_path)
     opts = _options(providers, plugins, engine, cases, seed, atol, rtol)
+    outputs = [o.name for o in model.graph.output]
+    for what, tol in (("atol", atol), ("rtol", rtol)):
+        unknown = sorted(set(tol) - set(outputs) - {""}) if isinstance(tol, Mapping) else []
+        if unknown:
+            raise ValueError(f"{what}: {unknown} not an output of the model (outputs: {outputs})")
+    if save_inputs is not None:
+        from dsattn.fileio import check_output_path
+
+        check_output_path(save_inputs, "save_inputs")
     precision = _precision(model)
     report = ValidationReport(label, _elem_name(precision), opts.seed)
     case_feeds, dims = _case_feeds(model, opts, report, batch, seq, capacity, load_inputs)
     if save_inputs is not None:
         from polygraphy.json import save_json
 
-        save_json([f for _, f in case_feeds], save_inputs, description="input data")
+        from dsattn.fileio import atomic_output
+
+        with atomic_output(save_inputs) as tmp:  # a failed write leaves an older file untouched
+            save_json([f for _, f in case_feeds], str(tmp), description="input data")
         report.notes.append(f"inputs saved to {save_inputs}")
     model32 = to_float32_model(model) if precision != TensorProto.FLOAT else model
     model_file = None if isinstance(model_path, onnx.ModelProto) else label

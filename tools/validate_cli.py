@@ -5,6 +5,7 @@ ONNX Runtime (lowered) and TensorRT, compare with the fp32 reference and print a
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from .validate import CASES, validate
@@ -25,6 +26,19 @@ def parse_tolerances(values, flag: str):
             raise ValueError(f"{flag}: tolerance must be finite and >= 0, got {item!r}")
         tol[name if sep else ""] = v
     return tol
+
+
+def parse_list(text: str, flag: str, *, allow_empty: bool = False) -> list[str]:
+    """Comma-separated names; an empty entry (``cpu,,cuda``, ``,,``) is an error, not skipped, and
+    an empty list only where ``allow_empty``."""
+    if text.strip() == "":
+        if allow_empty:
+            return []
+        raise ValueError(f"{flag}: empty; give a comma-separated list")
+    items = [t.strip() for t in text.split(",")]
+    if any(not t for t in items):
+        raise ValueError(f"{flag} {text!r}: empty entry in the comma-separated list")
+    return items
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,14 +65,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        # --providers "" is allowed when TensorRT runs (--engine/--plugins); validate() refuses a run
+        # with no runtime at all.
+        providers = parse_list(args.providers, "--providers", allow_empty=True)
+        cases = parse_list(args.cases, "--cases")
+        for flag, v in (("--batch", args.batch), ("--seq", args.seq), ("--capacity", args.capacity)):
+            if v is not None and v <= 0:
+                raise ValueError(f"{flag} {v}: must be a positive integer")
+        if args.seed is not None and not 0 <= args.seed < 2**63:
+            raise ValueError(f"--seed {args.seed}: must be in [0, 2**63)")
         report = validate(
-            args.model, providers=[p for p in args.providers.split(",") if p], plugins=args.plugins,
+            args.model, providers=providers, plugins=args.plugins,
             engine=args.engine, atol=parse_tolerances(args.atol, "--atol"),
             rtol=parse_tolerances(args.rtol, "--rtol"), batch=args.batch, seq=args.seq,
-            capacity=args.capacity, cases=[c for c in args.cases.split(",") if c],
+            capacity=args.capacity, cases=cases,
             save_inputs=args.save_inputs, load_inputs=args.load_inputs, seed=args.seed)
     except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"dsattn validate: {exc}", file=sys.stderr)
+        print(f"dsattn validate: error: {_flagged(exc)}", file=sys.stderr)
         return 2
     print(report.table())
     return 0 if report.passed else 1
+
+
+# validate()'s keyword names -> the CLI's options, so an error names what the user typed.
+_FLAGS = {"providers": "--providers", "cases": "--cases", "atol": "--atol", "rtol": "--rtol", "seed": "--seed",
+          "save_inputs": "--save-inputs", "load_inputs": "--load-inputs", "model": "MODEL", "batch": "--batch",
+          "seq": "--seq", "capacity": "--capacity"}
+
+
+def _flagged(exc: BaseException) -> str:
+    """validate()'s message with its leading keyword (``cases: ...``, ``seed=-1 ...``) spelled as
+    the command-line option, on one line."""
+    msg = " ".join(str(exc).splitlines())
+    m = re.match(r"(\w+)([ :=\[])", msg)
+    if m and m.group(1) in _FLAGS:
+        return _FLAGS[m.group(1)] + (" " if m.group(2) == "=" else m.group(2)) + msg[m.end():]
+    return msg

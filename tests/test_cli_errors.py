@@ -1,0 +1,187 @@
+"""The CLI under bad input: every failure is one line on stderr naming the argument or file, exit 2
+for bad usage and 1 for a runtime failure, no traceback; and no command ever damages a file it did
+not mean to write (the data-loss cases compare the old file's bytes)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import onnx
+import pytest
+
+from dsattn import fileio
+from dsattn.tools import cli
+
+CAPACITY = 16
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """An exported model (static capacity 16) and the bad inputs the table refers to."""
+    import torch
+
+    from dsattn.export import AttentionConfig, DeepSpeedSelfAttention, export_onnx
+
+    d = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    m = DeepSpeedSelfAttention(AttentionConfig(hidden_size=32, heads=4, dtype="float32", qkv_bias=False,
+                                               rotary_dim=8)).eval()
+    model = export_onnx(m, d / "m.onnx", batch=2, seq=3, capacity=CAPACITY)
+    raw = open(model, "rb").read()
+    (d / "empty.onnx").write_bytes(b"")
+    (d / "text.onnx").write_text("this is not an ONNX model\n")
+    (d / "trunc.onnx").write_bytes(raw[: len(raw) // 3])
+    fileio.save_onnx_atomic(onnx.load(model), d / "ext.onnx", external_data=True)
+    (d / "ext.onnx.data").rename(d / "moved.data")  # ext.onnx now points at a missing file
+    fileio.save_onnx_atomic(onnx.load(model), d / "withdata.onnx", external_data=True)
+    (d / "folder").mkdir()
+    (d / "lib.so").write_bytes(b"")
+    (d / "inputs.json").write_text("[not json")
+    return {"model": model, "dir": str(d), **{k: str(d / f"{k}.onnx") for k in ("empty", "text", "trunc", "ext",
+                                                                                 "withdata")},
+            "folder": str(d / "folder"), "lib": str(d / "lib.so"), "badjson": str(d / "inputs.json")}
+
+
+def run_cli(argv, capsys):
+    try:
+        rc = cli.main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's own usage errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# (argv with {placeholders}, exit status, regex the one stderr line must match)
+TABLE = [
+    # bad model files into every command that reads one
+    *[([cmd, "{%s}" % bad, *extra], 2, rf"{what} '.*{bad}\.onnx'{msg}")
+      for cmd, extra, what in (("lower", [], "MODEL"), ("validate", [], "MODEL"),
+                               ("build-engine", ["--plugins", "l.so", "--print-trtexec"], "ONNX model"))
+      for bad, msg in (("empty", " is empty"), ("text", r" is not an ONNX model"), ("trunc", r" is not an ONNX model"),
+                       ("ext", r": external data file .* is missing"))],
+    (["lower", "{dir}/missing.onnx"], 2, r"MODEL '.*missing.onnx' does not exist"),
+    (["lower", "{folder}"], 2, r"MODEL '.*folder' is a folder"),
+    (["validate", "{folder}"], 2, r"MODEL '.*folder' is a folder"),
+    # outputs that cannot be files
+    (["lower", "{model}", "-o", "{folder}"], 2, r"-o/--output '.*folder' is a folder"),
+    (["lower", "{model}", "-o", "{dir}/nodir/x.onnx"], 2, r"-o/--output '.*x.onnx': folder '.*nodir' does not exist"),
+    (["lower", "{model}", "-o", "{model}"], 2, r"-o/--output '.*m.onnx' would overwrite '.*m.onnx'"),
+    (["lower", "{withdata}", "-o", "{withdata}.data"], 2, r"would overwrite '.*withdata.onnx.data'"),
+    (["validate", "{model}", "--save-inputs", "{dir}/nodir/in.json"], 2,
+     r"--save-inputs '.*in.json': folder '.*nodir' does not exist"),
+    (["build-engine", "{model}", "--plugins", "{lib}", "-o", "{dir}/nodir/m.plan"], 2,
+     r"engine output '.*m.plan': folder '.*nodir' does not exist"),
+    # options that would do nothing
+    (["validate", "{model}", "--providers", ",,"], 2, r"--providers ',,': empty entry"),
+    (["validate", "{model}", "--providers", "cpu,"], 2, r"--providers 'cpu,': empty entry"),
+    (["validate", "{model}", "--providers", ""], 2, r"--providers: none given and no TensorRT engine/plugins"),
+    (["validate", "{model}", "--atol", "nosuch:0.1"], 2, r"--atol: \['nosuch'\] not an output of the model"),
+    (["validate", "{model}", "--rtol", "0.1", "outpt:0.2"], 2, r"--rtol: \['outpt'\] not an output"),
+    (["validate", "{model}", "--cases", ""], 2, r"--cases: empty"),
+    (["validate", "{model}", "--cases", "prefill,,decode"], 2, r"--cases 'prefill,,decode': empty entry"),
+    (["build-engine", "{model}", "--plugins", "l.so", "--print-trtexec", "--capacity", "64"], 2,
+     rf"capacity range 64:64:64 conflicts with the model's static capacity {CAPACITY}"),
+    # sizes and numbers
+    (["validate", "{model}", "--batch", "0"], 2, r"--batch 0: must be a positive integer"),
+    (["validate", "{model}", "--seed", "-1"], 2, r"--seed -1: must be in \[0, 2\*\*63\)"),
+    (["validate", "{model}", "--load-inputs", "{badjson}"], 2, r"--load-inputs '.*inputs.json'"),
+    (["validate", "{model}", "--load-inputs", "{dir}/none.json"], 2, r"--load-inputs '.*none.json'"),
+    (["validate", "{model}", "--capacity", "8"], 2, rf"--capacity 8 conflicts with the model's static cache capacity"),
+]
+
+
+@pytest.mark.parametrize("argv,rc,pattern", TABLE, ids=[" ".join(t[0])[:70] for t in TABLE])
+def test_cli_error_table(files, capsys, argv, rc, pattern):
+    import re
+
+    got_rc, out, err = run_cli([a.format(**files) for a in argv], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert got_rc == rc, (got_rc, err)
+    assert "Traceback" not in err + out
+    assert len(lines) == 1, err  # one line (argparse's usage lines excepted: none of these reach it)
+    assert re.search(pattern, lines[0]), lines[0]
+    assert lines[0].startswith(f"dsattn {argv[0]}: error: "), lines[0]
+
+
+def test_verbose_adds_the_traceback(files, capsys):
+    rc, _, err = run_cli(["--verbose", "lower", files["empty"]], capsys)
+    assert rc == 2 and "Traceback" in err and err.strip().splitlines()[-1].endswith("is empty")
+    rc, _, err = run_cli(["lower", files["empty"], "--verbose"], capsys)  # after COMMAND too
+    assert rc == 2 and "Traceback" in err
+
+
+# ------------------------------------------------------------------------------------------------
+# data loss: the input and an older output keep their bytes on every failure
+# ------------------------------------------------------------------------------------------------
+
+def _snapshot(folder):
+    return {p: open(os.path.join(folder, p), "rb").read() for p in sorted(os.listdir(folder))
+            if os.path.isfile(os.path.join(folder, p))}
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+def test_lower_never_overwrites_its_input_through_a_link(files, tmp_path, capsys, link):
+    src = tmp_path / "m.onnx"
+    src.write_bytes(open(files["model"], "rb").read())
+    (os.symlink if link == "symlink" else os.link)(src, tmp_path / "link.onnx")
+    before = _snapshot(tmp_path)
+    rc, _, err = run_cli(["lower", src, "-o", tmp_path / "link.onnx"], capsys)
+    assert rc == 2 and "would overwrite" in err and err.count("\n") == 1
+    assert _snapshot(tmp_path) == before
+
+
+def test_lower_keeps_the_old_output_when_the_checker_rejects(files, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"previous lowered model")
+
+    def reject(*a, **k):
+        raise onnx.checker.ValidationError("bad node")
+
+    monkeypatch.setattr(onnx.checker, "check_model", reject)
+    rc, _, err = run_cli(["lower", files["model"], "-o", out], capsys)
+    assert rc == 1 and "fails onnx.checker (bad node)" in err and err.count("\n") == 1
+    assert out.read_bytes() == b"previous lowered model" and _snapshot(tmp_path) == {"out.onnx": out.read_bytes()}
+
+
+def test_lower_rerun_rewrites_external_data(files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(fileio, "EXTERNAL_DATA_THRESHOLD", 0)
+    out = tmp_path / "out.onnx"
+    sizes = []
+    for _ in range(2):
+        rc, _, err = run_cli(["lower", files["model"], "-o", out], capsys)
+        assert rc == 0, err
+        sizes.append((tmp_path / "out.onnx.data").stat().st_size)
+    assert sizes[0] == sizes[1] > 0 and sorted(os.listdir(tmp_path)) == ["out.onnx", "out.onnx.data"]
+
+
+_LIMITED = textwrap.dedent("""
+    import resource, sys
+    from dsattn.tools.cli import main
+    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def _limited(argv, limit):
+    """The CLI in a subprocess under `ulimit -f` (RLIMIT_FSIZE, bytes): a write past it fails with
+    EFBIG, as on a full disk."""
+    return subprocess.run([sys.executable, "-c", _LIMITED.replace("(LIMIT, LIMIT)", f"({limit}, {limit})"), *map(str, argv)],
+                          capture_output=True, text=True)
+
+
+def test_failed_writes_keep_old_files(files, tmp_path):
+    lowered = tmp_path / "low.onnx"
+    lowered.write_bytes(b"old lowered model")
+    saved = tmp_path / "in.json"
+    saved.write_text("[old inputs]")
+    before = _snapshot(tmp_path)
+    r = _limited(["lower", files["model"], "-o", lowered], 2048)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "cannot write" in r.stderr and "file size limit" in r.stderr
+    r = _limited(["validate", files["model"], "--save-inputs", saved, "--cases", "decode"], 256)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "cannot write" in r.stderr and str(saved) in r.stderr
+    assert _snapshot(tmp_path) == before  # both old files byte-identical, no staging left behind
