@@ -23,6 +23,7 @@ import traceback
 # name -> (module, one-line help). Order is the order shown by --help.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("dsattn.tools.export_cli", "export a dsattn attention module to ONNX with dsattn custom ops"),
+    "generate": ("dsattn.tools.generate", "generate text with a whole decoder exported with --hf-model"),
     "lower": ("dsattn.tools.lower_cli", "replace dsattn custom ops with standard ONNX ops for ONNX Runtime"),
     "validate": ("dsattn.tools.validate_cli", "run a model on every available runtime and compare with the reference"),
     "build-engine": ("dsattn.engines.cli", "build a TensorRT engine with the dsattn plugins (needs TensorRT)"),

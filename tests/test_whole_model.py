@@ -1,0 +1,221 @@
+"""Whole decoders from a local checkpoint folder: export (--hf-model) and generation on every
+runtime that runs here, against transformers' own generate.
+
+Each family: a random tiny checkpoint written with save_pretrained, exported whole, then greedy
+generation of 16 tokens for a left-padded batch of 3 prompts of different lengths must give
+exactly transformers' tokens on the PyTorch modules (torch) and on ONNX Runtime CPU (the lowered
+model), fp32; the last step's logits within 1e-4 relative.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from whole_cases import FAMILIES, make_checkpoint  # noqa: E402
+
+from dsattn.export.model_onnx import export_hf_model  # noqa: E402
+from dsattn.tools.generate import CapacityError, ExportedModel, OrtRuntime, TorchRuntime, generate  # noqa: E402
+
+PAD = 0
+NEW = 16
+
+
+def _prompts(seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    # three lengths, never the pad/eos ids, so every row has a different amount of left padding
+    return [torch.randint(3, 128, (n,), generator=g).tolist() for n in (7, 2, 4)]
+
+
+def _hf_generate(hf, prompts, new=NEW, eos=None):
+    L = max(map(len, prompts))
+    ids = torch.tensor([[PAD] * (L - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = hf.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False, pad_token_id=PAD,
+                          eos_token_id=eos, output_logits=True, return_dict_in_generate=True)
+    rows = out.sequences[:, L:].tolist()
+    if eos is not None:  # transformers pads finished rows; keep each row up to and including its EOS
+        rows = [r[:r.index(eos) + 1] if eos in r else r for r in rows]
+    return rows, out.logits[-1]
+
+
+def _rel(a, b) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """family -> (transformers model, export folder); built once per module."""
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            root = tmp_path_factory.mktemp(family)
+            hf = make_checkpoint(family, root / "ckpt", seed=1234)
+            export_hf_model(root / "ckpt", root / "out", log=lambda s: None)
+            cache[family] = (hf, root / "out", root / "ckpt")
+        return cache[family]
+
+    return get
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_tokens_equal_transformers(family, exported, seed):
+    hf, out, _ = exported(family)
+    prompts = _prompts(seed)
+    ref, ref_logits = _hf_generate(hf, prompts)
+    for runtime in ("torch", "ort"):
+        res = generate(out, input_ids=prompts, runtime=runtime, max_new_tokens=NEW, eos_token_id=[],
+                       pad_token_id=PAD)
+        assert res.tokens == ref, f"{family} on {runtime}: {res.tokens} != transformers {ref}"
+        rel = _rel(res.last_logits, ref_logits)
+        print(f"{family} {runtime}: last-step logits rel err {rel:.2e}")
+        assert rel < 1e-4, f"{family} on {runtime}: last-step logits rel err {rel}"
+
+
+def test_exported_graph_io(exported):
+    import onnx
+
+    _, out, _ = exported("llama")
+    m = onnx.load(str(out / "model.onnx"))
+    ins = [i.name for i in m.graph.input]
+    outs = [o.name for o in m.graph.output]
+    assert ins == ["input_ids", "seq_lens", "start_pos", "past_key.0", "past_value.0", "past_key.1", "past_value.1"]
+    assert outs == ["logits", "present_key.0", "present_value.0", "present_key.1", "present_value.1"]
+    ops = [n.op_type for n in m.graph.node if n.domain == "dsattn"]
+    assert ops.count("QKVGemm") == 2 and ops.count("SoftmaxContext") == 2
+    dims = [d.dim_param or d.dim_value for d in m.graph.input[3].type.tensor_type.shape.dim]
+    assert dims == ["batch", 2, 64, 16]  # capacity = max_position_embeddings (64)
+    em = ExportedModel.open(out)
+    assert em.capacity == 64 and em.spec.num_layers == 2 and em.logits == "all"
+
+
+def test_eos_stops_each_row(exported, seed):
+    """A row stops at its EOS (same as transformers with that eos_token_id); the others go on."""
+    hf, out, _ = exported("gptj")
+    prompts = _prompts(seed)
+    free, _ = _hf_generate(hf, prompts)
+    eos = free[1][3]  # row 1 produces this token at step 4 (maybe earlier, maybe other rows too)
+    ref, _ = _hf_generate(hf, prompts, eos=eos)
+    res = generate(out, input_ids=prompts, runtime="ort", max_new_tokens=NEW, eos_token_id=eos, pad_token_id=PAD)
+    assert res.tokens == ref
+    assert res.finished[1] and len(res.tokens[1]) <= 4 and res.tokens[1][-1] == eos
+    assert any(len(r) == NEW for r in res.tokens) or all(res.finished)
+
+
+def test_last_logits_only_and_capacity(exported, tmp_path, seed):
+    hf, _, ckpt = exported("qwen2")
+    res = export_hf_model(ckpt, tmp_path / "last", logits="last", capacity=24, log=lambda s: None)
+    import onnx
+
+    m = onnx.load(res.model_path)
+    dims = [d.dim_param or d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 1, 128]
+    assert [d.dim_value for d in m.graph.input[3].type.tensor_type.shape.dim][2] == 24
+    prompts = _prompts(seed)
+    ref, _ = _hf_generate(hf, prompts)
+    got = generate(tmp_path / "last", input_ids=prompts, runtime="ort", max_new_tokens=NEW, eos_token_id=[],
+                   pad_token_id=PAD)
+    assert got.tokens == ref
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input
+# ------------------------------------------------------------------------------------------------
+
+def _copy_ckpt(src, dst, drop=()):
+    import shutil
+
+    shutil.copytree(src, dst)
+    for name in drop:
+        (dst / name).unlink()
+    return dst
+
+
+def _edit_config(folder, **changes):
+    import json
+
+    p = folder / "config.json"
+    d = json.loads(p.read_text())
+    d.update(changes)
+    p.write_text(json.dumps(d))
+
+
+def test_bad_checkpoints(exported, tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from dsattn.export.model import CheckpointError, load_hf_model
+
+    _, _, ckpt = exported("llama")
+    with pytest.raises(CheckpointError, match=r"missing_dir: no such folder"):
+        load_hf_model(tmp_path / "missing_dir")
+    bad = _copy_ckpt(ckpt, tmp_path / "noweights", drop=["model.safetensors"])
+    with pytest.raises(CheckpointError, match=r"noweights: no weights \(model.safetensors"):
+        load_hf_model(bad)
+    bad = _copy_ckpt(ckpt, tmp_path / "noconfig", drop=["config.json"])
+    with pytest.raises(CheckpointError, match=r"noconfig/config.json: missing"):
+        load_hf_model(bad)
+    bad = _copy_ckpt(ckpt, tmp_path / "gpt2")
+    _edit_config(bad, model_type="gpt2")
+    with pytest.raises(CheckpointError, match=r"gpt2/config.json: model_type='gpt2' is not supported"):
+        load_hf_model(bad)
+    bad = _copy_ckpt(ckpt, tmp_path / "rope")
+    _edit_config(bad, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0})
+    with pytest.raises(CheckpointError, match=r"rope/config.json: rope_parameters.rope_type='linear'"):
+        load_hf_model(bad)
+    bad = _copy_ckpt(ckpt, tmp_path / "dtype")
+    _edit_config(bad, dtype="bfloat16")
+    with pytest.raises(CheckpointError, match=r"dtype/config.json: dtype='bfloat16' but the weights in "
+                                              r"model.safetensors are float32"):
+        load_hf_model(bad)
+    bad = _copy_ckpt(ckpt, tmp_path / "untied")
+    sd = load_file(bad / "model.safetensors")
+    del sd["lm_head.weight"]
+    save_file(sd, bad / "model.safetensors", metadata={"format": "pt"})
+    assert json.loads((bad / "config.json").read_text())["tie_word_embeddings"] is False
+    with pytest.raises(CheckpointError, match=r"weights missing from model.safetensors: lm_head.weight .*"
+                                              r"tie_word_embeddings=false"):
+        load_hf_model(bad)
+
+
+def test_prompt_longer_than_capacity(exported):
+    _, out, _ = exported("llama")
+    prompts = [[5] * 3, [7] * 65]
+    with pytest.raises(ValueError, match=r"prompt row 1 has 65 tokens, more than the cache capacity 64"):
+        generate(out, input_ids=prompts, runtime="torch", max_new_tokens=2)
+
+
+@pytest.mark.parametrize("runtime", ["torch", "ort"])
+def test_capacity_overflow_during_generation(exported, tmp_path, runtime, seed):
+    hf, _, ckpt = exported("mistral")
+    out = tmp_path / "cap12"
+    export_hf_model(ckpt, out, capacity=12, log=lambda s: None)
+    prompts = _prompts(seed)  # longest 7: positions 7..11 hold generated tokens 1..5, token 6 from the last call
+    ref, _ = _hf_generate(hf, prompts)
+    with pytest.raises(CapacityError, match=r"capacity 12 reached before token 7 \(row 0: prompt 7 tokens \+ 0 left "
+                                            r"padding \+ 6 generated = 12 cached; row 1: prompt 2 tokens \+ 5 left "
+                                            r"padding") as e:
+        generate(out, input_ids=prompts, runtime=runtime, max_new_tokens=NEW, eos_token_id=[], pad_token_id=PAD)
+    assert e.value.partial.tokens == [r[:6] for r in ref]
+
+
+@pytest.mark.parametrize("runtime", ["torch", "ort"])
+def test_overflowing_row_leaves_every_cache_untouched(exported, runtime):
+    """A call in which one row would write past the capacity fails as a whole: no row's cache changes."""
+    _, out, _ = exported("qwen2")
+    em = ExportedModel.open(out)
+    rt = TorchRuntime(em) if runtime == "torch" else OrtRuntime(em)
+    cache = rt.new_cache(2)
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    rt.forward(ids, torch.zeros(2, dtype=torch.int32), torch.zeros(2, dtype=torch.int32), cache)
+    before = [[t.clone() for t in kv] for kv in cache]
+    with pytest.raises((ValueError, RuntimeError), match=r"overflow"):
+        rt.forward(torch.tensor([[11], [12]]), torch.tensor([3, em.capacity], dtype=torch.int32),
+                   torch.zeros(2, dtype=torch.int32), cache)
+    for kv, old in zip(cache, before):
+        for t, o in zip(kv, old):
+            assert torch.equal(t, o)
