@@ -40,14 +40,16 @@ from torch import nn
 
 from . import ops
 from .config import parse_dtype
+from .convert import HF_FAMILIES
 from .modules import DeepSpeedSelfAttention, KVCache
 
 __all__ = ["FAMILIES", "DecoderSpec", "Linear", "Norm", "MLP", "DecoderLayer", "DsattnDecoder", "CheckpointError",
            "CheckpointInfo", "inspect_checkpoint", "load_hf_model", "load_hf_layer", "TOKENIZER_FILES"]
 
-#: Hugging Face model_type -> family name used in messages.
+#: Hugging Face model_type -> family name used in messages (the families of convert.HF_FAMILIES).
 FAMILIES = {"bloom": "BLOOM", "llama": "LLaMA", "gpt_neox": "GPT-NeoX", "gptj": "GPT-J", "mistral": "Mistral",
             "qwen2": "Qwen2"}
+assert set(FAMILIES) == set(HF_FAMILIES), "every converted family has a whole-decoder loader"
 #: Files of a checkpoint folder that the export copies beside the model (tokenizer and generation
 #: defaults), so ``dsattn generate`` finds them there.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
@@ -254,7 +256,7 @@ class DsattnDecoder(nn.Module):
     def quantize_int8(self, group_size: int = 0, lm_head: bool = False) -> "DsattnDecoder":
         """int8 weight-only for every linear layer (QKV, output projection, MLP; the LM head when
         ``lm_head``), in place. ``group_size`` 0 = per output channel; it must divide every K."""
-        from .quant import quantize_int8
+        from .modules import quantize_int8
 
         if self.int8_group_size is not None:
             raise ValueError("the decoder is already quantized")

@@ -184,7 +184,7 @@ def export_hf_model(hf_model, out, *, dtype=None, int8: bool = False, group_size
     steps = 4
     if layer is not None:
         from .onnx_export import export_onnx
-        from .quant import quantize_int8
+        from .modules import quantize_int8
 
         log(f"[1/{steps}] loading layer {layer} of {hf_model}")
         m = load_hf_layer(hf_model, layer, dtype=dtype, log=log)
