@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU verification in one device call (H100): build kernels + plugins + harness, ctest,
-# every `gpu` pytest (kernels, plugin harness, ONNX Runtime CUDA), compute-sanitizer on a subset of
-# every kernel and of the plugin harness, then the benchmarks (BENCHMARKS.md).
+# every `gpu` pytest (kernels, plugin harness, ONNX Runtime CUDA), compute-sanitizer memcheck on small
+# cases of every kernel path (scripts/sanitize_*.py) and of the plugin harness, then
+# `dsattn bench kernels` (BENCHMARKS.md).
 #   carry: .device/unpack.sh .device/headers.tgz .device/trt-include.tgz .whl [.device/ort/...]
 # Env: DSATTN_SKIP_TESTS=1, DSATTN_SANITIZE=0, DSATTN_SKIP_BENCH=1 leave parts out (to fit one call).
 # $OUT gets: summary.txt, pytest_gpu.log, BENCHMARKS.md, ort_cuda_errors.txt, logs.tgz (all logs).
@@ -24,6 +25,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 step install 120 python3 -m pip install -q --no-deps --no-build-isolation -e .
 trt="${TENSORRT_INCLUDE_DIR:-/opt/dsattn/trt/include}"
+# sm_90a only: the card is an H100, and one architecture halves the build inside the call.
 step cmake 60 cmake -S plugins -B build/plugins -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_ARCHITECTURES=90a -DDSATTN_REQUIRE_CUBLASLT=ON -DTensorRT_INCLUDE_DIR="$trt"
 step build 240 cmake --build build/plugins -j16
@@ -35,9 +37,9 @@ if [ "${DSATTN_SKIP_TESTS:-0}" != 1 ]; then
 fi
 if [ "${DSATTN_SANITIZE:-1}" = 1 ]; then
   cs="compute-sanitizer --tool memcheck --error-exitcode 7"
-  step memcheck_attn 120 $cs python3 scripts/attn_sanitize.py
-  step memcheck_qkv 150 $cs python3 scripts/qkv_gemm_sanitize.py
-  step memcheck_int8 120 $cs python3 scripts/int8_sanitize.py
+  step memcheck_softmax_context 150 $cs python3 scripts/sanitize_softmax_context.py
+  step memcheck_qkv_gemm 150 $cs python3 scripts/sanitize_qkv_gemm.py
+  step memcheck_int8_matmul 150 $cs python3 scripts/sanitize_int8_matmul.py
   small=$(find /tmp/plugcases -name manifest.txt -printf '%h\n' 2>/dev/null | sort \
     | grep -E 'attn_(bloom|decode_fp32|overflow)|qkv_bfloat16_B1S1|int8_float16_2x3' | tr '\n' ' ')
   [ -n "$small" ] && step memcheck_plugins 200 $cs --leak-check full \

@@ -1,4 +1,4 @@
-"""QKVGemm CUDA kernels (libdsattn_kernels.so through tools/kernels/gemm.py) against the fp32
+"""QKVGemm CUDA kernels (libdsattn_kernels.so through tools/kernels/qkv_gemm.py) against the fp32
 reference dsattn.export.ops.qkv_gemm, with the accuracy rule of DESIGN.md.
 
 Accuracy rule: max |ours - ref| <= max(2 * max |torch_T - ref|, floor), where torch_T is PyTorch
@@ -25,15 +25,6 @@ def lib():
     from dsattn.tools.kernels import _lib
 
     return _lib.load()  # FileNotFoundError with the build command when it was not built
-
-
-@pytest.fixture(autouse=True)
-def _auto_path(lib):
-    from dsattn.tools.kernels import gemm
-
-    gemm.force_path(0, 0, lib=lib)
-    yield
-    gemm.force_path(0, 0, lib=lib)
 
 
 def _gen(seed):
@@ -109,12 +100,12 @@ def _check(name, ours, ref, torch_t, dtype):
 
 
 def _run_case(lib, M, K, N, dtype, norm_type, with_bias, emit_normed, seed, eps=1e-5, lead=None):
-    from dsattn.tools.kernels import gemm
+    from dsattn.tools.kernels import qkv_gemm
 
     x, w, b, gamma, beta = _make(M, K, N, dtype, norm_type, with_bias, seed, lead)
     out = torch.full(x.shape[:-1] + (N,), float("nan"), device="cuda", dtype=dtype)
     nout = torch.full_like(x, float("nan")) if emit_normed else None
-    res = gemm.qkv_gemm(x, w, b, gamma, beta, norm_type=norm_type, epsilon=eps,
+    res = qkv_gemm.qkv_gemm(x, w, b, gamma, beta, norm_type=norm_type, epsilon=eps,
                         emit_normed=emit_normed, lib=lib, out=out, normed_out=nout)
     torch.cuda.synchronize()
     q = res[0] if emit_normed else res
@@ -145,29 +136,9 @@ def test_qkv_gemm_no_bias_emit_normed(lib, seed, dtype, norm_type, M):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("path,stages", [(2, 0), (2, 3), (4, 0), (5, 3)])
-@pytest.mark.parametrize("M", [1, 2, 7, 8, 9, 15, 16])
-def test_fused_kernel_every_m_tile(lib, seed, dtype, path, stages, M):
-    """The fused small-M kernel, forced, over both M-tile configurations, ring depths (3 wraps the
-    ring many times per tile), tails in K (1000: partial 128-row stage) and N (2328: partial
-    32-column tile), and the register / strided norm prologues (K 4096 / 4104 vs 1000)."""
-    from dsattn.tools.kernels import gemm
-
-    gemm.force_path(path, stages, lib=lib)
-    _run_case(lib, M, 1000, 3 * 97 * 8, dtype, 1, True, 0, seed)
-    _run_case(lib, M, 4096, 12288, dtype, 2, M % 2 == 0, 1, seed + 1)
-    _run_case(lib, M, 4104, 264, dtype, 1, True, 1, seed + 2)
-    _run_case(lib, M, 1001, 264, dtype, 1, True, 1, seed + 3)  # odd K: scalar prologue
-    _run_case(lib, M, 512, 96, dtype, 0, False, 1, seed + 4)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("M", [1, 16, 64])
-def test_cublaslt_path_small_m(lib, seed, dtype, M):
-    """The cuBLASLt path, forced, at sizes that would normally take the streaming kernel."""
-    from dsattn.tools.kernels import gemm
-
-    gemm.force_path(1, 0, lib=lib)
+def test_small_m_bench_shape_emit_normed(lib, seed, dtype, M):
+    """The benchmark shape at small M (cuBLASLt's GEMV-like kernels) with normed emitted."""
     _run_case(lib, M, 4096, 12288, dtype, 1, True, 1, seed)
 
 
@@ -180,12 +151,12 @@ def test_leading_dims_and_epsilon(lib, seed):
 def test_auto_choice_is_stable(lib, seed, M):
     """A fresh context gives the same result on its first and later calls (bit for bit: the path
     and algorithm are chosen deterministically), within the accuracy rule."""
-    from dsattn.tools.kernels import gemm
+    from dsattn.tools.kernels import qkv_gemm
 
-    ctx = gemm.GemmContext(lib)
+    ctx = qkv_gemm.GemmContext(lib)
     x, w, b, gamma, beta = _make(M, 4096, 12288, torch.float16, 1, True, seed)
-    first = gemm.qkv_gemm(x, w, b, gamma, beta, ctx=ctx, lib=lib)
-    again = gemm.qkv_gemm(x, w, b, gamma, beta, ctx=ctx, lib=lib)
+    first = qkv_gemm.qkv_gemm(x, w, b, gamma, beta, ctx=ctx, lib=lib)
+    again = qkv_gemm.qkv_gemm(x, w, b, gamma, beta, ctx=ctx, lib=lib)
     torch.cuda.synchronize()
     assert torch.equal(first, again)
     ref_q, _ = _ref32(x, w, b, gamma, beta, 1, 1e-5)
@@ -194,17 +165,17 @@ def test_auto_choice_is_stable(lib, seed, M):
 
 
 def test_m_zero_is_noop(lib):
-    from dsattn.tools.kernels import gemm
+    from dsattn.tools.kernels import qkv_gemm
 
     x = torch.empty(0, 4096, device="cuda", dtype=torch.float16)
     w = torch.randn(4096, 64, device="cuda", dtype=torch.float16)
-    out = gemm.qkv_gemm(x, w, norm_type=0, lib=lib)
+    out = qkv_gemm.qkv_gemm(x, w, norm_type=0, lib=lib)
     assert out.shape == (0, 64)
 
 
 def test_unaligned_pointers_fall_back(lib, seed):
     """Element-aligned but not 16-byte-aligned tensors (views at odd offsets) still compute right."""
-    from dsattn.tools.kernels import gemm
+    from dsattn.tools.kernels import qkv_gemm
 
     M, K, N = 5, 4096, 2048
     x, w, b, gamma, beta = _make(M, K, N, torch.float16, 1, True, seed)
@@ -212,7 +183,7 @@ def test_unaligned_pointers_fall_back(lib, seed):
     xo = xb[1:].view(1, M, K)
     xo.copy_(x)
     out = torch.full((1, M, N), float("nan"), device="cuda", dtype=torch.float16)
-    gemm.qkv_gemm(xo, w, b, gamma, beta, norm_type=1, lib=lib, out=out)
+    qkv_gemm.qkv_gemm(xo, w, b, gamma, beta, norm_type=1, lib=lib, out=out)
     torch.cuda.synchronize()
     ref_q, _ = _ref32(x, w, b, gamma, beta, 1, 1e-5)
     tq, _ = _torch_T(x, w, b, gamma, beta, 1, 1e-5)
@@ -222,19 +193,19 @@ def test_unaligned_pointers_fall_back(lib, seed):
 @pytest.mark.parametrize("M", [1, 16, 2048])
 def test_cuda_graph_capture(lib, seed, M):
     """Captured in a CUDA graph (the plugin / benchmark case), replays equal the eager result."""
-    from dsattn.tools.kernels import gemm
+    from dsattn.tools.kernels import qkv_gemm
 
     x, w, b, gamma, beta = _make(M, 4096, 12288, torch.bfloat16, 1, True, seed)
-    eager = gemm.qkv_gemm(x, w, b, gamma, beta, lib=lib)
+    eager = qkv_gemm.qkv_gemm(x, w, b, gamma, beta, lib=lib)
     out = torch.full_like(eager, float("nan"))
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        gemm.qkv_gemm(x, w, b, gamma, beta, lib=lib, out=out)  # warm-up on the side stream
+        qkv_gemm.qkv_gemm(x, w, b, gamma, beta, lib=lib, out=out)  # warm-up on the side stream
     torch.cuda.current_stream().wait_stream(s)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        gemm.qkv_gemm(x, w, b, gamma, beta, lib=lib, out=out)
+        qkv_gemm.qkv_gemm(x, w, b, gamma, beta, lib=lib, out=out)
     out.fill_(float("nan"))
     graph.replay()
     torch.cuda.synchronize()
@@ -243,19 +214,15 @@ def test_cuda_graph_capture(lib, seed, M):
 
 def test_quantized(lib, seed):
     from dsattn.export import ops
-    from dsattn.tools.kernels import gemm
+    from dsattn.tools.kernels import qkv_gemm
 
     M, K, N, dt = 5, 4096, 2048, torch.float16
     g = _gen(seed)
     x, _, b, gamma, beta = _make(M, K, N, dt, 1, True, seed)
     wq = torch.randint(-127, 128, (N, K), generator=g, device="cuda", dtype=torch.int8)
     scale = (torch.rand(N, K // 128, generator=g, device="cuda") + 0.5) / (127 * K ** 0.5)
-    if not hasattr(lib, "dsattn_int8_matmul"):
-        with pytest.raises(NotImplementedError, match="int8"):
-            gemm.qkv_gemm(x, wq, b, gamma, beta, scale, quantized=1, group_size=128, lib=lib)
-        pytest.skip("libdsattn_kernels.so built without int8_matmul*.cu")
     out = torch.full((1, M, N), float("nan"), device="cuda", dtype=dt)
-    gemm.qkv_gemm(x, wq, b, gamma, beta, scale, quantized=1, group_size=128, lib=lib, out=out)
+    qkv_gemm.qkv_gemm(x, wq, b, gamma, beta, scale, quantized=1, group_size=128, lib=lib, out=out)
     torch.cuda.synchronize()
     up = lambda t: t.float()  # noqa: E731
     ref = ops.qkv_gemm(up(x), wq, up(b), up(gamma), up(beta), scale, quantized=1, group_size=128)
@@ -269,39 +236,39 @@ def test_quantized(lib, seed):
 # cudaErrorInvalidValue (1) and writes nothing.
 
 def test_binding_rejects_bad_arguments(lib):
-    from dsattn.tools.kernels import gemm
+    from dsattn.tools.kernels import qkv_gemm
 
     x = torch.randn(2, 3, 64, device="cuda", dtype=torch.float16)
     w = torch.randn(64, 32, device="cuda", dtype=torch.float16)
     g = torch.ones(64, device="cuda", dtype=torch.float16)
     b = torch.zeros(64, device="cuda", dtype=torch.float16)
     with pytest.raises(ValueError, match="hidden=64"):
-        gemm.qkv_gemm(x, torch.randn(65, 32, device="cuda", dtype=torch.float16), None, g, b, lib=lib)
+        qkv_gemm.qkv_gemm(x, torch.randn(65, 32, device="cuda", dtype=torch.float16), None, g, b, lib=lib)
     with pytest.raises(TypeError, match="weight"):
-        gemm.qkv_gemm(x, w.float(), None, g, b, lib=lib)
+        qkv_gemm.qkv_gemm(x, w.float(), None, g, b, lib=lib)
     with pytest.raises(ValueError, match="gamma is required"):
-        gemm.qkv_gemm(x, w, None, None, b, lib=lib)
+        qkv_gemm.qkv_gemm(x, w, None, None, b, lib=lib)
     with pytest.raises(ValueError, match="beta is required"):
-        gemm.qkv_gemm(x, w, None, g, None, lib=lib)
+        qkv_gemm.qkv_gemm(x, w, None, g, None, lib=lib)
     with pytest.raises(ValueError, match="beta must be absent"):
-        gemm.qkv_gemm(x, w, None, g, b, norm_type=2, lib=lib)
+        qkv_gemm.qkv_gemm(x, w, None, g, b, norm_type=2, lib=lib)
     with pytest.raises(ValueError, match="norm_type"):
-        gemm.qkv_gemm(x, w, None, g, b, norm_type=3, lib=lib)
+        qkv_gemm.qkv_gemm(x, w, None, g, b, norm_type=3, lib=lib)
     with pytest.raises(ValueError, match="epsilon"):
-        gemm.qkv_gemm(x, w, None, g, b, epsilon=float("nan"), lib=lib)
+        qkv_gemm.qkv_gemm(x, w, None, g, b, epsilon=float("nan"), lib=lib)
     with pytest.raises(ValueError, match="bias must have shape"):
-        gemm.qkv_gemm(x, w, torch.zeros(31, device="cuda", dtype=torch.float16), g, b, lib=lib)
+        qkv_gemm.qkv_gemm(x, w, torch.zeros(31, device="cuda", dtype=torch.float16), g, b, lib=lib)
     with pytest.raises(ValueError, match="contiguous"):
-        gemm.qkv_gemm(x, torch.randn(32, 64, device="cuda", dtype=torch.float16).t(), None, g, b, lib=lib)
+        qkv_gemm.qkv_gemm(x, torch.randn(32, 64, device="cuda", dtype=torch.float16).t(), None, g, b, lib=lib)
     with pytest.raises(ValueError, match="group_size"):
-        gemm.qkv_gemm(x, w, None, g, b, group_size=16, lib=lib)
+        qkv_gemm.qkv_gemm(x, w, None, g, b, group_size=16, lib=lib)
 
 
 def _valid_params(t):
-    from dsattn.tools.kernels import gemm
+    from dsattn.tools.kernels import qkv_gemm
 
     x, w, bias, g, b, out, normed = t
-    return gemm.QKVGemmParams(
+    return qkv_gemm.QKVGemmParams(
         input=x.data_ptr(), weight=w.data_ptr(), bias=bias.data_ptr(), gamma=g.data_ptr(),
         beta=b.data_ptr(), weight_scale=None, qkv=out.data_ptr(), normed=normed.data_ptr(),
         M=x.shape[0], N=w.shape[1], K=x.shape[1], group_size=0, norm_type=1, quantized=0,
@@ -316,7 +283,7 @@ def _valid_params(t):
     ("quantized_no_scale", None), ("workspace", "small"), ("workspace", None), ("ctx", None),
 ])
 def test_c_entry_rejects_bad_params(lib, field, value):
-    from dsattn.tools.kernels import _lib, gemm
+    from dsattn.tools.kernels import _lib, qkv_gemm
 
     M, K, N = 97, 256, 64  # cuBLASLt path: needs workspace
     x = torch.randn(M, K, device="cuda", dtype=torch.float16)
@@ -326,11 +293,11 @@ def test_c_entry_rejects_bad_params(lib, field, value):
          torch.full((M, N), float("nan"), device="cuda", dtype=torch.float16),
          torch.full((M, K), float("nan"), device="cuda", dtype=torch.float16))
     p = _valid_params(t)
-    nbytes = gemm.workspace_size(p, lib=lib)
+    nbytes = qkv_gemm.workspace_size(p, lib=lib)
     assert nbytes > 0
     ws = torch.empty(nbytes, device="cuda", dtype=torch.uint8)
     ws_ptr, ws_bytes = ws.data_ptr(), nbytes
-    ctx = gemm.default_context(lib)
+    ctx = qkv_gemm.default_context(lib)
     if field == "workspace":
         ws_ptr, ws_bytes = (ws.data_ptr(), nbytes - 1) if value == "small" else (0, nbytes)
     elif field == "ctx":
@@ -344,10 +311,10 @@ def test_c_entry_rejects_bad_params(lib, field, value):
         setattr(p, field, value)
     # A valid call succeeds with the same buffers (so the rejection is about `field`).
     ok = _valid_params(t)
-    rc = gemm.raw_call(p, ws_ptr, ws_bytes, ctx=ctx, lib=lib)
+    rc = qkv_gemm.raw_call(p, ws_ptr, ws_bytes, ctx=ctx, lib=lib)
     torch.cuda.synchronize()
     assert rc == _lib.CUDA_ERROR_INVALID_VALUE, f"{field}={value!r}: got {rc}"
     assert torch.isnan(t[5]).all() and torch.isnan(t[6]).all(), "rejected call wrote output"
-    assert gemm.raw_call(ok, ws.data_ptr(), nbytes, lib=lib) == 0
+    assert qkv_gemm.raw_call(ok, ws.data_ptr(), nbytes, lib=lib) == 0
     torch.cuda.synchronize()
     assert not torch.isnan(t[5]).any()

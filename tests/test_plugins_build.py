@@ -4,7 +4,7 @@ harness selftest (creator fields, malformed field collections, shape/type negoti
 
 Needs nvcc and the TensorRT headers in <repo>/.deps/include (an ignored folder: TensorRT's headers
 are never committed). CI has nvcc but no TensorRT headers, so this test SKIPS there; it runs where
-the headers were unpacked (the development machine, the GPU machine via scripts/gpu_plugins.sh).
+the headers were unpacked (the development machine, the GPU machine via scripts/gpu_all.sh).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ Tolerance (DESIGN.md): max error <= max(2 * error of PyTorch computing the same 
 1e-3 fp16 / 8e-3 bf16 / 1e-4 fp32; PyTorch-in-T is the plain unfused sequence below. NaN never
 passes; the harness poisons every output with NaN first. Fresh random data every run (seed printed).
 
-Needs the plugin library and harness built with TensorRT headers (scripts/gpu_plugins.sh):
+Needs the plugin library and harness built with TensorRT headers (scripts/gpu_all.sh builds them):
 build/plugins/libdsattn_plugins.so and build/plugins/dsattn_plugin_harness.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ TORCH_T = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torc
 def harness():
     exe, lib = BUILD / "dsattn_plugin_harness", BUILD / "libdsattn_plugins.so"
     if not exe.exists() or not lib.exists():
-        pytest.fail(f"{exe} / {lib} not built: run scripts/gpu_plugins.sh (cmake with -DTensorRT_INCLUDE_DIR=...)")
+        pytest.fail(f"{exe} / {lib} not built: cmake -S plugins -B build/plugins -G Ninja -DTensorRT_INCLUDE_DIR=... && cmake --build build/plugins")
     return exe, lib
 
 

@@ -423,11 +423,8 @@ cudaError_t launch_skinny(const dsattn_int8_matmul_params& prm, void* ws, cudaSt
 
 // mma.sync tiled kernel (the tiled path where no sm_90a code is available, e.g. sm_80 builds).
 // 8 warps as 2 (M) x 4 (N); warp tile 64 x (8 NT): 4 m16 tiles x NT n8 tiles. Block tile
-// 128 x 32 NT, k chunk 64, STAGES-deep cp.async ring. The build-time macro
-// DSATTN_INT8_TILED_CFG=9 forces this kernel on sm_90 too (measurements, tests).
-#ifndef DSATTN_INT8_TILED_CFG
-#define DSATTN_INT8_TILED_CFG 0
-#endif
+// 128 x 32 NT, k chunk 64, STAGES-deep cp.async ring. DSATTN_INT8_PATH_TILED_MMA forces it on
+// sm_90 too (tests).
 constexpr int kBM = 128, kTiledThreads = 256;
 constexpr int kXTileBytes = kBM * kChunk * 2;  // T elements, rows of 128 bytes (XOR-swizzled chunks)
 constexpr int kRasterGroup = 16;               // M tiles per raster group (L2 reuse)
@@ -677,10 +674,11 @@ cudaError_t launch_tiled_mma(const dsattn_int8_matmul_params& prm, cudaStream_t 
 }
 
 // ---------------------------------------------------------------------------------------------
-// wgmma path (sm_90a): block tile 128 x 256 x 64, 2 warpgroups of 64 rows of M. Per 64-k chunk:
-// cp.async brings the x tile (T) and the int8 weight tile into a 4-slot ring (2 chunks ahead);
+// wgmma path (sm_90a): block tile 128 x BN x 64, 2 warpgroups of 64 rows of M. Per 64-k chunk:
+// cp.async brings the x tile (T) and the int8 weight tile into a STAGES-slot ring (STAGES - 2
+// chunks ahead; launch_tiled picks BN = 128, STAGES = 3);
 // all 256 threads convert the int8 tile to T into one of two B buffers; each warpgroup then
-// issues 4 asynchronous wgmma m64n256k16 (A = its 64 x rows, B = the converted tile, both read
+// issues 4 asynchronous wgmma m64nBNk16 (A = its 64 x rows, B = the converted tile, both read
 // from shared memory in the K-major 128-byte-swizzled layout) and waits for the previous chunk's
 // group only, so the conversion of chunk k+1 overlaps the tensor cores working on chunk k.
 // The converted tile lives only in shared memory. Per-channel scales multiply the fp32 sums in
@@ -926,13 +924,11 @@ cudaError_t launch_wgmma_t(const dsattn_int8_matmul_params& prm, cudaStream_t s)
 // The tiled path: wgmma where the device and the build allow it (sm_90a), else mma.sync.
 template <typename T>
 cudaError_t launch_tiled(const dsattn_int8_matmul_params& prm, cudaStream_t s) {
-#if DSATTN_INT8_TILED_CFG != 9
   // 128 x 128 tiles, 3 stages (one chunk of prefetch), two blocks per SM: measured faster than
-  // 128 x 256 with 4 or 5 stages and one block per SM (scripts/gpu_int8.sh variants, README).
+  // 128 x 256 with 4 or 5 stages and one block per SM on the H100 (docs/KERNELS.md).
   constexpr int BN = 128, S = 3, B = 2;
   if (prm.group_size == 0 && wgmma_usable<T, false, BN, S, B>()) return launch_wgmma_t<T, false, BN, S, B>(prm, s);
   if (prm.group_size != 0 && wgmma_usable<T, true, BN, S, B>()) return launch_wgmma_t<T, true, BN, S, B>(prm, s);
-#endif
   return launch_tiled_mma<T>(prm, s);
 }
 
@@ -1021,7 +1017,7 @@ bool tiled_supported(const dsattn_int8_matmul_params* p) {
 }
 
 // Crossover between the weight-streaming skinny kernel and the tiled kernel (measured on H100 at
-// K 4096, N 12288; see plugins/kernels/README.md).
+// K 4096, N 12288; see docs/KERNELS.md).
 constexpr int64_t kSkinnyMaxM = 160;
 
 int choose_path(const dsattn_int8_matmul_params* p) {
@@ -1048,10 +1044,11 @@ extern "C" size_t dsattn_int8_matmul_workspace_size(const dsattn_int8_matmul_par
   return need;
 }
 
-extern "C" cudaError_t dsattn_int8_matmul_path(const dsattn_int8_matmul_params* p, int path, void* workspace,
-                                               size_t workspace_bytes, cudaStream_t stream) {
+extern "C" cudaError_t dsattn_int8_matmul(const dsattn_int8_matmul_params* p, void* workspace, size_t workspace_bytes,
+                                          cudaStream_t stream) {
   if (!shape_ok(p)) return cudaErrorInvalidValue;
-  if (path < DSATTN_INT8_PATH_AUTO || path > DSATTN_INT8_PATH_FP32) return cudaErrorInvalidValue;
+  int path = p->path;
+  if (path < DSATTN_INT8_PATH_AUTO || path > DSATTN_INT8_PATH_TILED_MMA) return cudaErrorInvalidValue;
   if (p->M == 0) return cudaSuccess;
   if (!p->input || !p->weight || !p->weight_scale || !p->output) return cudaErrorInvalidValue;
   const size_t es = elem_size(p->dtype);
@@ -1060,22 +1057,19 @@ extern "C" cudaError_t dsattn_int8_matmul_path(const dsattn_int8_matmul_params* 
     return cudaErrorInvalidValue;
   if (path == DSATTN_INT8_PATH_AUTO) path = choose_path(p);
   if ((path == DSATTN_INT8_PATH_FP32) != (p->dtype == DSATTN_FLOAT32)) return cudaErrorInvalidValue;
-  if (path == DSATTN_INT8_PATH_TILED && !tiled_supported(p)) return cudaErrorInvalidValue;
+  if ((path == DSATTN_INT8_PATH_TILED || path == DSATTN_INT8_PATH_TILED_MMA) && !tiled_supported(p))
+    return cudaErrorInvalidValue;
   // One rule for every path (the plugin sizes the workspace once): the scratch of
   // dsattn_int8_matmul_workspace_size, which covers every path of these params.
   const size_t need = p->dtype == DSATTN_FLOAT32 ? 0 : skinny_workspace(p->M, p->N, p->K);
   if (need > 0 && (!workspace || workspace_bytes < need)) return cudaErrorInvalidValue;
+  const bool f16 = p->dtype == DSATTN_FLOAT16;
   switch (path) {
     case DSATTN_INT8_PATH_FP32: return launch_fp32(*p, stream);
-    case DSATTN_INT8_PATH_TILED:
-      return p->dtype == DSATTN_FLOAT16 ? launch_tiled<__half>(*p, stream) : launch_tiled<__nv_bfloat16>(*p, stream);
+    case DSATTN_INT8_PATH_TILED: return f16 ? launch_tiled<__half>(*p, stream) : launch_tiled<__nv_bfloat16>(*p, stream);
+    case DSATTN_INT8_PATH_TILED_MMA:
+      return f16 ? launch_tiled_mma<__half>(*p, stream) : launch_tiled_mma<__nv_bfloat16>(*p, stream);
     default:
-      return p->dtype == DSATTN_FLOAT16 ? launch_skinny<__half>(*p, workspace, stream)
-                                        : launch_skinny<__nv_bfloat16>(*p, workspace, stream);
+      return f16 ? launch_skinny<__half>(*p, workspace, stream) : launch_skinny<__nv_bfloat16>(*p, workspace, stream);
   }
-}
-
-extern "C" cudaError_t dsattn_int8_matmul(const dsattn_int8_matmul_params* p, void* workspace, size_t workspace_bytes,
-                                          cudaStream_t stream) {
-  return dsattn_int8_matmul_path(p, DSATTN_INT8_PATH_AUTO, workspace, workspace_bytes, stream);
 }

@@ -7,7 +7,7 @@
 // to each weight before rounding it to T). The dequantized weight is never written to device
 // memory: int8 tiles are converted to T in registers / shared memory.
 //
-// Paths (chosen inside dsattn_int8_matmul by M and dtype; callers do not choose):
+// Paths (chosen inside dsattn_int8_matmul by M and dtype; params.path forces one for tests):
 //   - M <= 160: weight-streaming tensor-core kernel (mma.sync, int8 converted in registers),
 //     split-K through the workspace when N is small; also the path for group sizes that are not
 //     multiples of 64;
@@ -33,6 +33,20 @@ extern "C" {
 #define DSATTN_INT8_GROUP_MULTIPLE 16
 #define DSATTN_INT8_K_MULTIPLE 16
 
+// Values of params.path. Every caller outside the tests and benchmarks passes AUTO (0:
+// zero-initialised params), which chooses by dtype, M and group_size. The others force one kernel;
+// a path that does not support the call's dtype / group_size is rejected (cudaErrorInvalidValue).
+#define DSATTN_INT8_PATH_AUTO 0       // choose by dtype, M and group_size
+// SKINNY: weight streaming; fp16/bf16, any valid group_size, any M (slow for large M).
+// TILED: tensor-core tiles (wgmma on sm_90a, else mma.sync); fp16/bf16, group_size 0 or % 64 == 0.
+// FP32: float32 T only.
+// TILED_MMA: the mma.sync tiled kernel even where wgmma applies (keeps the sm_80 path testable on
+// an H100); same conditions as TILED.
+#define DSATTN_INT8_PATH_SKINNY 1
+#define DSATTN_INT8_PATH_TILED 2
+#define DSATTN_INT8_PATH_FP32 3
+#define DSATTN_INT8_PATH_TILED_MMA 4
+
 typedef struct dsattn_int8_matmul_params {
   const void* input;          // T [M, K] row-major, M = product of the leading dims of input
   const int8_t* weight;       // int8 [N, K] row-major (output-major: row n holds output feature n)
@@ -44,6 +58,7 @@ typedef struct dsattn_int8_matmul_params {
   int64_t K;                  // input features (>= 1, multiple of DSATTN_INT8_K_MULTIPLE)
   int64_t group_size;         // 0 = per output channel; else divides K, multiple of DSATTN_INT8_GROUP_MULTIPLE
   dsattn_dtype dtype;         // T of input, bias and output
+  int32_t path;               // DSATTN_INT8_PATH_AUTO (0), or a forced kernel path (tests, benchmarks)
 } dsattn_int8_matmul_params;
 
 // Bytes of scratch device memory dsattn_int8_matmul needs (split-K partial sums of the small-M
@@ -54,8 +69,8 @@ typedef struct dsattn_int8_matmul_params {
 size_t dsattn_int8_matmul_workspace_size(const dsattn_int8_matmul_params* p);
 
 // Enqueues the matmul on `stream`. Validates host-side and returns cudaErrorInvalidValue (nothing
-// launched) for: NULL p; M < 0; N < 1; K < 1 or K % DSATTN_INT8_K_MULTIPLE; group_size < 0, not
-// dividing K, or not a multiple of DSATTN_INT8_GROUP_MULTIPLE; unknown dtype; NULL input / weight /
+// launched) for: NULL p; path not one of DSATTN_INT8_PATH_* or not supporting the call; M < 0;
+// N < 1; K < 1 or K % DSATTN_INT8_K_MULTIPLE; group_size < 0, not dividing K, or not a multiple of DSATTN_INT8_GROUP_MULTIPLE; unknown dtype; NULL input / weight /
 // weight_scale / output when M > 0; input, weight or output not 16-byte aligned, weight_scale not
 // 4-byte aligned, bias not aligned to its element size; workspace NULL or smaller than
 // dsattn_int8_matmul_workspace_size(p) when that is > 0; sizes whose grid would exceed CUDA's
@@ -63,17 +78,6 @@ size_t dsattn_int8_matmul_workspace_size(const dsattn_int8_matmul_params* p);
 // (cudaGetLastError) otherwise. Asynchronous: errors in the kernel itself surface later.
 cudaError_t dsattn_int8_matmul(const dsattn_int8_matmul_params* p, void* workspace,
                                size_t workspace_bytes, cudaStream_t stream);
-
-// Kernel paths, for tests and benchmarks (dsattn_int8_matmul always uses AUTO).
-#define DSATTN_INT8_PATH_AUTO 0    // choose by dtype, M and group_size
-#define DSATTN_INT8_PATH_SKINNY 1  // weight streaming, fp16/bf16, any valid group_size, any M (slow for large M)
-#define DSATTN_INT8_PATH_TILED 2   // tensor-core tiles (wgmma on sm_90a), fp16/bf16, group_size 0 or a multiple of 64
-#define DSATTN_INT8_PATH_FP32 3    // float32 T only
-
-// dsattn_int8_matmul with the path forced. Same validation and workspace rule, plus
-// cudaErrorInvalidValue when the path does not support the dtype / group_size.
-cudaError_t dsattn_int8_matmul_path(const dsattn_int8_matmul_params* p, int path, void* workspace,
-                                    size_t workspace_bytes, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

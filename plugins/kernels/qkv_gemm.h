@@ -13,9 +13,8 @@
 // then a cuBLASLt matmul with the bias epilogue (per-shape plan in the context; for large shapes
 // the first uncaptured call times the heuristic's candidates once and keeps the fastest).
 // quantized = 1: the normalize kernel, then dsattn_int8_matmul (int8_matmul.h).
-// A fused small-M kernel (M <= 16, fp16/bf16, sm_90: TMA weight stream + in-kernel norm) exists
-// but runs only when forced through dsattn_qkv_gemm_debug_force_path: on H100 it measured slower
-// than the automatic path (plugins/kernels/NOTES_qkv_gemm.md).
+// (Fusing the norm into a weight-streaming kernel of our own measured slower than this on the
+// H100 at every M: docs/KERNELS.md.)
 // With norm_type = 0 and no emit_normed the input is used directly (no normalize kernel).
 //
 // CUDA headers only: no TensorRT, no PyTorch.
@@ -78,7 +77,6 @@ size_t dsattn_qkv_gemm_workspace_size(const dsattn_qkv_gemm_params* p);
 // emit_normed not 0/1; epsilon negative or not finite; group_size != 0 with quantized=0; NULL
 // input / weight / qkv when M > 0; NULL gamma (norm_type != 0) or beta (norm_type == 1); NULL
 // normed with emit_normed=1; NULL weight_scale with quantized=1; pointers not aligned to their
-// normed with emit_normed=1; NULL weight_scale with quantized=1; pointers not aligned to their
 // element size; workspace NULL or smaller than dsattn_qkv_gemm_workspace_size(p) when that is > 0,
 // or not 256-byte aligned.
 // quantized=1 with dtype or sizes int8_matmul rejects: its error. cuBLASLt failures:
@@ -86,14 +84,6 @@ size_t dsattn_qkv_gemm_workspace_size(const dsattn_qkv_gemm_params* p);
 // Asynchronous: errors in the kernels themselves surface later.
 cudaError_t dsattn_qkv_gemm(dsattn_gemm_ctx* ctx, const dsattn_qkv_gemm_params* p, void* workspace,
                             size_t workspace_bytes, cudaStream_t stream);
-
-// Testing / benchmarking only (not part of the op's contract; plugins never call it): a
-// process-wide override of the path choice. path 0 automatic, 1 normalize + cuBLASLt, 2..5 the
-// fused kernel wherever its conditions hold, with (tile columns, TMA L2 promotion bytes) =
-// (32, 256), (32, 128), (64, 256), (64, 128);
-// stages 0 automatic, else 3..16 (the fused kernel's shared-memory ring depth, capped by what
-// fits). Not thread-safe: set it before issuing calls. cudaErrorInvalidValue for other values.
-cudaError_t dsattn_qkv_gemm_debug_force_path(int32_t path, int32_t stages);
 
 #ifdef __cplusplus
 }

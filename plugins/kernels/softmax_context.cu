@@ -5,7 +5,6 @@
 #include <stdlib.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 
 #include "attn_common.cuh"
@@ -14,57 +13,19 @@ namespace dsattn {
 namespace attn {
 namespace {
 
-// Tuning knobs (compile-time; the defaults are the measured choice, scripts/attn_explore.py builds
-// variants): keys per thread per step at one query row, the load flavour of the K/V stream, and
-// the number of waves the decode split aims at.
-#ifndef DSATTN_DECODE_UNROLL1
-#define DSATTN_DECODE_UNROLL1 4
-#endif
-#ifndef DSATTN_DECODE_LOAD
-#define DSATTN_DECODE_LOAD 0
-#endif
-#ifndef DSATTN_DECODE_CTAS_PER_SM1
-#define DSATTN_DECODE_CTAS_PER_SM1 4
-#endif
-#ifndef DSATTN_DECODE_SLOT_SCALE
-#define DSATTN_DECODE_SLOT_SCALE 1
-#endif
-// Round 2 knobs (decode; softmax_context_notes.md has the measurements). CLUSTER 1: when a row
-// is cut into nsplit <= CLUSTER_SPLITS chunks, the nsplit CTAs of one (b, KV head) form a
-// thread-block cluster (sm_90) and merge their partial results through distributed shared memory
-// in the same launch (no combine kernel, no fp32 partials in global memory); otherwise (or
-// CLUSTER 0) the combine kernel. The kernel supports clusters of up to MAX_CLUSTER CTAs, but
-// 16-CTA clusters made batch 1 1.5x slower on the H100 (27 vs 18 us): 8 is the default limit.
-// PDL 1: the decode kernel itself is launched with programmatic dependent launch (its CTAs may be
-// scheduled while the previous kernel of the stream drains; its first instruction waits for it)
-// and lets its dependents launch once its K/V loads are done.
-#ifndef DSATTN_DECODE_CLUSTER
-#define DSATTN_DECODE_CLUSTER 1
-#endif
-#ifndef DSATTN_DECODE_MAX_CLUSTER
-#define DSATTN_DECODE_MAX_CLUSTER 16
-#endif
-#ifndef DSATTN_DECODE_CLUSTER_SPLITS
-#define DSATTN_DECODE_CLUSTER_SPLITS 8
-#endif
-#ifndef DSATTN_DECODE_PDL
-#define DSATTN_DECODE_PDL 1
-#endif
-// WAVES > 1 (exploration knob, off): when one wave of CTAs would give a row fewer than
-// MULTIWAVE_BELOW chunks (large batch), cut rows into WAVES waves' worth of chunks instead, so the
-// block scheduler balances CTAs that stream at unequal rates (notes: round 2, timing probe).
-// Measured slower at B=8 H=32 (round 3: W=2/3/4 +8..11 us with cluster merge, +1..1.5 us with the
-// combine kernel), so off.
-#ifndef DSATTN_DECODE_WAVES
-#define DSATTN_DECODE_WAVES 1
-#endif
-#ifndef DSATTN_DECODE_MULTIWAVE_BELOW
-#define DSATTN_DECODE_MULTIWAVE_BELOW 4
-#endif
-
+// Decode split-KV: chunks per row, keys per thread in flight, thread-block cluster sizes.
 constexpr int kMaxSplits = 64;      // decode split-KV: upper bound on chunks per row
 constexpr int kMinSplitKeys = 64;   // never cut a row into chunks shorter than this
 constexpr int kDecodeMaxRows = 8;   // decode path: S * (H / Hkv) query rows per CTA at most
+// Keys per thread in flight per step at one query row (more rows: 2). 8 measured worse on H100
+// (192 registers, 2 CTAs per SM).
+constexpr int kDecodeUnrollOneRow = 4;
+// A row cut into 2..kMaxClusterSplits chunks runs its chunks as one thread-block cluster (sm_90)
+// that merges the partial results through distributed shared memory in the same launch (no
+// combine kernel, no fp32 partials in global memory); rows cut into more chunks use the combine
+// kernel. 16-CTA clusters made batch 1 1.5x slower on the H100 (27 vs 18 us): the non-portable
+// size limits how many clusters the GPCs hold at once.
+constexpr int kMaxClusterSplits = 8;
 
 // ---------------------------------------------------------------------------------------------
 // Append: one block per new token (b, s). Rotates k (and q when write_q), cos/sin table of this
@@ -161,13 +122,9 @@ __global__ void __launch_bounds__(256) append_kernel(Args a, int write_q) {
 // fp32 (log2 domain), merged across the CTA's key slots in shared memory, then either written to
 // the context (one chunk) or as (normalized partial o, log2-sum-exp) for the combine kernel.
 __device__ __forceinline__ uint4 ld_stream(const void* p) {
-#if DSATTN_DECODE_LOAD == 1
-  return __ldg(reinterpret_cast<const uint4*>(p));
-#elif DSATTN_DECODE_LOAD == 2
-  return __ldlu(reinterpret_cast<const uint4*>(p));
-#else
-  return __ldcs(reinterpret_cast<const uint4*>(p));  // streaming: K/V are read once per call
-#endif
+  // Streaming loads: K/V are read once per call. __ldg and ld.lu measured the same at batch 8 / 64
+  // and slower at batch 1 on the H100.
+  return __ldcs(reinterpret_cast<const uint4*>(p));
 }
 
 // 16-byte vector (dims d0 .. d0+VEC-1) of new token s's key (rotated, rounded to T exactly as the
@@ -212,29 +169,6 @@ __device__ __forceinline__ const float* cluster_peer(const float* p, int rank) {
 #endif
 }
 
-// Timing probe (exploration builds only, DSATTN_DECODE_PROBE=1): %globaltimer of thread 0 of every
-// CTA at entry, after the row check, after the first step, after the K/V loop and at the end;
-// read back with dsattn_decode_probe_read (scripts/decode_explore.py probe).
-#ifndef DSATTN_DECODE_PROBE
-#define DSATTN_DECODE_PROBE 0
-#endif
-#if DSATTN_DECODE_PROBE
-__device__ unsigned long long g_dsattn_probe[4096 * 5];
-#define DSATTN_PROBE(k)                                                                        \
-  do {                                                                                         \
-    if (threadIdx.x == 0) {                                                                    \
-      const int cid_ = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);         \
-      unsigned long long t_;                                                                   \
-      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_)::"memory");                         \
-      if (cid_ < 4096) g_dsattn_probe[cid_ * 5 + (k)] = t_;                                    \
-    }                                                                                          \
-  } while (0)
-#else
-#define DSATTN_PROBE(k) \
-  do {                  \
-  } while (0)
-#endif
-
 // Decode kernel modes: `merge` 0 = one chunk (write the context), 1 = fp32 partials for the
 // combine kernel, 2 = the grid's x dimension is one thread-block cluster of nsplit CTAs that
 // merge through distributed shared memory (sm_90 only; host checks).
@@ -246,7 +180,7 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
   constexpr int TY = 32 / TX;
   constexpr int NW = 4;
   constexpr int KSTEP = TY * NW;  // keys per CTA step == number of partial states to merge
-  constexpr int UNROLL = RMAX <= 1 ? DSATTN_DECODE_UNROLL1 : 2;
+  constexpr int UNROLL = RMAX <= 1 ? kDecodeUnrollOneRow : 2;
   __shared__ int s_flag;
   __shared__ float s_q[RMAX * D];
   __shared__ float s_m[KSTEP][RMAX], s_l[KSTEP][RMAX];
@@ -259,11 +193,10 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
   constexpr bool VNEW_SMEM = RMAX * D * sizeof(T) <= 2048;
   __shared__ __align__(16) T s_knew[RMAX * D];
   __shared__ __align__(16) T s_vnew[VNEW_SMEM ? RMAX * D : VEC];
-  DSATTN_PROBE(0);
 
-#if DSATTN_DECODE_PDL
-  pdl_wait();  // launched as a programmatic dependent: nothing of the previous kernel is read before
-#endif
+  // Launched as a programmatic dependent on sm_90 (its CTAs may be scheduled while the previous
+  // kernel of the stream drains): nothing of the previous kernel is read before this wait.
+  pdl_wait();
   const int split = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
   // Prologue ordered to overlap latencies: the row's own seq_lens / start_pos are loaded, the first
   // K/V steps are issued when this row itself is valid (reads inside the cache only), then the row
@@ -319,7 +252,6 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
   const int bad = first_bad_row(a, &s_flag);
   if (split == 0 && hk == 0 && b == 0 && threadIdx.x == 0) *a.status = bad < 0 ? 0 : bad + 1;
   if (bad >= 0) return;  // uniform over the grid (and so over every cluster)
-  DSATTN_PROBE(1);
 
   // q rows r = s * g + gi, rotated; the rows with gi == 0 also rotate token s's key with the same
   // cos / sin (one powf + sincosf per element for q and k together): split 0 appends the new rows
@@ -412,16 +344,12 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
 
   for (int base = c_lo; base < c_mid; base += 2 * STEP) {
     consume(ka, va, base, c_mid);
-    if (base == c_lo) DSATTN_PROBE(2);
     if (base + 2 * STEP < c_mid) load_cached(base + 2 * STEP, ka, va);
     if (base + STEP >= c_mid) break;
     consume(kb, vb, base + STEP, c_mid);
     if (base + 3 * STEP < c_mid) load_cached(base + 3 * STEP, kb, vb);
   }
-  DSATTN_PROBE(3);
-#if DSATTN_DECODE_PDL
   pdl_trigger();  // every load of the cache is done: the next grid may be scheduled
-#endif
   // This call's new tokens inside the chunk (at most S keys): rotated k / v straight from qkv.
   for (int base = c_mid; base < c_hi; base += STEP) {
 #pragma unroll
@@ -478,12 +406,11 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
       if (d == 0) s_lse[r] = lse;
     }
   }
-  if (merge != 2) DSATTN_PROBE(4);
   if (merge == 2) {
     // Cluster merge: every CTA of the cluster (the nsplit chunks of this (b, hk)) published its
     // (o, lse) in shared memory; CTA `split` finishes elements split, split + nsplit, ... of the
     // R x D outputs by reading all of them, weights 2^(lse_i - max lse) (zeros when no key).
-    constexpr int MAXC = DSATTN_DECODE_MAX_CLUSTER;
+    constexpr int MAXC = kMaxClusterSplits;
     cluster_sync();
     for (int e = threadIdx.x * nsplit + split; e < R * D; e += blockDim.x * nsplit) {
       const int r = e / D, d = e % D, s = r / g, h = hk * g + r % g;
@@ -507,7 +434,6 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
       }
       static_cast<T*>(a.ctx)[(((int64_t)b * a.S + s) * a.H + h) * D + d] = from_f<T>(o);
     }
-    DSATTN_PROBE(4);
     cluster_sync();  // no CTA leaves while a peer may still read its shared memory
   }
 }
@@ -649,11 +575,13 @@ bool decode_supported(const dsattn_softmax_context_params& p) {
 // down: a second, partial wave would cost a whole chunk's time.
 int decode_splits(const dsattn_softmax_context_params& p) {
   const int64_t rows = p.seq_len * (p.num_heads / p.num_kv_heads);
-  const int64_t per_sm = rows <= 1 ? DSATTN_DECODE_CTAS_PER_SM1 : (rows <= 4 ? 3 : 2);
+  const int64_t per_sm = rows <= 1 ? 4 : (rows <= 4 ? 3 : 2);
   const int64_t ctas = p.batch * p.num_kv_heads;
-  const int64_t slots = per_sm * sm_count() * DSATTN_DECODE_SLOT_SCALE;
+  const int64_t slots = per_sm * sm_count();
+  // More than one wave of chunks (finer chunks, so the block scheduler evens out CTAs that stream
+  // at unequal rates) measured slower at batch 8 on the H100: +8..11 us with cluster merges,
+  // +1..1.5 us with the combine kernel.
   int64_t n = slots / ctas;
-  if (DSATTN_DECODE_WAVES > 1 && n < DSATTN_DECODE_MULTIWAVE_BELOW) n = DSATTN_DECODE_WAVES * slots / ctas;
   n = std::min<int64_t>(n, (p.max_seq_len + kMinSplitKeys - 1) / kMinSplitKeys);
   n = std::min<int64_t>(n, kMaxSplits);
   return (int)std::max<int64_t>(n, 1);
@@ -708,6 +636,17 @@ cudaError_t validate(const dsattn_softmax_context_params* p, char* msg, size_t n
   if (p->rotary_style != 0 && p->rotary_style != 1) return fail(msg, n, "rotary_style=%d must be 0 or 1", p->rotary_style);
   if (p->rotary_dim > 0 && !(std::isfinite(p->rope_theta) && p->rope_theta > 0.f))
     return fail(msg, n, "rope_theta=%g must be finite and > 0", (double)p->rope_theta);
+  if (p->path != DSATTN_SOFTMAX_CONTEXT_PATH_AUTO && p->path != DSATTN_SOFTMAX_CONTEXT_PATH_PREFILL_MMA)
+    return fail(msg, n, "path=%d must be %d (automatic) or %d (mma.sync prefill)", p->path,
+                DSATTN_SOFTMAX_CONTEXT_PATH_AUTO, DSATTN_SOFTMAX_CONTEXT_PATH_PREFILL_MMA);
+  if (p->path == DSATTN_SOFTMAX_CONTEXT_PATH_PREFILL_MMA) {
+    if (!prefill_mma_supported(p->dtype, (int)p->head_size))
+      return fail(msg, n, "path=%d (mma.sync prefill) needs float16/bfloat16 and head_size 64 or 128, got dtype=%d head_size=%lld",
+                  p->path, (int)p->dtype, (long long)p->head_size);
+    if (p->batch > 0 && p->seq_len > 0 && decode_supported(*p))
+      return fail(msg, n, "path=%d (mma.sync prefill) does not apply: seq_len=%lld with %lld query heads per KV head takes the decode path",
+                  p->path, (long long)p->seq_len, (long long)(p->num_heads / p->num_kv_heads));
+  }
   if (!p->status) return fail(msg, n, "status is NULL (a device int32 is required)");
   if (p->batch > 0 && p->seq_len > 0) {
     if (!p->qkv || !p->key_cache || !p->value_cache || !p->seq_lens || !p->context)
@@ -765,7 +704,7 @@ bool decode_sm90_code() {
 // occupancy query is a host call).
 template <typename T, int D, int RMAX>
 bool decode_cluster_ok(int nsplit, const dim3& grid) {
-  static int cached[64][DSATTN_DECODE_MAX_CLUSTER + 1] = {};  // 0 unknown, 1 no, 2 yes
+  static int cached[64][kMaxClusterSplits + 1] = {};  // 0 unknown, 1 no, 2 yes
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
   if (cached[dev][nsplit]) return cached[dev][nsplit] == 2;
@@ -794,13 +733,8 @@ cudaError_t launch_decode_t(const Args& a, float* po, float* pl, int nsplit, cud
   // PDL waits and cluster instructions exist only in code compiled for sm_90+ (the library may
   // also carry sm_80 code, which a newer GPU could JIT): check the code that will run.
   const bool cc9 = pdl_supported() && decode_sm90_code<T, D, RMAX>();
-  bool cluster = DSATTN_DECODE_CLUSTER && cc9 && nsplit > 1 &&
-                 nsplit <= std::min(DSATTN_DECODE_CLUSTER_SPLITS, DSATTN_DECODE_MAX_CLUSTER);
-  if (cluster && nsplit > 8) {  // 9..16 CTAs per cluster is a non-portable size
-    e = cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-    if (e != cudaSuccess) return e;
-  }
-  if (cluster) cluster = decode_cluster_ok<T, D, RMAX>(nsplit, grid);
+  const bool cluster = cc9 && nsplit > 1 && nsplit <= kMaxClusterSplits &&
+                       decode_cluster_ok<T, D, RMAX>(nsplit, grid);
   const int merge = nsplit == 1 ? 0 : (cluster ? 2 : 1);
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
@@ -808,7 +742,7 @@ cudaError_t launch_decode_t(const Args& a, float* po, float* pl, int nsplit, cud
   cfg.stream = st;
   cudaLaunchAttribute attr[2];
   int na = 0;
-  if (DSATTN_DECODE_PDL && cc9) {  // the kernel waits (griddepcontrol.wait) before any access
+  if (cc9) {  // the kernel waits (griddepcontrol.wait) before any access
     attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[na].val.programmaticStreamSerializationAllowed = 1;
     ++na;
@@ -869,14 +803,9 @@ cudaError_t launch_decode<__nv_bfloat16>(const Args& a, float* po, float* pl, in
   }
 }
 
-// Set by dsattn_softmax_context_debug_force_prefill_mma (tests only): keeps the mma.sync prefill on
-// Hopper, so that the fallback stays testable on the device that has the wgmma kernel.
-std::atomic<int> g_prefill_force_mma{0};
-bool prefill_force_mma() { return g_prefill_force_mma.load(std::memory_order_relaxed) != 0; }
-
 template <typename T>
-cudaError_t launch_prefill(const Args& a, dsattn_dtype dtype, cudaStream_t st) {
-  const bool sm90 = prefill_sm90_usable(dtype, a.D) && !prefill_force_mma();
+cudaError_t launch_prefill(const Args& a, dsattn_dtype dtype, int32_t path, cudaStream_t st) {
+  const bool sm90 = path == DSATTN_SOFTMAX_CONTEXT_PATH_AUTO && prefill_sm90_usable(dtype, a.D);
   append_kernel<T><<<dim3(a.S, a.B), 256, 0, st>>>(a, sm90 ? 0 : 1);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
@@ -891,24 +820,6 @@ cudaError_t launch_prefill(const Args& a, dsattn_dtype dtype, cudaStream_t st) {
 }  // namespace dsattn
 
 using namespace dsattn::attn;
-
-#if DSATTN_DECODE_PROBE
-// Exploration builds only: copies n values of the decode timing probe (5 per CTA) to host memory.
-extern "C" int dsattn_decode_probe_read(unsigned long long* dst, int n) {
-  return (int)cudaMemcpyFromSymbol(dst, dsattn::attn::g_dsattn_probe, sizeof(unsigned long long) * (size_t)n);
-}
-extern "C" int dsattn_decode_probe_reset() {
-  void* p = nullptr;
-  const cudaError_t e = cudaGetSymbolAddress(&p, dsattn::attn::g_dsattn_probe);
-  return (int)(e != cudaSuccess ? e : cudaMemset(p, 0, sizeof(unsigned long long) * 4096 * 5));
-}
-#endif
-
-extern "C" cudaError_t dsattn_softmax_context_debug_force_prefill_mma(int32_t on) {
-  if (on != 0 && on != 1) return cudaErrorInvalidValue;
-  dsattn::attn::g_prefill_force_mma.store(on, std::memory_order_relaxed);
-  return cudaSuccess;
-}
 
 extern "C" size_t dsattn_softmax_context_workspace_size(const dsattn_softmax_context_params* p) {
   if (validate(p, nullptr, 0) != cudaSuccess) return 0;
@@ -967,8 +878,8 @@ extern "C" cudaError_t dsattn_softmax_context(const dsattn_softmax_context_param
     }
   }
   switch (p->dtype) {
-    case DSATTN_FLOAT16: return launch_prefill<__half>(a, p->dtype, stream);
-    case DSATTN_BFLOAT16: return launch_prefill<__nv_bfloat16>(a, p->dtype, stream);
-    default: return launch_prefill<float>(a, p->dtype, stream);
+    case DSATTN_FLOAT16: return launch_prefill<__half>(a, p->dtype, p->path, stream);
+    case DSATTN_BFLOAT16: return launch_prefill<__nv_bfloat16>(a, p->dtype, p->path, stream);
+    default: return launch_prefill<float>(a, p->dtype, p->path, stream);
   }
 }

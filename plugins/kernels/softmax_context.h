@@ -20,8 +20,8 @@
 //   - prefill (fp16/bf16 with D in {64, 128}): an append kernel (rotary + cache write), then a
 //     tensor-core flash-attention kernel: on sm_90a builds running on CC 9.0 with D = 128, a wgmma
 //     kernel that reads q from qkv and rotates it itself (cos/sin table from the append kernel);
-//     otherwise mma.sync m16n8k16 reading the rotated q the append kernel wrote to the workspace.
-//     dsattn_softmax_context_debug_force_prefill_mma(1) forces the mma.sync kernel (tests);
+//     otherwise mma.sync m16n8k16 reading the rotated q the append kernel wrote to the workspace
+//     (params.path = DSATTN_SOFTMAX_CONTEXT_PATH_PREFILL_MMA forces it: tests);
 //   - anything else (fp32 prefill, other head sizes): the append kernel, then a simple CUDA-core
 //     kernel (correct, not tuned).
 //
@@ -51,6 +51,13 @@ extern "C" {
 #define DSATTN_ATTN_MAX_HEAD_SIZE 256
 #define DSATTN_ATTN_HEAD_MULTIPLE 8
 
+// Values of params.path. Every caller outside the tests passes AUTO (0: zero-initialised params).
+// PREFILL_MMA makes a prefill call run the mma.sync kernel even where the Hopper wgmma kernel
+// applies, so that the sm_80 path stays testable on an H100; it needs float16/bfloat16 and
+// head_size 64 or 128, and a call that takes the prefill path (validation rejects anything else).
+#define DSATTN_SOFTMAX_CONTEXT_PATH_AUTO 0
+#define DSATTN_SOFTMAX_CONTEXT_PATH_PREFILL_MMA 1
+
 typedef struct dsattn_softmax_context_params {
   const void* qkv;             // T [B, S, (H + 2*Hkv) * D], contiguous; must not alias the outputs
   void* key_cache;             // T [B, Hkv, Tmax, D], contiguous; rows seq_lens[b]..+S-1 written in place
@@ -74,6 +81,7 @@ typedef struct dsattn_softmax_context_params {
   int32_t rotary_dim;          // 0 none; else even, <= D: dims rotated in q and k
   int32_t rotary_style;        // 0 rotate_half (GPT-NeoX / LLaMA), 1 rotate_every_two (GPT-J)
   dsattn_dtype dtype;          // T of qkv, caches and context
+  int32_t path;                // DSATTN_SOFTMAX_CONTEXT_PATH_AUTO (0), or a forced kernel path (tests)
 } dsattn_softmax_context_params;
 
 // Bytes of scratch device memory dsattn_softmax_context needs (rotated q for the mma.sync prefill
@@ -95,11 +103,6 @@ cudaError_t dsattn_softmax_context_validate(const dsattn_softmax_context_params*
 // *status (see above).
 cudaError_t dsattn_softmax_context(const dsattn_softmax_context_params* p, void* workspace,
                                    size_t workspace_bytes, cudaStream_t stream);
-
-// Tests only: on = 1 makes every later prefill call in this process use the mma.sync kernel even
-// where the Hopper wgmma kernel applies (so the fallback stays testable on an H100); on = 0 (the
-// default) restores the automatic choice. Returns cudaErrorInvalidValue for other values.
-cudaError_t dsattn_softmax_context_debug_force_prefill_mma(int32_t on);
 
 #ifdef __cplusplus
 }

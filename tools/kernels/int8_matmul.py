@@ -14,10 +14,10 @@ import ctypes
 from . import _lib
 
 __all__ = ["Int8MatMulParams", "int8_matmul", "workspace_size", "raw_call", "PATH_AUTO", "PATH_SKINNY",
-           "PATH_TILED", "PATH_FP32", "K_MULTIPLE", "GROUP_MULTIPLE"]
+           "PATH_TILED", "PATH_FP32", "PATH_TILED_MMA", "K_MULTIPLE", "GROUP_MULTIPLE"]
 
 # int8_matmul.h
-PATH_AUTO, PATH_SKINNY, PATH_TILED, PATH_FP32 = 0, 1, 2, 3
+PATH_AUTO, PATH_SKINNY, PATH_TILED, PATH_FP32, PATH_TILED_MMA = 0, 1, 2, 3, 4
 K_MULTIPLE = 16
 GROUP_MULTIPLE = 16
 
@@ -36,6 +36,7 @@ class Int8MatMulParams(ctypes.Structure):
         ("K", ctypes.c_int64),
         ("group_size", ctypes.c_int64),
         ("dtype", ctypes.c_int),
+        ("path", ctypes.c_int32),
     ]
 
 
@@ -47,8 +48,6 @@ def _prototypes(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.dsattn_int8_matmul_workspace_size.restype = ctypes.c_size_t
     lib.dsattn_int8_matmul.argtypes = [P, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     lib.dsattn_int8_matmul.restype = ctypes.c_int
-    lib.dsattn_int8_matmul_path.argtypes = [P, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    lib.dsattn_int8_matmul_path.restype = ctypes.c_int
     lib._dsattn_int8_protos = True
     return lib
 
@@ -59,18 +58,14 @@ def workspace_size(params: Int8MatMulParams, lib=None) -> int:
     return int(l.dsattn_int8_matmul_workspace_size(ctypes.byref(params)))
 
 
-def raw_call(params: Int8MatMulParams, workspace_ptr: int = 0, workspace_bytes: int = 0, *, path: int = PATH_AUTO,
-             lib=None, stream=None) -> int:
-    """Call the C entry point with hand-made params (tests of the C-level validation); returns the
-    cudaError_t code without raising. path PATH_AUTO calls dsattn_int8_matmul itself."""
+def raw_call(params: Int8MatMulParams, workspace_ptr: int = 0, workspace_bytes: int = 0, *, lib=None,
+             stream=None) -> int:
+    """Call dsattn_int8_matmul with hand-made params (tests of the C-level validation; params.path
+    forces a kernel path); returns the cudaError_t code without raising."""
     l = _prototypes(_lib.load(lib))
     s = ctypes.c_void_p(stream) if isinstance(stream, int) else (stream or ctypes.c_void_p(0))
-    ws = ctypes.c_void_p(workspace_ptr)
-    if path == PATH_AUTO:
-        return int(l.dsattn_int8_matmul(ctypes.byref(params), ws, ctypes.c_size_t(workspace_bytes), s))
-    return int(l.dsattn_int8_matmul_path(ctypes.byref(params), int(path), ws, ctypes.c_size_t(workspace_bytes), s))
-
-
+    return int(l.dsattn_int8_matmul(ctypes.byref(params), ctypes.c_void_p(workspace_ptr),
+                                    ctypes.c_size_t(workspace_bytes), s))
 
 
 def _check(name, t, device, dtype=None, shape=None):
@@ -86,7 +81,7 @@ def int8_matmul(x, weight, weight_scale, bias=None, *, group_size: int = 0, lib=
     x T [..., K] (float16, bfloat16 or float32), contiguous; weight int8 [N, K]; weight_scale float32
     [N, K / group_size] ([N, 1] for group_size 0); bias T [N] or None. ``out`` is an optional
     preallocated T [..., N] output (benchmarks, CUDA graphs); ``path`` forces a kernel path
-    (PATH_SKINNY, PATH_TILED, PATH_FP32; tests and benchmarks).
+    (PATH_SKINNY, PATH_TILED, PATH_FP32, PATH_TILED_MMA; tests and benchmarks).
     """
     import torch
 
@@ -128,11 +123,11 @@ def int8_matmul(x, weight, weight_scale, bias=None, *, group_size: int = 0, lib=
     M = x.numel() // K
     p = Int8MatMulParams(input=x.data_ptr(), weight=weight.data_ptr(), weight_scale=weight_scale.data_ptr(),
                          bias=bias.data_ptr() if bias is not None else None, output=out.data_ptr(), M=M, N=N, K=K,
-                         group_size=group_size, dtype=dtype_code)
+                         group_size=group_size, dtype=dtype_code, path=int(path))
     l = _prototypes(_lib.load(lib))
     ws_bytes = int(l.dsattn_int8_matmul_workspace_size(ctypes.byref(p)))
     ws = torch.empty(ws_bytes, dtype=torch.uint8, device=dev) if ws_bytes else None
-    err = raw_call(p, ws.data_ptr() if ws is not None else 0, ws_bytes, path=path, lib=l,
+    err = raw_call(p, ws.data_ptr() if ws is not None else 0, ws_bytes, lib=l,
                    stream=_lib.current_stream_handle(dev))
     _lib.check(l, err, f"dsattn_int8_matmul(M={M}, N={N}, K={K}, group_size={group_size}, dtype={x.dtype}, "
                        f"path={path})")

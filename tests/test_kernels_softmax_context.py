@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dsattn.tools.kernels import attention  # noqa: E402
+from dsattn.tools.kernels import softmax_context  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FLOOR = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 1e-4}
@@ -27,10 +27,11 @@ def test_params_struct_mirrors_header():
     body = text[text.index("typedef struct dsattn_softmax_context_params"):]
     body = body[body.index("{") + 1: body.index("} dsattn_softmax_context_params;")]
     names = re.findall(r"^\s*[\w\s\*]+?\b(\w+);", body, flags=re.M)
-    assert names == [f[0] for f in attention.SoftmaxContextParams._fields_]
+    assert names == [f[0] for f in softmax_context.SoftmaxContextParams._fields_]
     import ctypes
 
-    assert ctypes.sizeof(attention.SoftmaxContextParams) == 8 * 8 + 6 * 8 + 2 * 4 + 5 * 4 + 4
+    # 8 pointers, 6 int64, 2 floats, 5 int32, the dtype enum, path; padded to 8 bytes
+    assert ctypes.sizeof(softmax_context.SoftmaxContextParams) == 8 * 8 + 6 * 8 + 2 * 4 + 5 * 4 + 4 + 4 + 4
 
 
 # ------------------------------------------------------------------------------------------------
@@ -108,7 +109,8 @@ def _make(dtype, B, S, H, Hkv, D, lens, Tmax, seed):
 
 
 def _check_case(seed, dtype, *, B, S, H, Hkv, D, lens, Tmax, starts=None, layout=0, causal=1,
-                window=0, rd=0, style=0, theta=10000.0, alibi=False, scale=None):
+                window=0, rd=0, style=0, theta=10000.0, alibi=False, scale=None,
+                path=softmax_context.PATH_AUTO):
     from dsattn.export import ops
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -126,7 +128,8 @@ def _check_case(seed, dtype, *, B, S, H, Hkv, D, lens, Tmax, starts=None, layout
                              causal=causal, window=window, rd=rd, style=style, theta=theta, slopes=slopes)
     k0, v0 = pk.clone(), pv.clone()
     out = torch.full((B, S, H * D), float("nan"), dtype=dtype, device="cuda")
-    ctx = attention.softmax_context(qkv, pk, pv, seq_lens, start_t, alibi_slopes=slopes or None, out=out, **kw)
+    ctx = softmax_context.softmax_context(qkv, pk, pv, seq_lens, start_t, alibi_slopes=slopes or None, out=out,
+                                          path=path, **kw)
     torch.cuda.synchronize()
     assert ctx.data_ptr() == out.data_ptr()
     assert not torch.isnan(ctx).any(), "context has NaN (unwritten or masked-row NaN)"
@@ -246,12 +249,9 @@ def test_softmax_context_matches_reference(name, seed):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", MMA_FALLBACK_CASES)
 def test_prefill_mma_fallback_matches_reference(name, seed):
-    attention.debug_force_prefill_mma(True)  # the mma.sync kernel, even where wgmma applies
-    try:
-        case = dict(CASES[name])
-        _check_case(seed, case.pop("dtype"), **case)
-    finally:
-        attention.debug_force_prefill_mma(False)
+    case = dict(CASES[name])
+    # the mma.sync kernel, even where wgmma applies
+    _check_case(seed, case.pop("dtype"), path=softmax_context.PATH_PREFILL_MMA, **case)
 
 
 @pytest.mark.gpu
@@ -271,7 +271,7 @@ def test_overflow_raises_and_writes_nothing(dtype, S, seed):
         seq_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")
         st = torch.tensor(starts, dtype=torch.int32, device="cuda") if starts else None
         with pytest.raises(ValueError, match=rf"row b={bad}\b"):
-            attention.softmax_context(qkv, pk, pv, seq_lens, st, num_heads=H, head_size=D, rotary_dim=64, out=out)
+            softmax_context.softmax_context(qkv, pk, pv, seq_lens, st, num_heads=H, head_size=D, rotary_dim=64, out=out)
         assert torch.equal(pk, k0) and torch.equal(pv, v0), "a rejected call wrote the cache"
         assert bool((out == 7.0).all()), "a rejected call wrote the context"
 
@@ -289,14 +289,14 @@ def test_prefill_then_decode_equals_one_prefill(dtype, seed):
     starts = torch.tensor([0, 5], dtype=torch.int32, device="cuda")
     init = torch.randn(B, Hkv, Tmax, D, generator=g, device="cuda").to(dtype)
     pk1, pv1 = init.clone(), init.clone()
-    outs = [attention.softmax_context(qkv[:, :P].contiguous(), pk1, pv1,
+    outs = [softmax_context.softmax_context(qkv[:, :P].contiguous(), pk1, pv1,
                                       torch.zeros(B, dtype=torch.int32, device="cuda"), starts, **kw)]
     for t in range(steps):
         lens = torch.full((B,), P + t, dtype=torch.int32, device="cuda")
-        outs.append(attention.softmax_context(qkv[:, P + t:P + t + 1].contiguous(), pk1, pv1, lens, starts, **kw))
+        outs.append(softmax_context.softmax_context(qkv[:, P + t:P + t + 1].contiguous(), pk1, pv1, lens, starts, **kw))
     stepwise = torch.cat(outs, 1)
     pk2, pv2 = init.clone(), init.clone()
-    whole = attention.softmax_context(qkv, pk2, pv2, torch.zeros(B, dtype=torch.int32, device="cuda"), starts, **kw)
+    whole = softmax_context.softmax_context(qkv, pk2, pv2, torch.zeros(B, dtype=torch.int32, device="cuda"), starts, **kw)
     ref, ref_k, _ = ops.softmax_context(qkv.float(), init.float(), init.float(),
                                         torch.zeros(B, dtype=torch.int32, device="cuda"), starts, **kw)
     err = (stepwise.float() - ref).abs().max().item()
@@ -313,16 +313,27 @@ def test_bad_arguments_raise():
     pk = torch.zeros(1, 4, 16, 64, device=dev, dtype=F16)
     lens = torch.zeros(1, dtype=torch.int32, device=dev)
     with pytest.raises(ValueError, match="num_kv_heads=3"):
-        attention.softmax_context(qkv, pk, pk.clone(), lens, num_heads=4, num_kv_heads=3, head_size=64)
+        softmax_context.softmax_context(qkv, pk, pk.clone(), lens, num_heads=4, num_kv_heads=3, head_size=64)
     with pytest.raises(ValueError, match="head_size=60"):
-        attention.softmax_context(qkv, pk, pk.clone(), lens, num_heads=4, head_size=60)
+        softmax_context.softmax_context(qkv, pk, pk.clone(), lens, num_heads=4, head_size=60)
     with pytest.raises(TypeError, match="seq_lens"):
-        attention.softmax_context(qkv, pk, pk.clone(), lens.long(), num_heads=4, head_size=64)
+        softmax_context.softmax_context(qkv, pk, pk.clone(), lens.long(), num_heads=4, head_size=64)
     with pytest.raises(ValueError, match="rotary_dim=3"):
-        attention.softmax_context(qkv, pk, pk.clone(), lens, num_heads=4, head_size=64, rotary_dim=3)
+        softmax_context.softmax_context(qkv, pk, pk.clone(), lens, num_heads=4, head_size=64, rotary_dim=3)
     strided = torch.zeros(1, 4, 16, 128, device=dev, dtype=F16)[..., ::2]
     with pytest.raises(ValueError, match="contiguous"):
-        attention.softmax_context(qkv, strided, pk.clone(), lens, num_heads=4, head_size=64)
+        softmax_context.softmax_context(qkv, strided, pk.clone(), lens, num_heads=4, head_size=64)
+    # A forced path the call cannot take is rejected, not ignored.
+    with pytest.raises(ValueError, match="path=1 .*decode path"):
+        softmax_context.softmax_context(qkv, pk, pk.clone(), lens, num_heads=4, head_size=64,
+                                        path=softmax_context.PATH_PREFILL_MMA)
+    with pytest.raises(ValueError, match="path=1 .*head_size 64 or 128"):
+        softmax_context.softmax_context(torch.randn(1, 9, 3 * 4 * 32, device=dev, dtype=F16),
+                                        torch.zeros(1, 4, 16, 32, device=dev, dtype=F16),
+                                        torch.zeros(1, 4, 16, 32, device=dev, dtype=F16), lens, num_heads=4,
+                                        head_size=32, path=softmax_context.PATH_PREFILL_MMA)
+    with pytest.raises(ValueError, match="path=2"):
+        softmax_context.softmax_context(qkv, pk, pk.clone(), lens, num_heads=4, head_size=64, path=2)
 
 
 @pytest.mark.gpu
@@ -341,13 +352,13 @@ def test_cuda_graph_capture_and_replay(S, seed):
     status = torch.empty(1, dtype=torch.int32, device="cuda")
     ws = torch.empty(1 << 24, dtype=torch.uint8, device="cuda")
     k0, v0 = pk.clone(), pv.clone()
-    attention.softmax_context(qkv, pk, pv, lens, out=out, status=status, workspace=ws, **kw)  # warm-up
+    softmax_context.softmax_context(qkv, pk, pv, lens, out=out, status=status, workspace=ws, **kw)  # warm-up
     g = torch.cuda.CUDAGraph()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
         with torch.cuda.graph(g, stream=s):
-            attention.softmax_context(qkv, pk, pv, lens, out=out, status=status, workspace=ws, check=False, **kw)
+            softmax_context.softmax_context(qkv, pk, pv, lens, out=out, status=status, workspace=ws, check=False, **kw)
     torch.cuda.current_stream().wait_stream(s)
     qkv.copy_(torch.randn_like(qkv, dtype=torch.float32).to(dt))
     pk.copy_(k0)
@@ -376,10 +387,11 @@ def test_decode_workspace_covers_smaller_batches(H, Hkv, S, D):
     st = torch.empty(1, dtype=torch.int32, device="cuda")
 
     def params(B):  # views of the first B rows: only the sizes matter here
-        return attention._params(qkv[:B], pk[:B], pv[:B], lens[:B], None, out[:B], st, None, num_heads=H,
+        return softmax_context._params(qkv[:B], pk[:B], pv[:B], lens[:B], None, out[:B], st, None, num_heads=H,
                                  num_kv_heads=Hkv, head_size=D, scale=1.0 / math.sqrt(D), rope_theta=10000.0,
-                                 qkv_layout=0, causal=1, local_window=0, rotary_dim=0, rotary_style=0)
-    sizes = [attention.workspace_size(params(B)) for B in range(1, NB + 1)]
+                                 qkv_layout=0, causal=1, local_window=0, rotary_dim=0, rotary_style=0,
+                                 path=softmax_context.PATH_AUTO)
+    sizes = [softmax_context.workspace_size(params(B)) for B in range(1, NB + 1)]
     assert max(sizes) > 0, f"no decode split needs partials here: {sizes}"
     for B in range(1, NB + 1):
         assert sizes[B - 1] >= max(sizes[:B]), f"B={B}: {sizes[B - 1]} < max over smaller batches {max(sizes[:B])}"

@@ -1,4 +1,4 @@
-"""Int8MatMul CUDA kernels (libdsattn_kernels.so through tools/kernels/int8.py) against the fp32
+"""Int8MatMul CUDA kernels (libdsattn_kernels.so through tools/kernels/int8_matmul.py) against the fp32
 reference dsattn.export.ops.int8_matmul, with the accuracy rule of DESIGN.md.
 
 Accuracy rule: max |ours - ref| <= max(2 * max |torch_T - ref|, floor), where ref is the fp32
@@ -74,22 +74,23 @@ def _check(out, x, q, scale, b, group):
 
 
 def _run(lib, x, q, scale, b, group, path):
-    from dsattn.tools.kernels import int8
+    from dsattn.tools.kernels import int8_matmul
 
     out = torch.full((*x.shape[:-1], q.shape[0]), float("nan"), dtype=x.dtype, device="cuda")
-    int8.int8_matmul(x, q, scale, b, group_size=group, lib=lib, out=out, path=path)
+    int8_matmul.int8_matmul(x, q, scale, b, group_size=group, lib=lib, out=out, path=path)
     torch.cuda.synchronize()
     return out
 
 
 def _paths(dtype, group):
-    from dsattn.tools.kernels import int8
+    from dsattn.tools.kernels import int8_matmul
 
     if dtype == torch.float32:
-        return [int8.PATH_AUTO]
-    paths = [int8.PATH_AUTO, int8.PATH_SKINNY]
+        return [int8_matmul.PATH_AUTO]
+    paths = [int8_matmul.PATH_AUTO, int8_matmul.PATH_SKINNY]
     if group == 0 or group % 64 == 0:
-        paths.append(int8.PATH_TILED)
+        # the tiled path as chosen on this device, and its mma.sync kernel (the sm_80 path) forced
+        paths += [int8_matmul.PATH_TILED, int8_matmul.PATH_TILED_MMA]
     return paths
 
 
@@ -110,11 +111,11 @@ def test_int8_matmul_paths(lib, seed, dtype, M, group):
 def test_small_groups(lib, seed, dtype, group, M):
     # Groups that are not multiples of 64 use masked mma passes of the skinny kernel (any M);
     # K 1040 = 65 * 16 has a partial last 64-chunk.
-    from dsattn.tools.kernels import int8
+    from dsattn.tools.kernels import int8_matmul
 
     K, N = (1040 if 1040 % group == 0 else 960), 517
     x, q, scale, b = _make((M,), K, N, group, dtype, True, seed)
-    _check(_run(lib, x, q, scale, b, group, int8.PATH_AUTO), x, q, scale, b, group)
+    _check(_run(lib, x, q, scale, b, group, int8_matmul.PATH_AUTO), x, q, scale, b, group)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -132,11 +133,11 @@ def test_bench_shape(lib, seed, dtype, M):
 @pytest.mark.parametrize("M,N,K", [(1, 256, 4096), (5, 128, 8192), (40, 96, 2048), (16, 4096, 16384)])
 def test_split_k(lib, seed, dtype, M, N, K):
     # Few output rows: the skinny path splits K across blocks through the workspace.
-    from dsattn.tools.kernels import int8
+    from dsattn.tools.kernels import int8_matmul
 
     for group in (0, 128):
         x, q, scale, b = _make((M,), K, N, group, dtype, group == 0, seed)
-        _check(_run(lib, x, q, scale, b, group, int8.PATH_SKINNY), x, q, scale, b, group)
+        _check(_run(lib, x, q, scale, b, group, int8_matmul.PATH_SKINNY), x, q, scale, b, group)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
@@ -155,50 +156,50 @@ def test_fp32(lib, seed, M, group):
 
 
 def test_empty_m(lib):
-    from dsattn.tools.kernels import int8
+    from dsattn.tools.kernels import int8_matmul
 
     x = torch.empty(0, 64, dtype=torch.float16, device="cuda")
     q = torch.ones(32, 64, dtype=torch.int8, device="cuda")
     s = torch.ones(32, 1, device="cuda")
-    out = int8.int8_matmul(x, q, s, lib=lib)
+    out = int8_matmul.int8_matmul(x, q, s, lib=lib)
     assert out.shape == (0, 32)
 
 
 def test_python_validation(lib):
-    from dsattn.tools.kernels import int8
+    from dsattn.tools.kernels import int8_matmul
 
     x = torch.randn(4, 96, device="cuda", dtype=torch.float16)
     q = torch.zeros(32, 96, dtype=torch.int8, device="cuda").random_(-128, 127)
     s = torch.rand(32, 1, device="cuda")
     with pytest.raises(ValueError, match="group_size=40"):
-        int8.int8_matmul(x, q, torch.rand(32, 2, device="cuda"), group_size=40, lib=lib)
+        int8_matmul.int8_matmul(x, q, torch.rand(32, 2, device="cuda"), group_size=40, lib=lib)
     with pytest.raises(ValueError, match="group_size=24"):  # divides 96, not a multiple of 16
-        int8.int8_matmul(x, q, torch.rand(32, 4, device="cuda"), group_size=24, lib=lib)
+        int8_matmul.int8_matmul(x, q, torch.rand(32, 4, device="cuda"), group_size=24, lib=lib)
     with pytest.raises(ValueError, match="K=88"):
-        int8.int8_matmul(torch.randn(4, 88, device="cuda", dtype=torch.float16),
+        int8_matmul.int8_matmul(torch.randn(4, 88, device="cuda", dtype=torch.float16),
                          torch.zeros(32, 88, dtype=torch.int8, device="cuda"), s, lib=lib)
     with pytest.raises(ValueError, match="weight_scale must have shape"):
-        int8.int8_matmul(x, q, torch.rand(32, 2, device="cuda"), lib=lib)
+        int8_matmul.int8_matmul(x, q, torch.rand(32, 2, device="cuda"), lib=lib)
     with pytest.raises(TypeError, match="weight must be torch.int8"):
-        int8.int8_matmul(x, q.half(), s, lib=lib)
+        int8_matmul.int8_matmul(x, q.half(), s, lib=lib)
     with pytest.raises(TypeError, match="bias must be torch.float16"):
-        int8.int8_matmul(x, q, s, torch.zeros(32, device="cuda"), lib=lib)
+        int8_matmul.int8_matmul(x, q, s, torch.zeros(32, device="cuda"), lib=lib)
     with pytest.raises(ValueError, match="x has K=96"):
-        int8.int8_matmul(x, q[:, :64].contiguous(), s, lib=lib)
+        int8_matmul.int8_matmul(x, q[:, :64].contiguous(), s, lib=lib)
     with pytest.raises(ValueError, match="contiguous"):
-        int8.int8_matmul(torch.randn(96, 4, device="cuda", dtype=torch.float16).t(), q, s, lib=lib)
+        int8_matmul.int8_matmul(torch.randn(96, 4, device="cuda", dtype=torch.float16).t(), q, s, lib=lib)
     with pytest.raises(ValueError, match="16-byte aligned"):
-        int8.int8_matmul(torch.randn(4 * 96 + 1, device="cuda", dtype=torch.float16)[1:].view(4, 96), q, s,
+        int8_matmul.int8_matmul(torch.randn(4 * 96 + 1, device="cuda", dtype=torch.float16)[1:].view(4, 96), q, s,
                          lib=lib)
     from dsattn.tools.kernels._lib import KernelError
 
     with pytest.raises(KernelError, match="path=2"):  # the tiled path takes groups multiple of 64 only
-        int8.int8_matmul(x, q, torch.rand(32, 3, device="cuda"), group_size=32, lib=lib, path=int8.PATH_TILED)
+        int8_matmul.int8_matmul(x, q, torch.rand(32, 3, device="cuda"), group_size=32, lib=lib, path=int8_matmul.PATH_TILED)
 
 
 def test_c_validation(lib):
     """The C entry point rejects bad params with cudaErrorInvalidValue (1) and launches nothing."""
-    from dsattn.tools.kernels import int8
+    from dsattn.tools.kernels import int8_matmul
 
     x = torch.randn(8, 256, device="cuda", dtype=torch.float16)
     q = torch.zeros(64, 256, dtype=torch.int8, device="cuda").random_(-128, 127)
@@ -209,12 +210,12 @@ def test_c_validation(lib):
         d = dict(input=x.data_ptr(), weight=q.data_ptr(), weight_scale=s.data_ptr(), bias=None,
                  output=out.data_ptr(), M=8, N=64, K=256, group_size=64, dtype=1)
         d.update(kw)
-        return int8.Int8MatMulParams(**d)
+        return int8_matmul.Int8MatMulParams(**d)
 
     ok = params()
-    ws = int8.workspace_size(ok, lib=lib)
+    ws = int8_matmul.workspace_size(ok, lib=lib)
     buf = torch.empty(max(ws, 1), dtype=torch.uint8, device="cuda")
-    assert int8.raw_call(ok, buf.data_ptr(), ws, lib=lib) == 0
+    assert int8_matmul.raw_call(ok, buf.data_ptr(), ws, lib=lib) == 0
     torch.cuda.synchronize()
     assert not torch.isnan(out).any()
     bad = [
@@ -225,36 +226,38 @@ def test_c_validation(lib):
         params(N=1 << 40),
     ]
     for p in bad:
-        assert int8.raw_call(p, buf.data_ptr(), ws, lib=lib) == 1, (p.M, p.N, p.K, p.group_size, p.dtype)
-    # Path / dtype mismatches and a bad path number.
-    assert int8.raw_call(ok, buf.data_ptr(), ws, path=int8.PATH_FP32, lib=lib) == 1
-    assert int8.raw_call(params(group_size=32), buf.data_ptr(), ws, path=int8.PATH_TILED, lib=lib) == 1
-    assert int8.raw_call(ok, buf.data_ptr(), ws, path=9, lib=lib) == 1
+        assert int8_matmul.raw_call(p, buf.data_ptr(), ws, lib=lib) == 1, (p.M, p.N, p.K, p.group_size, p.dtype)
+    # Path / dtype mismatches and bad path numbers.
+    assert int8_matmul.raw_call(params(path=int8_matmul.PATH_FP32), buf.data_ptr(), ws, lib=lib) == 1
+    for tiled in (int8_matmul.PATH_TILED, int8_matmul.PATH_TILED_MMA):
+        assert int8_matmul.raw_call(params(group_size=32, path=tiled), buf.data_ptr(), ws, lib=lib) == 1
+    assert int8_matmul.raw_call(params(path=9), buf.data_ptr(), ws, lib=lib) == 1
+    assert int8_matmul.raw_call(params(path=-1), buf.data_ptr(), ws, lib=lib) == 1
     # A call that needs a workspace fails without one (N 64, K 4096: split-K).
     x2 = torch.randn(2, 4096, device="cuda", dtype=torch.float16)
     q2 = torch.zeros(64, 4096, dtype=torch.int8, device="cuda").random_(-128, 127)
     s2 = torch.rand(64, 1, device="cuda")
     small = params(input=x2.data_ptr(), weight=q2.data_ptr(), weight_scale=s2.data_ptr(), M=2, K=4096,
                    group_size=0)
-    need = int8.workspace_size(small, lib=lib)
+    need = int8_matmul.workspace_size(small, lib=lib)
     assert need > 0
     buf2 = torch.empty(need, dtype=torch.uint8, device="cuda")
-    assert int8.raw_call(small, 0, 0, lib=lib) == 1
-    assert int8.raw_call(small, buf2.data_ptr(), need - 1, lib=lib) == 1
-    assert int8.raw_call(small, buf2.data_ptr(), need, lib=lib) == 0
+    assert int8_matmul.raw_call(small, 0, 0, lib=lib) == 1
+    assert int8_matmul.raw_call(small, buf2.data_ptr(), need - 1, lib=lib) == 1
+    assert int8_matmul.raw_call(small, buf2.data_ptr(), need, lib=lib) == 0
     # M == 0 is a successful no-op, even without pointers.
-    assert int8.raw_call(params(M=0, input=None, output=None), 0, 0, lib=lib) == 0
+    assert int8_matmul.raw_call(params(M=0, input=None, output=None), 0, 0, lib=lib) == 0
     torch.cuda.synchronize()
 
 
 def test_workspace_bound_is_monotone(lib):
     """workspace_size(M) bounds the need of every M' <= M (the plugin sizes it for its max M)."""
-    from dsattn.tools.kernels import int8
+    from dsattn.tools.kernels import int8_matmul
 
     for N, K in [(64, 256), (4096, 4096), (300, 8192)]:
         prev = 0
         for M in range(1, 200):
-            p = int8.Int8MatMulParams(M=M, N=N, K=K, group_size=0, dtype=1)
-            w = int8.workspace_size(p, lib=lib)
+            p = int8_matmul.Int8MatMulParams(M=M, N=N, K=K, group_size=0, dtype=1)
+            w = int8_matmul.workspace_size(p, lib=lib)
             assert w >= prev, (N, K, M, w, prev)
             prev = w

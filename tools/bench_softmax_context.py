@@ -1,45 +1,22 @@
-"""SoftmaxContext kernels against PyTorch SDPA (cuDNN and flash backends) on this GPU.
+"""SoftmaxContext benchmark rows against PyTorch SDPA (cuDNN and flash backends).
 
 Cases (LLaMA-7B / BLOOM-7b1 attention: 32 heads x 128, MHA):
   - decode, past 2048, batch 1 / 8 / 64: ours = the whole op (rotary + KV append + split-KV attention
     [+ combine]); the SDPA baselines attend over the same cache length WITHOUT appending (their
-    q/k/v are ready-made BHSD tensors). Reported as achieved GB/s over the bytes of perf_anchors §3.2
-    (KV read + append + qkv row + context) and as % of the copy-bandwidth floor.
+    q/k/v are ready-made BHSD tensors). Reported as achieved GB/s over the bytes the op must move
+    (KV read + append + qkv row + context) and as % of the copy-bandwidth floor; CUDA-graph replays.
   - prefill, S = 2048, causal, batch 1 / 8: TFLOP/s at 2*B*H*S^2*D (the causal convention of the
     FlashAttention papers). Ours is reported twice: the whole op (append kernel + attention) and the
     attention kernel alone (per-kernel device time from the CUDA profiler).
-
-Method: /work/.library/device/METHOD.md via dsattn.tools.bench helpers (CUDA events, warm-up,
-medians, inputs rotated past the 50 MB L2, decode timed as CUDA-graph replays).
-
-    python -m dsattn.tools.bench_attention [--lib PATH] [--quick] [--dtype fp16 bf16]
+Timed with dsattn.tools.bench_harness.
 """
 from __future__ import annotations
 
-import argparse
-import statistics
-import sys
+from . import bench_harness as h
 
 H, D = 32, 128
 PAST = 2048
 PREFILL_S = 2048
-
-
-def _dtypes(dtypes):
-    import torch
-
-    names = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16}
-    out = []
-    for d in dtypes:
-        if isinstance(d, str):
-            if d not in names:
-                raise ValueError(f"dtypes: {d!r} is not one of {sorted(names)}")
-            d = names[d]
-        if d not in (torch.float16, torch.bfloat16):
-            raise ValueError(f"dtypes: {d} is not float16/bfloat16")
-        out.append(d)
-    return out
 
 
 def _sdpa(backend):
@@ -52,49 +29,18 @@ def _sdpa(backend):
     return fn
 
 
-def _try_graph(calls, replays):
-    from dsattn.tools import bench
-
-    try:
-        return bench.graph_time_us(calls, replays=replays)
-    except Exception as e:  # a backend that cannot run this shape / be captured: reported, not fatal
-        print(f"    (graph timing failed: {type(e).__name__}: {str(e).splitlines()[0][:160]})", flush=True)
-        return None
-
-
-def _kernel_times_us(fn, names, iters=5):
-    """Median-free average device time per call of the kernels whose name contains each of
-    ``names`` (CUDA profiler activity records), over ``iters`` calls after warm-up."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-    tot = {n: 0.0 for n in names}
-    for ev in prof.events():
-        for n in names:
-            if n in ev.name:
-                tot[n] += ev.device_time if hasattr(ev, "device_time") else ev.cuda_time
-    return {n: tot[n] / iters for n in names}
-
-
 def decode_rows(lib, dt, dname, ceil, quick):
     import torch
     from torch.nn.attention import SDPBackend
 
-    from dsattn.tools import bench
-    from dsattn.tools.kernels import attention
+    from .kernels import softmax_context
 
     rows = []
     for B in (1, 8, 64):
         L = PAST + 1
         Tmax = L
         kv_bytes = 2 * B * H * Tmax * D * 2
-        nset = bench.rotation_count(kv_bytes)
+        nset = h.rotation_count(kv_bytes)
         sets = []
         for _ in range(nset):
             qkv = torch.randn(B, 1, 3 * H * D, device="cuda", dtype=dt)
@@ -107,24 +53,24 @@ def decode_rows(lib, dt, dname, ceil, quick):
             sets.append((qkv, pk, pv, lens, out, status, ws))
         # correctness/status once outside timing
         s0 = sets[0]
-        attention.softmax_context(s0[0], s0[1], s0[2], s0[3], num_heads=H, head_size=D, rotary_dim=D,
-                                  lib=lib, out=s0[4], status=s0[5], workspace=s0[6])
+        softmax_context.softmax_context(s0[0], s0[1], s0[2], s0[3], num_heads=H, head_size=D, rotary_dim=D,
+                                        lib=lib, out=s0[4], status=s0[5], workspace=s0[6])
 
         def ours(qkv, pk, pv, lens, out, status, ws):
-            attention.softmax_context(qkv, pk, pv, lens, num_heads=H, head_size=D, rotary_dim=D, lib=lib,
-                                      out=out, status=status, workspace=ws, check=False)
+            softmax_context.softmax_context(qkv, pk, pv, lens, num_heads=H, head_size=D, rotary_dim=D, lib=lib,
+                                            out=out, status=status, workspace=ws, check=False)
 
         reps = 1 if B >= 8 else max(1, 12 // nset)
         replays = 5 if quick else 20
-        t = {"ours": _try_graph([lambda s=s: ours(*s) for s in sets] * reps, replays)}
+        t = {"ours": h.try_graph_time_us([lambda s=s: ours(*s) for s in sets] * reps, replays=replays)}
         # Baselines on the same cache length (views of our caches: same bytes, no append).
         bsets = [(s[0][:, :, :H * D].reshape(B, 1, H, D).transpose(1, 2).contiguous(), s[1], s[2]) for s in sets]
         for name, backend in (("cuDNN SDPA", SDPBackend.CUDNN_ATTENTION), ("flash SDPA", SDPBackend.FLASH_ATTENTION)):
             f = _sdpa(backend)
-            t[name] = _try_graph([lambda s=s, f=f: f(*s, False) for s in bsets] * reps, replays)
-        kt = _kernel_times_us(lambda: ours(*sets[0]), ["decode_kernel", "combine_kernel"], iters=3 if quick else 10)
+            t[name] = h.try_graph_time_us([lambda s=s, f=f: f(*s, False) for s in bsets] * reps, replays=replays)
+        kt = h.kernel_times_us(lambda: ours(*sets[0]), ["decode_kernel", "combine_kernel"], iters=3 if quick else 10)
         nbytes = 2 * (2 * B * H * PAST * D + 2 * B * H * D + B * (3 * H * D + H * D))
-        fl = bench.floor_us(ceil, dname, nbytes, 4.0 * B * H * L * D)
+        fl = h.floor_us(ceil, dname, nbytes, 4.0 * B * H * L * D)
         ours_t, cud = t["ours"], t["cuDNN SDPA"]
         gbs = nbytes / (ours_t * 1e-6) / 1e9 if ours_t else None
         if B == 1:
@@ -151,8 +97,7 @@ def prefill_rows(lib, dt, dname, ceil, quick):
     import torch
     from torch.nn.attention import SDPBackend
 
-    from dsattn.tools import bench
-    from dsattn.tools.kernels import attention
+    from .kernels import softmax_context
 
     rows = []
     S = PREFILL_S
@@ -164,29 +109,29 @@ def prefill_rows(lib, dt, dname, ceil, quick):
         out = torch.empty(B, S, H * D, device="cuda", dtype=dt)
         status = torch.empty(1, dtype=torch.int32, device="cuda")
         ws = torch.empty(B * H * S * D * 2, dtype=torch.uint8, device="cuda")
-        attention.softmax_context(qkv, pk, pv, lens, num_heads=H, head_size=D, rotary_dim=D, lib=lib,
-                                  out=out, status=status, workspace=ws)
+        softmax_context.softmax_context(qkv, pk, pv, lens, num_heads=H, head_size=D, rotary_dim=D, lib=lib,
+                                        out=out, status=status, workspace=ws)
 
         def ours():
-            attention.softmax_context(qkv, pk, pv, lens, num_heads=H, head_size=D, rotary_dim=D, lib=lib,
-                                      out=out, status=status, workspace=ws, check=False)
+            softmax_context.softmax_context(qkv, pk, pv, lens, num_heads=H, head_size=D, rotary_dim=D, lib=lib,
+                                            out=out, status=status, workspace=ws, check=False)
 
         reps = 5 if quick else 20
-        t = {"ours": statistics.median(bench.time_ms(ours, reps=reps)) * 1000}
-        kt = _kernel_times_us(ours, ["prefill_kernel", "append_kernel"], iters=3 if quick else 5)
+        t = {"ours": h.median_us(ours, reps=reps)}
+        kt = h.kernel_times_us(ours, ["prefill_kernel", "append_kernel"], iters=3 if quick else 5)
         q = qkv[..., :H * D].reshape(B, S, H, D).transpose(1, 2).contiguous()
         k = qkv[..., H * D:2 * H * D].reshape(B, S, H, D).transpose(1, 2).contiguous()
         v = qkv[..., 2 * H * D:].reshape(B, S, H, D).transpose(1, 2).contiguous()
         for name, backend in (("cuDNN SDPA", SDPBackend.CUDNN_ATTENTION), ("flash SDPA", SDPBackend.FLASH_ATTENTION)):
             f = _sdpa(backend)
             try:
-                t[name] = statistics.median(bench.time_ms(lambda f=f: f(q, k, v, True), reps=reps)) * 1000
-            except Exception as e:
+                t[name] = h.median_us(lambda f=f: f(q, k, v, True), reps=reps)
+            except Exception as e:  # noqa: BLE001 - a baseline that cannot run this shape is reported
                 print(f"    ({name} failed: {type(e).__name__}: {str(e).splitlines()[0][:160]})", flush=True)
                 t[name] = None
         flops = 2.0 * B * H * S * S * D
         nbytes = 2 * (B * S * 3 * H * D + B * S * H * D + 2 * B * S * H * D)
-        fl = bench.floor_us(ceil, dname, nbytes, flops)
+        fl = h.floor_us(ceil, dname, nbytes, flops)
         att = kt["prefill_kernel"]
         cud = t["cuDNN SDPA"]
         tf = lambda us: flops / (us * 1e-6) / 1e12 if us else float("nan")  # noqa: E731
@@ -207,42 +152,10 @@ def prefill_rows(lib, dt, dname, ceil, quick):
     return rows
 
 
-def run(lib, *, dtypes=("float16", "bfloat16"), quick=False, ceilings=None, **_ignored) -> list[dict]:
-    """Benchmark rows (see dsattn.tools.bench for the row format)."""
-    import torch
-
-    from dsattn.tools import bench
-    from dsattn.tools.kernels import _lib
-
-    lib = _lib.load(lib)
-    ceil = ceilings or bench.measure_ceilings(quick)
-    rows = []
-    for dt in _dtypes(dtypes):
-        dname = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dt]
-        rows += decode_rows(lib, dt, dname, ceil, quick)
-        rows += prefill_rows(lib, dt, dname, ceil, quick)
-    return rows
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lib", default=None, help="path of libdsattn_kernels.so")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--dtype", nargs="+", default=["fp16", "bf16"], choices=["fp16", "bf16"])
-    args = ap.parse_args(argv)
-    import torch
-
-    print(f"device: {torch.cuda.get_device_name()}", flush=True)
-    rows = run(args.lib, dtypes=tuple(args.dtype), quick=args.quick)
-    print("\n| case | ours us | cuDNN SDPA us | flash SDPA us | floor us | met | note |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        b = r["baselines"]
-        f = lambda v: f"{v:.1f}" if v else "-"  # noqa: E731
-        print(f"| {r['case']} | {f(r['ours_us'])} | {f(b.get('cuDNN SDPA'))} | {f(b.get('flash SDPA'))} | "
-              f"{f(r.get('floor_us'))} | {'yes' if r.get('met') else 'no'} | {r.get('note', '')} |")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def rows(lib, *, dtypes, quick: bool, ceilings: dict) -> list[dict]:
+    out = []
+    for dt in dtypes:
+        dname = h.dtype_name(dt)
+        out += decode_rows(lib, dt, dname, ceilings, quick)
+        out += prefill_rows(lib, dt, dname, ceilings, quick)
+    return out

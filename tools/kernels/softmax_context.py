@@ -19,10 +19,12 @@ from typing import Optional, Sequence
 
 from . import _lib
 
-__all__ = ["SoftmaxContextParams", "softmax_context", "workspace_size"]
+__all__ = ["SoftmaxContextParams", "softmax_context", "workspace_size", "PATH_AUTO", "PATH_PREFILL_MMA"]
 
+# softmax_context.h
 MAX_HEAD_SIZE = 256
 HEAD_MULTIPLE = 8
+PATH_AUTO, PATH_PREFILL_MMA = 0, 1
 
 
 class SoftmaxContextParams(ctypes.Structure):
@@ -51,6 +53,7 @@ class SoftmaxContextParams(ctypes.Structure):
         ("rotary_dim", ctypes.c_int32),
         ("rotary_style", ctypes.c_int32),
         ("dtype", ctypes.c_int),
+        ("path", ctypes.c_int32),
     ]
 
 
@@ -63,8 +66,6 @@ def _prototypes(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.dsattn_softmax_context_validate.argtypes = [P, ctypes.c_char_p, ctypes.c_size_t]
     lib.dsattn_softmax_context_validate.restype = ctypes.c_int
     lib.dsattn_softmax_context.argtypes = [P, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    lib.dsattn_softmax_context_debug_force_prefill_mma.argtypes = [ctypes.c_int32]
-    lib.dsattn_softmax_context_debug_force_prefill_mma.restype = ctypes.c_int
     lib.dsattn_softmax_context.restype = ctypes.c_int
     lib._dsattn_attn_protos = True
     return lib
@@ -78,11 +79,9 @@ def _int_attr(name: str, v, lo: int) -> int:
     return v
 
 
-
-
 def _params(qkv, past_key, past_value, seq_lens, start_pos, out, status, slopes, *, num_heads,
             num_kv_heads, head_size, scale, qkv_layout, causal, local_window, rotary_dim,
-            rotary_style, rope_theta) -> SoftmaxContextParams:
+            rotary_style, rope_theta, path) -> SoftmaxContextParams:
     p = SoftmaxContextParams()
     p.qkv = qkv.data_ptr()
     p.key_cache = past_key.data_ptr()
@@ -99,14 +98,8 @@ def _params(qkv, past_key, past_value, seq_lens, start_pos, out, status, slopes,
     p.qkv_layout, p.causal, p.local_window = qkv_layout, causal, local_window
     p.rotary_dim, p.rotary_style = rotary_dim, rotary_style
     p.dtype = _lib.torch_dtype_code(qkv.dtype)
+    p.path = path
     return p
-
-
-def debug_force_prefill_mma(on: bool, lib=None) -> None:
-    """Tests only: force (True) or release (False) the mma.sync prefill kernel on Hopper."""
-    l = _prototypes(_lib.load(lib))
-    _lib.check(l, l.dsattn_softmax_context_debug_force_prefill_mma(1 if on else 0),
-               "dsattn_softmax_context_debug_force_prefill_mma")
 
 
 def workspace_size(params: SoftmaxContextParams, lib=None) -> int:
@@ -123,12 +116,13 @@ def softmax_context(qkv, past_key, past_value, seq_lens, start_pos=None, *, num_
                     qkv_layout: int = 0, causal: int = 1, local_window: int = 0, rotary_dim: int = 0,
                     rotary_style: int = 0, rope_theta: float = 10000.0,
                     alibi_slopes: Optional[Sequence[float]] = None, lib=None, out=None,
-                    workspace=None, status=None, check: bool = True):
+                    workspace=None, status=None, check: bool = True, path: int = PATH_AUTO):
     """Run dsattn::SoftmaxContext on CUDA tensors; returns the context T [B, S, H*D].
 
     past_key / past_value are updated in place. ``alibi_slopes`` is a sequence of H floats or a
     float32 CUDA tensor [H]; None or empty means no ALiBi. ``out`` (T [B, S, H*D]),
     ``workspace`` (uint8 CUDA tensor) and ``status`` (int32 CUDA tensor [1]) may be preallocated.
+    ``path`` PATH_PREFILL_MMA forces the mma.sync prefill kernel (tests; see softmax_context.h).
     """
     import torch
 
@@ -181,7 +175,7 @@ def softmax_context(qkv, past_key, past_value, seq_lens, start_pos=None, *, num_
     p = _params(qkv, past_key, past_value, seq_lens, start_pos, out, status, slopes, num_heads=H,
                 num_kv_heads=Hkv, head_size=D, scale=float(scale), qkv_layout=int(qkv_layout),
                 causal=int(causal), local_window=int(local_window), rotary_dim=int(rotary_dim),
-                rotary_style=int(rotary_style), rope_theta=float(rope_theta))
+                rotary_style=int(rotary_style), rope_theta=float(rope_theta), path=int(path))
     msg = ctypes.create_string_buffer(512)
     if lib.dsattn_softmax_context_validate(ctypes.byref(p), msg, len(msg)) != _lib.CUDA_SUCCESS:
         raise ValueError(f"softmax_context: {msg.value.decode()}")

@@ -15,8 +15,7 @@ import threading
 
 from . import _lib
 
-__all__ = ["QKVGemmParams", "GemmContext", "qkv_gemm", "default_context", "force_path",
-           "workspace_size", "raw_call"]
+__all__ = ["QKVGemmParams", "GemmContext", "qkv_gemm", "default_context", "workspace_size", "raw_call"]
 
 
 class QKVGemmParams(ctypes.Structure):
@@ -55,8 +54,6 @@ def _prototypes(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.dsattn_qkv_gemm_workspace_size.restype = ctypes.c_size_t
     lib.dsattn_qkv_gemm.argtypes = [ctypes.c_void_p, P, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     lib.dsattn_qkv_gemm.restype = ctypes.c_int
-    lib.dsattn_qkv_gemm_debug_force_path.argtypes = [ctypes.c_int32, ctypes.c_int32]
-    lib.dsattn_qkv_gemm_debug_force_path.restype = ctypes.c_int
     lib._dsattn_gemm_protos = True
     return lib
 
@@ -96,15 +93,6 @@ def default_context(lib=None) -> GemmContext:
         return ctx
 
 
-def force_path(path: int = 0, stages: int = 0, lib=None) -> None:
-    """Testing / benchmarking: path 0 automatic, 1 norm kernel + cuBLASLt, 2..5 the fused small-M
-    kernel (where its conditions hold) with (tile columns, TMA L2 promotion) = (32, 256),
-    (32, 128), (64, 256), (64, 128); stages 0 automatic, else 3..16 (ring depth). Process-wide."""
-    l = _prototypes(_lib.load(lib))
-    _lib.check(l, l.dsattn_qkv_gemm_debug_force_path(int(path), int(stages)),
-               f"dsattn_qkv_gemm_debug_force_path(path={path}, stages={stages})")
-
-
 def workspace_size(params: QKVGemmParams, lib=None) -> int:
     l = _prototypes(_lib.load(lib))
     return int(l.dsattn_qkv_gemm_workspace_size(ctypes.byref(params)))
@@ -119,7 +107,6 @@ def raw_call(params: QKVGemmParams, workspace_ptr: int, workspace_bytes: int, *,
     s = ctypes.c_void_p(stream) if isinstance(stream, int) else (stream or ctypes.c_void_p(0))
     return int(l.dsattn_qkv_gemm(c.handle, ctypes.byref(params), ctypes.c_void_p(workspace_ptr),
                                  ctypes.c_size_t(workspace_bytes), s))
-
 
 
 
@@ -209,9 +196,6 @@ def qkv_gemm(x, weight, bias=None, gamma=None, beta=None, weight_scale=None, *, 
             _lib.check_tensor("normed_out", normed_out, dev, dt, tuple(x.shape))
 
     l = _prototypes(_lib.load(lib))
-    if quantized and not hasattr(l, "dsattn_int8_matmul"):
-        raise NotImplementedError("quantized=1 needs dsattn_int8_matmul, which this build of "
-                                  "libdsattn_kernels.so does not contain (int8_matmul*.cu missing)")
     c = ctx if ctx is not None else default_context(l)
 
     def ptr(t):
@@ -229,8 +213,6 @@ def qkv_gemm(x, weight, bias=None, gamma=None, beta=None, weight_scale=None, *, 
         with torch.cuda.device(dev):
             err = l.dsattn_qkv_gemm(c.handle, ctypes.byref(p), ctypes.c_void_p(ptr(ws)),
                                     ctypes.c_size_t(nbytes), _lib.current_stream_handle(dev))
-        if err == _lib.CUDA_ERROR_NOT_SUPPORTED and quantized:
-            raise NotImplementedError(f"dsattn_qkv_gemm(quantized=1): {_lib.error_string(l, err)}")
         _lib.check(l, err, f"dsattn_qkv_gemm(M={M}, N={N}, K={K}, dtype={dt}, norm_type={norm_type}, "
                            f"quantized={quantized}, emit_normed={emit_normed})")
     return (out, normed_out) if emit_normed else out
