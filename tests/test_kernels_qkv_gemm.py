@@ -153,7 +153,7 @@ def test_auto_choice_is_stable(lib, seed, M):
     and algorithm are chosen deterministically), within the accuracy rule."""
     from dsattn.tools.kernels import qkv_gemm
 
-    ctx = qkv_gemm.GemmContext(lib)
+    ctx = qkv_gemm.QKVGemmContext(lib)
     x, w, b, gamma, beta = _make(M, 4096, 12288, torch.float16, 1, True, seed)
     first = qkv_gemm.qkv_gemm(x, w, b, gamma, beta, ctx=ctx, lib=lib)
     again = qkv_gemm.qkv_gemm(x, w, b, gamma, beta, ctx=ctx, lib=lib)

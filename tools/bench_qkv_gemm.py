@@ -16,7 +16,7 @@ def rows(lib, *, dtypes, quick: bool, ceilings: dict) -> list[dict]:
 
     Ms = (1, 4, 16, 64, 2048) if not quick else (1, 64, 2048)
     out = []
-    ctx = qkv_gemm.GemmContext(lib)
+    ctx = qkv_gemm.QKVGemmContext(lib)
     for dt in dtypes:
         dname = h.dtype_name(dt)
         for M in Ms:

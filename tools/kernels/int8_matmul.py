@@ -41,14 +41,14 @@ class Int8MatMulParams(ctypes.Structure):
 
 
 def _prototypes(lib: ctypes.CDLL) -> ctypes.CDLL:
-    if getattr(lib, "_dsattn_int8_protos", False):
+    if getattr(lib, "_dsattn_int8_matmul_protos", False):
         return lib
     P = ctypes.POINTER(Int8MatMulParams)
     lib.dsattn_int8_matmul_workspace_size.argtypes = [P]
     lib.dsattn_int8_matmul_workspace_size.restype = ctypes.c_size_t
     lib.dsattn_int8_matmul.argtypes = [P, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     lib.dsattn_int8_matmul.restype = ctypes.c_int
-    lib._dsattn_int8_protos = True
+    lib._dsattn_int8_matmul_protos = True
     return lib
 
 

@@ -15,7 +15,7 @@ import threading
 
 from . import _lib
 
-__all__ = ["QKVGemmParams", "GemmContext", "qkv_gemm", "default_context", "workspace_size", "raw_call"]
+__all__ = ["QKVGemmParams", "QKVGemmContext", "qkv_gemm", "default_context", "workspace_size", "raw_call"]
 
 
 class QKVGemmParams(ctypes.Structure):
@@ -43,7 +43,7 @@ class QKVGemmParams(ctypes.Structure):
 
 
 def _prototypes(lib: ctypes.CDLL) -> ctypes.CDLL:
-    if getattr(lib, "_dsattn_gemm_protos", False):
+    if getattr(lib, "_dsattn_qkv_gemm_protos", False):
         return lib
     P = ctypes.POINTER(QKVGemmParams)
     lib.dsattn_gemm_ctx_create.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
@@ -54,11 +54,11 @@ def _prototypes(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.dsattn_qkv_gemm_workspace_size.restype = ctypes.c_size_t
     lib.dsattn_qkv_gemm.argtypes = [ctypes.c_void_p, P, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     lib.dsattn_qkv_gemm.restype = ctypes.c_int
-    lib._dsattn_gemm_protos = True
+    lib._dsattn_qkv_gemm_protos = True
     return lib
 
 
-class GemmContext:
+class QKVGemmContext:
     """Owns a dsattn_gemm_ctx (cuBLASLt handle + per-shape plan cache). Thread-safe to share."""
 
     def __init__(self, lib=None):
@@ -79,17 +79,17 @@ class GemmContext:
             pass
 
 
-_default: dict[int, GemmContext] = {}
+_default: dict[int, QKVGemmContext] = {}
 _default_lock = threading.Lock()
 
 
-def default_context(lib=None) -> GemmContext:
+def default_context(lib=None) -> QKVGemmContext:
     """One shared context per loaded library (created on first use)."""
     l = _prototypes(_lib.load(lib))
     with _default_lock:
         ctx = _default.get(id(l))
         if ctx is None:
-            ctx = _default[id(l)] = GemmContext(l)
+            ctx = _default[id(l)] = QKVGemmContext(l)
         return ctx
 
 

@@ -58,7 +58,7 @@ class SoftmaxContextParams(ctypes.Structure):
 
 
 def _prototypes(lib: ctypes.CDLL) -> ctypes.CDLL:
-    if getattr(lib, "_dsattn_attn_protos", False):
+    if getattr(lib, "_dsattn_softmax_context_protos", False):
         return lib
     P = ctypes.POINTER(SoftmaxContextParams)
     lib.dsattn_softmax_context_workspace_size.argtypes = [P]
@@ -67,7 +67,7 @@ def _prototypes(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.dsattn_softmax_context_validate.restype = ctypes.c_int
     lib.dsattn_softmax_context.argtypes = [P, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     lib.dsattn_softmax_context.restype = ctypes.c_int
-    lib._dsattn_attn_protos = True
+    lib._dsattn_softmax_context_protos = True
     return lib
 
 
