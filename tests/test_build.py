@@ -82,6 +82,18 @@ def test_default_architectures_precede_project():
     assert default < text.index("project(dsattn")
 
 
+def test_no_build_time_switches_or_test_hooks():
+    """The library holds the chosen path for each case: no macro a build could set to pick another
+    variant (only DSATTN_HAVE_CUBLASLT, which CMake sets from what it found), no debug / probe entry
+    points (tests force a path through the params' documented `path` field)."""
+    switch = re.compile(r"^\s*#\s*ifndef\s+(DSATTN_\w+)", re.M)
+    found = {m.group(1) for f in KERNELS.iterdir() if f.suffix in (".cu", ".cuh", ".h")
+             for m in switch.finditer(f.read_text())}
+    assert found <= {"DSATTN_HAVE_CUBLASLT"}, f"build-time switches in plugins/kernels: {sorted(found - {'DSATTN_HAVE_CUBLASLT'})}"
+    hooks = sorted(n for h in KERNELS.glob("*.h") for n in declared_functions(h) if re.search(r"debug|probe|force", n))
+    assert not hooks, f"test hooks exported: {hooks}"
+
+
 def test_kernels_library_builds_with_readme_command(tmp_path):
     _tool("nvcc")
     _tool("cmake")
