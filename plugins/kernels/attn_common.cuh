@@ -166,6 +166,45 @@ __device__ __forceinline__ bool key_visible(const Args& a, int j, int p, int s0,
   return j >= s0 && j < L && (!a.causal || j <= p) && (a.window <= 0 || j > p - a.window);
 }
 
+// Non-finite values in the prefill kernels' P.V (OPS.md: masked keys are excluded, NaN in attended
+// data propagates). A tensor-core P.V multiplies every key of a block by its probability, and
+// 0 x NaN = NaN, so a masked key must not hold a non-finite value there. Keys outside the tile's
+// visible range [lo, hi) are zero-filled when loaded. Inside it, only a "partial" block (causal
+// diagonal, window edge: seen by some rows of the tile and not by others) can mix masked and
+// visible keys; such a block is scanned in shared memory, and if it holds a NaN or inf value
+// (rare), those values are zeroed before P.V and the outputs a visible one would have reached are
+// set to NaN at the end (partial_value_nonfinite). Full blocks are visible to every row: their
+// non-finite values reach the output through P.V itself.
+template <int BN>
+__device__ __forceinline__ bool block_partial(const Args& a, const TileKeys& t, int n0) {
+  return (a.causal && n0 + BN - 1 > t.p_min) || (a.window > 0 && n0 <= t.p_max - a.window);
+}
+
+// 16-byte vector of eight 16-bit floats (half or bfloat16): a mask of the elements that are NaN or
+// inf (all exponent bits set), 0xffff per such element in each 32-bit word. exp_mask is 0x7c00
+// (half) or 0x7f80 (bfloat16); adding the exponent's lowest bit carries into bit 15 exactly when
+// the exponent is all ones.
+__device__ __forceinline__ uint4 nonfinite16_mask(uint4 v, uint32_t exp_mask) {
+  const uint32_t m2 = exp_mask | (exp_mask << 16), lsb = (exp_mask & (0u - exp_mask)) * 0x10001u;
+  auto w = [&](uint32_t x) { return ((((x & m2) + lsb) & 0x80008000u) >> 15) * 0xffffu; };
+  return make_uint4(w(v.x), w(v.y), w(v.z), w(v.w));
+}
+
+// Rare path of the prefill kernels: whether element d of the value of a key of a partial block
+// that position p sees is NaN or inf (read from the cache; those values were zeroed in shared
+// memory before P.V).
+template <int BN, typename T>
+__device__ __forceinline__ bool partial_value_nonfinite(const Args& a, const TileKeys& t, const T* vg, int p, int d) {
+  for (int it = 0; it < t.nblk; ++it) {
+    const int n0 = t.n_start + it * BN;
+    if (!block_partial<BN>(a, t, n0)) continue;
+    const int j1 = min(n0 + BN, t.hi);
+    for (int j = max(n0, t.lo); j < j1; ++j)
+      if (key_visible(a, j, p, t.s0, t.L) && !isfinite(to_f(vg[(int64_t)j * a.D + d]))) return true;
+  }
+  return false;
+}
+
 }  // namespace attn
 }  // namespace dsattn
 

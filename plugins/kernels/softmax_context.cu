@@ -302,8 +302,13 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
   }
 
   // One step of keys [base, base + STEP) (those < lim): logits, online softmax, P.V, all fp32.
+  // A masked key (x = -inf, p = 0) is skipped in P.V, not multiplied by zero: its value may be NaN
+  // or inf (OPS.md: masked keys are excluded). Only the rows of a multi-token call (RMAX > 1) mask
+  // keys inside the chunk (causal, window); with one row every key of [lo, hi) is visible and keys
+  // past the chunk's end are zeros, so RMAX = 1 (the hot single-token path) keeps its plain FMAs.
   auto consume = [&](const V16 (&kr)[UNROLL], const V16 (&vr)[UNROLL], int base, int lim) {
     float x[UNROLL][RMAX];
+    bool vis[UNROLL][RMAX];
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
       float kf[VEC];
@@ -318,6 +323,7 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
 #pragma unroll
         for (int off = TX / 2; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
         const bool ok = r < R && j < lim && key_visible(a, j, pr[r], s0, L);
+        vis[u][r] = ok;
         x[u][r] = ok ? fmaf(slope[r], (float)(j - s0), dot) : -INFINITY;
       }
     }
@@ -335,8 +341,10 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
       for (int u = 0; u < UNROLL; ++u) {
         const float pu = fast_exp2(x[u][r] - ms);
         l[r] += pu;
+        if (RMAX == 1 || vis[u][r]) {
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) acc[r][e] = fmaf(pu, to_f(vr[u].e[e]), acc[r][e]);
+          for (int e = 0; e < VEC; ++e) acc[r][e] = fmaf(pu, to_f(vr[u].e[e]), acc[r][e]);
+        }
       }
       m[r] = mx;
     }
@@ -384,18 +392,19 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
     float M = -INFINITY;
 #pragma unroll
     for (int k = 0; k < KSTEP; ++k) M = fmaxf(M, s_m[k][r]);
+    // No finite logit in any slot: shift by 0 (weights 2^-inf = 0). A NaN logit leaves m at -inf
+    // (fmaxf drops NaN) but l = NaN, which the sums carry: NaN propagates, lsum == 0 means no key.
+    const float Ms = M == -INFINITY ? 0.f : M;
     float o = 0.f, lsum = 0.f;
-    if (M != -INFINITY) {
 #pragma unroll
-      for (int k = 0; k < KSTEP; ++k) {
-        const float w = fast_exp2(s_m[k][r] - M);
-        lsum = fmaf(w, s_l[k][r], lsum);
-        o = fmaf(w, s_acc[k][r][d], o);
-      }
-      o = lsum > 0.f ? o / lsum : 0.f;
+    for (int k = 0; k < KSTEP; ++k) {
+      const float w = fast_exp2(s_m[k][r] - Ms);
+      lsum = fmaf(w, s_l[k][r], lsum);
+      o = fmaf(w, s_acc[k][r][d], o);
     }
+    o = lsum == 0.f ? 0.f : o / lsum;
     const int64_t orow = ((int64_t)b * a.S + s) * a.H + h;
-    const float lse = (M == -INFINITY || !(lsum > 0.f)) ? -INFINITY : M + log2f(lsum);
+    const float lse = lsum == 0.f ? -INFINITY : Ms + log2f(lsum);
     if (merge == 0) {
       static_cast<T*>(a.ctx)[orow * D + d] = from_f<T>(o);
     } else if (merge == 1) {
@@ -420,18 +429,18 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
         li[i] = i < nsplit ? *cluster_peer(&s_lse[r], i) : -INFINITY;
         M = fmaxf(M, li[i]);
       }
+      // As in the slot merge: shift by 0 when no chunk has a key; a NaN lse (NaN logit) propagates.
+      const float Ms = M == -INFINITY ? 0.f : M;
       float o = 0.f, sum = 0.f;
-      if (M != -INFINITY) {
 #pragma unroll
-        for (int i = 0; i < MAXC; ++i) {
-          if (i < nsplit) {
-            const float w = fast_exp2(li[i] - M);
-            sum += w;
-            o = fmaf(w, *cluster_peer(&s_acc[0][r][d], i), o);
-          }
+      for (int i = 0; i < MAXC; ++i) {
+        if (i < nsplit) {
+          const float w = fast_exp2(li[i] - Ms);
+          sum += w;
+          o = fmaf(w, *cluster_peer(&s_acc[0][r][d], i), o);
         }
-        o = sum > 0.f ? o / sum : 0.f;
       }
+      o = sum == 0.f ? 0.f : o / sum;
       static_cast<T*>(a.ctx)[(((int64_t)b * a.S + s) * a.H + h) * D + d] = from_f<T>(o);
     }
     cluster_sync();  // no CTA leaves while a peer may still read its shared memory
@@ -458,12 +467,14 @@ __global__ void __launch_bounds__(128) combine_kernel(Args a, const float* part_
     float M = fmaxf(l0, l1);
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
-    const float w0 = M == -INFINITY ? 0.f : fast_exp2(l0 - M);
-    const float w1 = M == -INFINITY ? 0.f : fast_exp2(l1 - M);
+    // No key anywhere: shift by 0, weights 0, zeros. A NaN lse (NaN logit) makes every weight NaN.
+    const float Ms = M == -INFINITY ? 0.f : M;
+    const float w0 = fast_exp2(l0 - Ms);
+    const float w1 = fast_exp2(l1 - Ms);
     float sum = w0 + w1;
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;  // no key anywhere: zeros
+    const float inv = sum == 0.f ? 0.f : 1.f / sum;
     if (i0 < nsplit) s_w[i0] = w0 * inv;
     if (i1 < nsplit) s_w[i1] = w1 * inv;
   }
@@ -517,7 +528,8 @@ __global__ void __launch_bounds__(128) generic_kernel(Args a) {
     for (int off = 16; off > 0; off >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, off);
     const float x = fmaf(slope, (float)(j - s0), dot);
     const float mn = fmaxf(m, x);
-    const float c = fast_exp2(m - mn), pj = fast_exp2(x - mn);
+    const float ms = mn == -INFINITY ? 0.f : mn;  // only -inf logits so far: weights 0, no -inf - -inf
+    const float c = fast_exp2(m - ms), pj = fast_exp2(x - ms);
     l = l * c + pj;
 #pragma unroll
     for (int i = 0; i < PER_LANE; ++i) {
@@ -530,7 +542,7 @@ __global__ void __launch_bounds__(128) generic_kernel(Args a) {
 #pragma unroll
   for (int i = 0; i < PER_LANE; ++i) {
     const int d = lane + 32 * i;
-    if (d < D) out[d] = from_f<T>(l > 0.f ? acc[i] / l : 0.f);
+    if (d < D) out[d] = from_f<T>(l == 0.f ? 0.f : acc[i] / l);  // no key: zeros; NaN stays NaN
   }
 }
 

@@ -40,6 +40,7 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t* r, const void* p) {
 
 template <typename T> struct Mma;
 template <> struct Mma<__half> {
+  static constexpr bool kBf16 = false;
   static __device__ __forceinline__ void run(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -56,6 +57,7 @@ template <> struct Mma<__half> {
   }
 };
 template <> struct Mma<__nv_bfloat16> {
+  static constexpr bool kBf16 = true;
   static __device__ __forceinline__ void run(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -78,6 +80,13 @@ __device__ __forceinline__ int swz(int row, int chunk) {
   return row * D + ((chunk ^ (row & 7)) << 3);
 }
 
+// The rare path's check (attn_common.cuh), out of line: inlined, its loop pushed the sm_80 build of
+// the D = 64 kernel into register spills.
+template <typename T>
+__device__ __noinline__ bool value_nonfinite_outlined(const Args& a, const TileKeys& t, const T* vg, int p, int d) {
+  return partial_value_nonfinite<kBN>(a, t, vg, p, d);
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) prefill_kernel(Args a) {
   constexpr int CH = D / 8;
@@ -96,6 +105,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Args a) {
   const TileKeys tk = tile_keys<kBM, kBN>(a, b, mb);
   const int seq = tk.seq, s0 = tk.s0, L = tk.L, m0 = tk.m0, rows_here = tk.rows_here;
   const int p_min = tk.p_min, p_max = tk.p_max, n_start = tk.n_start, nblk = tk.nblk;
+  const int lo = tk.lo, hi = tk.hi;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const T* qg = static_cast<const T*>(a.q_ws) + (((int64_t)b * a.H + h) * a.S + m0) * D;
@@ -112,7 +122,9 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Args a) {
     T* dv = sV + stage * kBN * D;
     for (int c = tid; c < kBN * CH; c += kThreads) {
       const int r = c / CH, ch = c % CH, j = n0 + r;
-      const bool ok = j >= s0 && j < L;  // zero-fill: masked keys contribute exact zeros to P.V
+      // zero-fill outside the tile's visible keys: what a masked cache row holds (even NaN) never
+      // enters P.V (attn_common.cuh: non-finite values)
+      const bool ok = j >= lo && j < hi;
       const int64_t off = (ok ? (int64_t)j * D : 0) + ch * 8;
       cp_async16(dk + swz<D>(r, ch), kg + off, ok);
       cp_async16(dv + swz<D>(r, ch), vg + off, ok);
@@ -129,6 +141,8 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Args a) {
   const float slope = a.alibi ? a.alibi[h] * kLog2e : 0.f;
   const int r0 = warp * 16 + (lane >> 2);          // tile rows of this thread: r0 and r0 + 8
   const int prow[2] = {seq + m0 + r0, seq + m0 + r0 + 8};
+  constexpr uint32_t kExpMask = Mma<T>::kBf16 ? 0x7f80u : 0x7c00u;  // exponent bits of T
+  bool nonfinite_zeroed = false;  // a partial block's NaN / inf values were zeroed (rare path)
 
   for (int it = 0; it < nblk; ++it) {
     const int n0 = n_start + it * kBN;
@@ -158,6 +172,23 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Args a) {
       }
     }
 
+    if (block_partial<kBN>(a, tk, n0)) {
+      // Keys seen by some rows only: keep NaN / inf values out of P.V (attn_common.cuh).
+      uint32_t bad = 0;
+      for (int c = tid; c < kBN * CH; c += kThreads) {
+        const uint4 m = nonfinite16_mask(*reinterpret_cast<const uint4*>(cV + c * 8), kExpMask);
+        bad |= m.x | m.y | m.z | m.w;
+      }
+      if (__syncthreads_or(bad != 0)) {
+        for (int c = tid; c < kBN * CH; c += kThreads) {
+          uint4* pv = reinterpret_cast<uint4*>(const_cast<T*>(cV) + c * 8);
+          const uint4 v = *pv, m = nonfinite16_mask(v, kExpMask);
+          *pv = make_uint4(v.x & ~m.x, v.y & ~m.y, v.z & ~m.z, v.w & ~m.w);
+        }
+        nonfinite_zeroed = true;
+        __syncthreads();
+      }
+    }
     const bool need_mask = n0 < s0 || n0 + kBN > L || (a.causal && n0 + kBN - 1 > p_min) ||
                            (a.window > 0 && n0 <= p_max - a.window);
     float mx[2] = {mrow[0], mrow[1]};
@@ -223,8 +254,26 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Args a) {
     lrow[i] += __shfl_xor_sync(0xffffffffu, lrow[i], 1);
     lrow[i] += __shfl_xor_sync(0xffffffffu, lrow[i], 2);
   }
-  const float inv0 = lrow[0] > 0.f ? 1.f / lrow[0] : 0.f;
-  const float inv1 = lrow[1] > 0.f ? 1.f / lrow[1] : 0.f;
+  // No visible key: zeros. A NaN sum (NaN logit) propagates.
+  const float inv0 = lrow[0] == 0.f ? 0.f : 1.f / lrow[0];
+  const float inv1 = lrow[1] == 0.f ? 0.f : 1.f / lrow[1];
+  if (nonfinite_zeroed) {  // uniform over the CTA
+    const TileKeys tk2 = tile_keys<kBM, kBN>(a, b, mb);  // reloaded: nothing stays live for this path
+    // bit 2 nd + e of poison0 / poison1 (half 0 / 1): o[nd][2 half + e] (column 8 nd + 2 (lane & 3) + e)
+    uint32_t poison0 = 0u, poison1 = 0u;
+#pragma unroll 1
+    for (int k = 0; k < 2 * (D / 4); ++k) {
+      const int half = k / (D / 4), bit = k % (D / 4);
+      if (r0 + half * 8 < rows_here &&
+          value_nonfinite_outlined(a, tk2, vg, half ? prow[1] : prow[0], (bit >> 1) * 8 + ((lane & 3) << 1) + (bit & 1)))
+        (half ? poison1 : poison0) |= 1u << bit;
+    }
+#pragma unroll
+    for (int nd = 0; nd < D / 8; ++nd)
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        if (((i >> 1 ? poison1 : poison0) >> (nd * 2 + (i & 1))) & 1u) o[nd][i] = NAN;
+  }
   T* out = static_cast<T*>(a.ctx);
 #pragma unroll
   for (int half = 0; half < 2; ++half) {

@@ -15,6 +15,8 @@
 // softmax_context_prefill.cu (masks, ALiBi, start_pos, GQA, ragged rows; rows with no visible key
 // get zeros). Built only for sm_90a (the body is empty elsewhere); the host checks the device and
 // the binary before dispatching here (prefill_sm90_usable).
+#include <type_traits>
+
 #include "attn_common.cuh"
 #include "sm90_ptx.cuh"
 
@@ -95,6 +97,11 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 __device__ __forceinline__ void cp_async_wait0() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 __device__ __forceinline__ void sts128(uint32_t addr, uint4 v) {
   asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w));
+}
+__device__ __forceinline__ uint4 lds128(uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr) : "memory");
+  return v;
 }
 // Byte offset of (row, 16-byte chunk c of 16) inside a swizzled [128][128] tile.
 __device__ __forceinline__ uint32_t tile_off(int row, int c) {
@@ -272,7 +279,9 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel_sm90(Args a) {
 #pragma unroll 4
     for (int c = tid; c < kBN * (kD / 8); c += kThreads) {
       const int r = c >> 4, ch = c & 15, j = n0 + r;
-      const bool ok = j >= s0 && j < L;  // zero-fill: masked keys contribute exact zeros to P V
+      // zero-fill outside the tile's visible keys: what a masked cache row holds (even NaN) never
+      // enters P V (attn_common.cuh: non-finite values)
+      const bool ok = j >= tk.lo && j < tk.hi;
       const int64_t off = (ok ? (int64_t)j * kD : 0) + ch * 8;
       cp_async16(dk + tile_off(r, ch), kg + off, ok);
       cp_async16(dv + tile_off(r, ch), vg + off, ok);
@@ -309,6 +318,8 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel_sm90(Args a) {
   const uint32_t qa = sQ + wg * 64 * 128;  // this warpgroup's 64 rows (inside each atom)
   float s[64], corr[2];
   uint32_t pf[kBN / 16][4];
+  constexpr uint32_t kExpMask = std::is_same<T, __nv_bfloat16>::value ? 0x7f80u : 0x7c00u;  // exponent bits of T
+  bool nonfinite_zeroed = false;  // a partial tile's NaN / inf values were zeroed (rare path)
 
   // Three K/V stages. Step it: S(it) = Q K(it)^T and O += P(it-1) V(it-1) are issued together;
   // the softmax of S(it) runs while P V is still on the tensor cores (wgmma.wait_group 1), then O
@@ -323,6 +334,27 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel_sm90(Args a) {
     __syncthreads();
     if (it + 1 < nblk) load_kv(stn, n0 + kBN);
     cp_async_commit();
+    if (block_partial<kBN>(a, tk, n0)) {
+      // Keys seen by some rows only (attn_common.cuh): scan V of this tile for NaN / inf; in the
+      // rare case, zero those values before P V of this tile is issued (next step, or after the
+      // loop: both after this proxy fence and barrier).
+      const uint32_t vt = sK0 + st * 2 * kTileBytes + kTileBytes;
+      uint32_t bad = 0;
+#pragma unroll 4
+      for (int c = tid; c < kBN * (kD / 8); c += kThreads) {
+        const uint4 m = nonfinite16_mask(lds128(vt + c * 16), kExpMask);
+        bad |= m.x | m.y | m.z | m.w;
+      }
+      if (__syncthreads_or(bad != 0)) {
+        for (int c = tid; c < kBN * (kD / 8); c += kThreads) {
+          const uint4 v = lds128(vt + c * 16), m = nonfinite16_mask(v, kExpMask);
+          sts128(vt + c * 16, make_uint4(v.x & ~m.x, v.y & ~m.y, v.z & ~m.z, v.w & ~m.w));
+        }
+        nonfinite_zeroed = true;
+        fence_proxy_async();
+        __syncthreads();
+      }
+    }
     const uint32_t kb = sK0 + st * 2 * kTileBytes;
     wg_fence();
     issue_s<T>(s, qa, kb);
@@ -359,7 +391,23 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel_sm90(Args a) {
     lrow[i] += __shfl_xor_sync(0xffffffffu, lrow[i], 1);
     lrow[i] += __shfl_xor_sync(0xffffffffu, lrow[i], 2);
   }
-  const float inv[2] = {lrow[0] > 0.f ? 1.f / lrow[0] : 0.f, lrow[1] > 0.f ? 1.f / lrow[1] : 0.f};
+  // No visible key: zeros. A NaN sum (NaN logit) propagates.
+  const float inv[2] = {lrow[0] == 0.f ? 0.f : 1.f / lrow[0], lrow[1] == 0.f ? 0.f : 1.f / lrow[1]};
+  if (nonfinite_zeroed) {  // uniform over the CTA
+    const TileKeys tk2 = tile_keys<kBM, kBN>(a, b, mb);  // reloaded: nothing stays live for this path
+    // bit 2 nd + e of poison0 / poison1 (hf 0 / 1): element 4 nd + 2 hf + e of o (column 8 nd + 2 (lane & 3) + e)
+    uint32_t poison0 = 0u, poison1 = 0u;
+#pragma unroll 1
+    for (int k = 0; k < 2 * (kD / 4); ++k) {
+      const int hf = k / (kD / 4), bit = k % (kD / 4);
+      if (r0 + hf * 8 < rows_here &&
+          partial_value_nonfinite<kBN>(a, tk2, vg, hf ? prow[1] : prow[0], (bit >> 1) * 8 + ((lane & 3) << 1) + (bit & 1)))
+        (hf ? poison1 : poison0) |= 1u << bit;
+    }
+#pragma unroll
+    for (int i = 0; i < 64; ++i)
+      if ((((i >> 1) & 1 ? poison1 : poison0) >> ((i >> 2) * 2 + (i & 1))) & 1u) o[i] = NAN;
+  }
   T* out = static_cast<T*>(a.ctx);
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
