@@ -11,6 +11,7 @@ message(STATUS "dsattn: building the TensorRT plugins against ${TensorRT_INCLUDE
 
 set(DSATTN_PLUGIN_SOURCES
   ${CMAKE_CURRENT_SOURCE_DIR}/common/plugin_common.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/common/op_attrs.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/common/entry_points.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/qkv_gemm/qkv_gemm_plugin.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/softmax_context/softmax_context_plugin.cpp

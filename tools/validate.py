@@ -8,7 +8,8 @@ runs
   float32 (the truth), and on the graph in its own precision T (to measure what T costs);
 - ONNX Runtime on ``lower_for_ort(model)`` for each provider (``cpu``, ``cuda``, or a full
   provider name); a provider that this onnxruntime does not have is an error that lists the
-  available ones;
+  available ones; ``cuda-dsattn`` runs the model itself (not lowered) on the CUDA provider with the
+  dsattn custom-op library (``dsattn.tools.ort_runtime``; ``ort_library`` names the library);
 - TensorRT when ``engine`` or ``plugins`` are given, through ``dsattn.engines`` (``run_engine`` on
   the plan; without ``engine`` a plan is built from the model with the plugins). TensorRT missing
   is then an error of the report (the user asked for it); without engine/plugins it is a note;
@@ -89,11 +90,20 @@ def _elem_name(elem: int) -> str:
 # ------------------------------------------------------------------------------------------------
 
 def resolve_provider(name: str) -> str:
-    """'cpu' / 'cuda' / a full provider name -> the provider name; error if ORT does not have it."""
+    """'cpu' / 'cuda' / a full provider name -> the provider name; error if ORT does not have it.
+    'cuda-dsattn' (the exported model on CUDA with the dsattn custom ops) resolves to itself."""
     import onnxruntime as ort
+
+    from .ort_runtime import PROVIDER as DSATTN_PROVIDER
 
     if not isinstance(name, str) or not name:
         raise ValueError(f"provider must be a non-empty string, got {name!r}")
+    if name.lower() == DSATTN_PROVIDER:
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ValueError(f"provider {name!r} needs CUDAExecutionProvider, which onnxruntime {ort.__version__} "
+                             f"does not have (available: {', '.join(ort.get_available_providers())}); "
+                             "install onnxruntime-gpu")
+        return DSATTN_PROVIDER
     full = PROVIDER_ALIASES.get(name.lower(), name)
     available = ort.get_available_providers()
     if full not in available:
@@ -600,13 +610,18 @@ class _Options:
     seed: int
     atol: Union[None, float, Mapping[str, float]]
     rtol: Union[None, float, Mapping[str, float]]
+    ort_library: Optional[str] = None  # libdsattn_ort.so, when cuda-dsattn is among the providers
 
 
-def _options(providers, plugins, engine, cases, seed, atol, rtol) -> _Options:
+def _options(providers, plugins, engine, cases, seed, atol, rtol, ort_library=None) -> _Options:
     if isinstance(providers, str):
         providers = [p for p in providers.split(",") if p]
     providers = list(providers)
     resolved = [resolve_provider(p) for p in providers]  # fail early, naming the provider
+    if "cuda-dsattn" in resolved:
+        from .ort_runtime import find_library
+
+        ort_library = find_library(ort_library)  # fail early too, naming where it looked
     if isinstance(plugins, (str, os.PathLike)):
         plugins = [plugins]
     plugins = [os.fspath(p) for p in plugins]
@@ -624,7 +639,7 @@ def _options(providers, plugins, engine, cases, seed, atol, rtol) -> _Options:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     _pick(atol, "", 0.0, "atol")
     _pick(rtol, "", 0.0, "rtol")
-    return _Options(providers, resolved, plugins, engine, cases, seed, atol, rtol)
+    return _Options(providers, resolved, plugins, engine, cases, seed, atol, rtol, ort_library)
 
 
 def _case_feeds(model: onnx.ModelProto, opts: _Options, report: ValidationReport, batch, seq, capacity,
@@ -663,6 +678,16 @@ def _open_runtimes(model: onnx.ModelProto, model_file: Optional[str], precision:
     lowered = lower_for_ort(model)
     for full, short in zip(opts.resolved, opts.providers):
         name = f"onnxruntime-{short.lower().replace('executionprovider', '')}"
+        if full == "cuda-dsattn":
+            from .ort_runtime import make_session as make_dsattn_session
+
+            try:
+                sess = make_dsattn_session(model, library=opts.ort_library)
+            except Exception as exc:
+                report.errors.append(f"{name}: cannot create a session for the model with libdsattn_ort.so: {exc}")
+                continue
+            runtimes[name] = lambda feeds, sess=sess: run_session(sess, feeds)
+            continue
         try:
             sess = make_session(lowered, full)
         except Exception as exc:  # a runtime that cannot even load the model fails the report
@@ -709,7 +734,7 @@ def validate(model_path, *, providers: Sequence[str] = ("cpu",), plugins: Sequen
              rtol: Union[None, float, Mapping[str, float]] = None, batch: Optional[int] = None,
              seq: Optional[int] = None, capacity: Optional[int] = None, cases: Sequence[str] = CASES,
              save_inputs: Optional[str] = None, load_inputs: Optional[str] = None,
-             seed: Optional[int] = None) -> ValidationReport:
+             seed: Optional[int] = None, ort_library: Optional[str] = None) -> ValidationReport:
     """Run ``model_path`` (a dsattn ONNX model with custom ops, or a ModelProto) on the reference,
     ONNX Runtime (each of ``providers``, on the lowered model) and TensorRT (when ``engine`` or
     ``plugins`` are given), compare with the fp32 reference and return a ValidationReport.
@@ -720,7 +745,7 @@ def validate(model_path, *, providers: Sequence[str] = ("cpu",), plugins: Sequen
     seed (reported, so a run can be replayed).
     """
     model, label = _load_model(model_path)
-    opts = _options(providers, plugins, engine, cases, seed, atol, rtol)
+    opts = _options(providers, plugins, engine, cases, seed, atol, rtol, ort_library)
     outputs = [o.name for o in model.graph.output]
     for what, tol in (("atol", atol), ("rtol", rtol)):
         unknown = sorted(set(tol) - set(outputs) - {""}) if isinstance(tol, Mapping) else []

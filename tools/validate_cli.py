@@ -44,7 +44,11 @@ def parse_list(text: str, flag: str, *, allow_empty: bool = False) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="ONNX model with dsattn custom ops")
     parser.add_argument("--providers", default="cpu",
-                        help="comma-separated ONNX Runtime providers: cpu, cuda or full names (default: cpu)")
+                        help="comma-separated ONNX Runtime providers: cpu, cuda or full names (the lowered model), "
+                             "cuda-dsattn (the model itself with libdsattn_ort.so) (default: cpu)")
+    parser.add_argument("--ort-library", metavar="LIB", default=None,
+                        help="libdsattn_ort.so for --providers cuda-dsattn (default: $DSATTN_ORT_LIB, else "
+                             "build/plugins/libdsattn_ort.so)")
     parser.add_argument("--plugins", nargs="+", action="extend", default=[], metavar="LIB",
                         help="TensorRT plugin libraries to load (repeatable)")
     parser.add_argument("--engine", metavar="PLAN", default=None, help="TensorRT engine to run as well")
@@ -79,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
             engine=args.engine, atol=parse_tolerances(args.atol, "--atol"),
             rtol=parse_tolerances(args.rtol, "--rtol"), batch=args.batch, seq=args.seq,
             capacity=args.capacity, cases=cases,
-            save_inputs=args.save_inputs, load_inputs=args.load_inputs, seed=args.seed)
+            save_inputs=args.save_inputs, load_inputs=args.load_inputs, seed=args.seed,
+            ort_library=args.ort_library)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"dsattn validate: error: {_flagged(exc)}", file=sys.stderr)
         return 2

@@ -274,9 +274,11 @@ AttrValues AttrValues::parse(std::vector<AttrSpec> const& table, PluginFieldColl
       DSATTN_CHECK(!seenIt, op << ": field '" << name << "' given twice");
       seenIt = true;
       std::string const s = readStringField(f, op);
-      char const* expected = name == "plugin_version" ? kPLUGIN_VERSION : kPLUGIN_NAMESPACE;
-      DSATTN_CHECK(s == expected, op << ": field '" << name << "'='" << s << "' but this library implements '"
-                                     << expected << "'");
+      try {
+        ops::checkPluginString(name, s);
+      } catch (ops::AttrError const& e) {
+        DSATTN_CHECK(false, op << ": " << e.what());
+      }
       continue;
     }
     size_t idx = table.size();
@@ -306,25 +308,23 @@ AttrValues AttrValues::parse(std::vector<AttrSpec> const& table, PluginFieldColl
                  op << ": field '" << name << "' has length " << f.length << " but no data (nullptr)");
     Value& out = v.mValues[idx];
     out.set = true;
-    if (s.kind == AttrKind::kINT) {
-      int32_t x;
-      std::memcpy(&x, f.data, sizeof(x));
-      DSATTN_CHECK(x >= s.lo && x <= s.hi, op << ": attribute " << name << "=" << x << " is out of range ["
-                                              << static_cast<int64_t>(s.lo) << ", " << static_cast<int64_t>(s.hi) << "]");
-      out.i = x;
-    } else if (s.kind == AttrKind::kFLOAT) {
-      float x;
-      std::memcpy(&x, f.data, sizeof(x));
-      DSATTN_CHECK(std::isfinite(x) && x >= s.lo && x <= s.hi,
-                   op << ": attribute " << name << "=" << x << " is out of range [" << s.lo << ", " << s.hi << "]");
-      out.f = x;
-    } else {
-      out.fs.resize(static_cast<size_t>(f.length));
-      if (f.length > 0) std::memcpy(out.fs.data(), f.data, sizeof(float) * static_cast<size_t>(f.length));
-      for (int32_t j = 0; j < f.length; ++j) {
-        DSATTN_CHECK(std::isfinite(out.fs[j]), op << ": attribute " << name << "[" << j << "]=" << out.fs[j]
-                                                  << " is not finite");
+    // Range and finiteness: the runtime-neutral checks (op_attrs.h), prefixed with the op.
+    try {
+      if (s.kind == AttrKind::kINT) {
+        int32_t x;
+        std::memcpy(&x, f.data, sizeof(x));
+        out.i = ops::checkInt(s, x);
+      } else if (s.kind == AttrKind::kFLOAT) {
+        float x;
+        std::memcpy(&x, f.data, sizeof(x));
+        out.f = ops::checkFloat(s, x);
+      } else {
+        out.fs.resize(static_cast<size_t>(f.length));
+        if (f.length > 0) std::memcpy(out.fs.data(), f.data, sizeof(float) * static_cast<size_t>(f.length));
+        ops::checkFloats(s, out.fs);
       }
+    } catch (ops::AttrError const& e) {
+      DSATTN_CHECK(false, op << ": " << e.what());
     }
   }
   for (size_t i = 0; i < table.size(); ++i) {

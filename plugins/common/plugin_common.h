@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "dsattn_common.h"
+#include "op_attrs.h"
 
 namespace dsattn {
 namespace plugin {
@@ -90,19 +91,11 @@ void checkNotCapturing(cudaStream_t stream, char const* what);
 
 // ---- attribute table -------------------------------------------------------------------------
 
-// ONNX attribute kinds the ops use (OPS.md: INT / FLOAT / FLOATS; TensorRT's ONNX parser passes
-// INT as kINT32 length 1, FLOAT as kFLOAT32 length 1, FLOATS as kFLOAT32 length n).
-enum class AttrKind { kINT, kFLOAT, kFLOATS };
-
-struct AttrSpec {
-  char const* name;
-  AttrKind kind;
-  bool required;      // must be present in createPlugin's field collection
-  bool hasDefault;    // false: optional, resolved by the op from other attributes (e.g. scale)
-  double defaultValue;
-  double lo, hi;      // inclusive range of an INT/FLOAT value (FLOATS: each element finite only)
-  int32_t maxCount;   // FLOATS: most elements accepted (huge counts are rejected, not allocated)
-};
+// The tables and their kinds are runtime-neutral (op_attrs.h, shared with the ONNX Runtime custom
+// ops); TensorRT's ONNX parser passes INT as kINT32 length 1, FLOAT as kFLOAT32 length 1, FLOATS as
+// kFLOAT32 length n.
+using ops::AttrKind;
+using ops::AttrSpec;
 
 // Parsed attribute values of one node; indexed like the op's table.
 class AttrValues {

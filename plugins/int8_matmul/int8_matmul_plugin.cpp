@@ -13,19 +13,12 @@ using namespace nvinfer1;
 constexpr char const* kNAME = "Int8MatMul";
 enum { kIN_INPUT = 0, kIN_WEIGHT = 1, kIN_SCALE = 2, kIN_BIAS = 3 };
 
-std::vector<AttrSpec> const kTABLE = {
-    // name, kind, required, hasDefault, default, lo, hi, maxCount
-    {"group_size", AttrKind::kINT, false, true, 0, 0, INT32_MAX, 1},
-};
 
 class Int8MatMulPlugin final : public PluginBase {
  public:
   explicit Int8MatMulPlugin(AttrValues attrs) : PluginBase(kNAME, std::move(attrs)) {
     mGroup = mAttrs.getInt("group_size");
-    // Kernel restriction beyond OPS.md ("any divisor of K"): reported at creation, not at enqueue.
-    DSATTN_CHECK(mGroup == 0 || mGroup % DSATTN_INT8_GROUP_MULTIPLE == 0,
-                 "group_size=" << mGroup << " is not supported by the kernels: it must be 0 or a multiple of "
-                               << DSATTN_INT8_GROUP_MULTIPLE);
+    ops::checkInt8MatMul({mGroup});
   }
 
  protected:
@@ -162,7 +155,7 @@ PluginBase* makePlugin(AttrValues attrs) { return new Int8MatMulPlugin(std::move
 }  // namespace
 
 IPluginCreatorInterface* int8MatMulCreator() {
-  static Creator creator(kNAME, &kTABLE, &makePlugin);
+  static Creator creator(kNAME, &ops::int8MatMulAttrTable(), &makePlugin);
   return &creator;
 }
 

@@ -16,14 +16,6 @@ constexpr char const* kNAME = "QKVGemm";
 enum { kIN_INPUT = 0, kIN_WEIGHT = 1, kIN_BIAS = 2, kIN_GAMMA = 3, kIN_BETA = 4, kIN_SCALE = 5, kMAX_INPUTS = 6 };
 char const* const kINPUT_NAMES[kMAX_INPUTS] = {"input", "weight", "bias", "gamma", "beta", "weight_scale"};
 
-std::vector<AttrSpec> const kTABLE = {
-    // name, kind, required, hasDefault, default, lo, hi, maxCount
-    {"norm_type", AttrKind::kINT, false, true, 1, 0, 2, 1},
-    {"epsilon", AttrKind::kFLOAT, false, true, 1e-5, 0.0, FLT_MAX, 1},
-    {"quantized", AttrKind::kINT, false, true, 0, 0, 1, 1},
-    {"group_size", AttrKind::kINT, false, true, 0, 0, INT32_MAX, 1},
-    {"emit_normed", AttrKind::kINT, false, true, 0, 0, 1, 1},
-};
 
 class QKVGemmPlugin final : public PluginBase {
  public:
@@ -33,10 +25,7 @@ class QKVGemmPlugin final : public PluginBase {
     mQuant = mAttrs.getInt("quantized");
     mGroup = mAttrs.getInt("group_size");
     mEmitNormed = mAttrs.getInt("emit_normed");
-    DSATTN_CHECK(mQuant == 1 || mGroup == 0, "group_size=" << mGroup << " is only meaningful with quantized=1");
-    DSATTN_CHECK(mGroup == 0 || mGroup % DSATTN_INT8_GROUP_MULTIPLE == 0,
-                 "group_size=" << mGroup << " is not supported by the kernels: it must be 0 or a multiple of "
-                               << DSATTN_INT8_GROUP_MULTIPLE);
+    ops::checkQKVGemm({mNorm, mEps, mQuant, mGroup, mEmitNormed});
   }
   // The cuBLASLt context is per instance: a copy (clone, attachToContext) creates its own.
   QKVGemmPlugin(QKVGemmPlugin const& o)
@@ -262,7 +251,7 @@ PluginBase* makePlugin(AttrValues attrs) { return new QKVGemmPlugin(std::move(at
 }  // namespace
 
 IPluginCreatorInterface* qkvGemmCreator() {
-  static Creator creator(kNAME, &kTABLE, &makePlugin);
+  static Creator creator(kNAME, &ops::qkvGemmAttrTable(), &makePlugin);
   return &creator;
 }
 

@@ -33,51 +33,40 @@ enum { kIN_QKV = 0, kIN_PAST_K = 1, kIN_PAST_V = 2, kIN_SEQ_LENS = 3, kIN_START_
 enum { kOUT_CONTEXT = 0, kOUT_PRESENT_K = 1, kOUT_PRESENT_V = 2 };
 // Workspace layout: [status int32, padded to 256 bytes][kernel workspace, 256-byte aligned].
 constexpr size_t kSTATUS_BYTES = 256;
-constexpr int32_t kMAX_HEADS = 1 << 16;
 
-std::vector<AttrSpec> const kTABLE = {
-    // name, kind, required, hasDefault, default, lo, hi, maxCount
-    {"num_heads", AttrKind::kINT, true, false, 0, 1, kMAX_HEADS, 1},
-    {"num_kv_heads", AttrKind::kINT, false, false, 0, 1, kMAX_HEADS, 1},  // default: num_heads
-    {"head_size", AttrKind::kINT, true, false, 0, 1, 1 << 16, 1},
-    {"scale", AttrKind::kFLOAT, false, false, 0, -FLT_MAX, FLT_MAX, 1},  // default: 1/sqrt(head_size)
-    {"qkv_layout", AttrKind::kINT, false, true, 0, 0, 1, 1},
-    {"causal", AttrKind::kINT, false, true, 1, 0, 1, 1},
-    {"local_window", AttrKind::kINT, false, true, 0, 0, INT32_MAX, 1},
-    {"rotary_dim", AttrKind::kINT, false, true, 0, 0, 1 << 16, 1},
-    {"rotary_style", AttrKind::kINT, false, true, 0, 0, 1, 1},
-    {"rope_theta", AttrKind::kFLOAT, false, true, 10000.0, 0.0, FLT_MAX, 1},
-    {"alibi_slopes", AttrKind::kFLOATS, false, true, 0, 0, 0, kMAX_HEADS},
-};
 
 class SoftmaxContextPlugin final : public PluginBase {
  public:
   explicit SoftmaxContextPlugin(AttrValues attrs) : PluginBase(kNAME, std::move(attrs)) {
-    mH = mAttrs.getInt("num_heads");
-    mD = mAttrs.getInt("head_size");
-    if (!mAttrs.isSet("num_kv_heads")) mAttrs.setInt("num_kv_heads", mH);
-    mHkv = mAttrs.getInt("num_kv_heads");
-    if (!mAttrs.isSet("scale")) mAttrs.setFloat("scale", static_cast<float>(1.0 / std::sqrt(double(mD))));
-    mScale = mAttrs.getFloat("scale");
-    mLayout = mAttrs.getInt("qkv_layout");
-    mCausal = mAttrs.getInt("causal");
-    mWindow = mAttrs.getInt("local_window");
-    mRotary = mAttrs.getInt("rotary_dim");
-    mRotaryStyle = mAttrs.getInt("rotary_style");
-    mTheta = mAttrs.getFloat("rope_theta");
-    mSlopes = mAttrs.getFloats("alibi_slopes");
-    DSATTN_CHECK(mH % mHkv == 0, "num_kv_heads=" << mHkv << " must divide num_heads=" << mH);
-    DSATTN_CHECK(mLayout == 0 || mHkv == mH, "qkv_layout=1 requires num_kv_heads == num_heads, got num_kv_heads="
-                                                  << mHkv << ", num_heads=" << mH);
-    DSATTN_CHECK(mRotary % 2 == 0 && mRotary <= mD,
-                 "rotary_dim=" << mRotary << " must be even and in [0, head_size=" << mD << "]");
-    DSATTN_CHECK(mRotary == 0 || mTheta > 0.f, "rope_theta=" << mTheta << " must be > 0 when rotary_dim > 0");
-    DSATTN_CHECK(mSlopes.empty() || static_cast<int32_t>(mSlopes.size()) == mH,
-                 "alibi_slopes must be empty or hold num_heads=" << mH << " values, got " << mSlopes.size());
-    // Kernel restrictions beyond OPS.md, reported when the node is created rather than at enqueue.
-    DSATTN_CHECK(mD % DSATTN_ATTN_HEAD_MULTIPLE == 0 && mD <= DSATTN_ATTN_MAX_HEAD_SIZE,
-                 "head_size=" << mD << " is not supported by the kernels: it must be a multiple of "
-                              << DSATTN_ATTN_HEAD_MULTIPLE << " and at most " << DSATTN_ATTN_MAX_HEAD_SIZE);
+    // Resolution of the optional attributes and every rule between them: op_attrs.h (shared with
+    // the ONNX Runtime custom op); the resolved values are kept so getFieldsToSerialize writes them.
+    ops::SoftmaxContextAttrs a;
+    a.num_heads = mAttrs.getInt("num_heads");
+    a.head_size = mAttrs.getInt("head_size");
+    bool const hasKv = mAttrs.isSet("num_kv_heads"), hasScale = mAttrs.isSet("scale");
+    if (hasKv) a.num_kv_heads = mAttrs.getInt("num_kv_heads");
+    if (hasScale) a.scale = mAttrs.getFloat("scale");
+    a.qkv_layout = mAttrs.getInt("qkv_layout");
+    a.causal = mAttrs.getInt("causal");
+    a.local_window = mAttrs.getInt("local_window");
+    a.rotary_dim = mAttrs.getInt("rotary_dim");
+    a.rotary_style = mAttrs.getInt("rotary_style");
+    a.rope_theta = mAttrs.getFloat("rope_theta");
+    a.alibi_slopes = mAttrs.getFloats("alibi_slopes");
+    ops::resolveSoftmaxContext(a, hasKv, hasScale);
+    mAttrs.setInt("num_kv_heads", a.num_kv_heads);
+    mAttrs.setFloat("scale", a.scale);
+    mH = a.num_heads;
+    mD = a.head_size;
+    mHkv = a.num_kv_heads;
+    mScale = a.scale;
+    mLayout = a.qkv_layout;
+    mCausal = a.causal;
+    mWindow = a.local_window;
+    mRotary = a.rotary_dim;
+    mRotaryStyle = a.rotary_style;
+    mTheta = a.rope_theta;
+    mSlopes = a.alibi_slopes;
   }
   // Device copy of the ALiBi slopes is per instance: a copy (clone, attachToContext) uploads its own.
   SoftmaxContextPlugin(SoftmaxContextPlugin const& o)
@@ -309,7 +298,7 @@ PluginBase* makePlugin(AttrValues attrs) { return new SoftmaxContextPlugin(std::
 }  // namespace
 
 IPluginCreatorInterface* softmaxContextCreator() {
-  static Creator creator(kNAME, &kTABLE, &makePlugin);
+  static Creator creator(kNAME, &ops::softmaxContextAttrTable(), &makePlugin);
   return &creator;
 }
 
