@@ -3,7 +3,7 @@
 # every `gpu` pytest (kernels, plugin harness, ONNX Runtime CUDA), compute-sanitizer memcheck on small
 # cases of every kernel path (scripts/sanitize_*.py) and of the plugin harness, then
 # `dsattn bench kernels` (BENCHMARKS.md).
-#   carry: .device/unpack.sh .device/headers.tgz .device/trt-include.tgz .whl [.device/ort/...]
+#   carry: .device/unpack.sh .device/trt-include.tgz .device/ort-include .whl [.device/ort/...]
 # Env: DSATTN_SKIP_TESTS=1, DSATTN_SANITIZE=0, DSATTN_SKIP_BENCH=1 leave parts out (to fit one call).
 # $OUT gets: summary.txt, pytest_gpu.log, BENCHMARKS.md, ort_cuda_errors.txt, logs.tgz (all logs).
 set -uo pipefail
@@ -25,9 +25,11 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 step install 120 python3 -m pip install -q --no-deps --no-build-isolation -e .
 trt="${TENSORRT_INCLUDE_DIR:-/opt/dsattn/trt/include}"
+# ONNX Runtime's C API headers (never committed) travel in .device/ort-include for libdsattn_ort.so.
+ort_inc="${ONNXRUNTIME_INCLUDE_DIR:-$PWD/.device/ort-include}"
 # sm_90a only: the card is an H100, and one architecture halves the build inside the call.
 step cmake 60 cmake -S plugins -B build/plugins -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_CUDA_ARCHITECTURES=90a -DDSATTN_REQUIRE_CUBLASLT=ON -DTensorRT_INCLUDE_DIR="$trt"
+  -DCMAKE_CUDA_ARCHITECTURES=90a -DDSATTN_REQUIRE_CUBLASLT=ON -DTensorRT_INCLUDE_DIR="$trt" -DONNXRUNTIME_INCLUDE_DIR="$ort_inc"
 step build 240 cmake --build build/plugins -j16
 if [ "${DSATTN_SKIP_TESTS:-0}" != 1 ]; then
   step ctest 60 ctest --test-dir build/plugins --output-on-failure
