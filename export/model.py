@@ -411,7 +411,9 @@ def _load_transformers(info: CheckpointInfo):
     from transformers import AutoModelForCausalLM
 
     level = transformers.logging.get_verbosity()
+    bar = transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()  # missing keys are reported below, not as a warning
+    transformers.utils.logging.disable_progress_bar()  # the export logs its own stages
     try:
         model, loading = AutoModelForCausalLM.from_pretrained(
             str(info.path), local_files_only=True, dtype=torch.float32, attn_implementation="eager",
@@ -420,6 +422,8 @@ def _load_transformers(info: CheckpointInfo):
         raise CheckpointError(f"{info.path}: transformers could not load the checkpoint: {e}") from None
     finally:
         transformers.logging.set_verbosity(level)
+        if bar:
+            transformers.utils.logging.enable_progress_bar()
     missing = sorted(loading.get("missing_keys") or [])
     if missing:
         where = ", ".join(f.name for f in info.weight_files)

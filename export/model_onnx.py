@@ -20,9 +20,7 @@ Models over 2 GB keep their weights in ``<model>.onnx.data`` (external data).
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,7 +30,9 @@ from typing import Callable, Optional, Union
 import onnx
 import torch
 
-from .model import TOKENIZER_FILES, DsattnDecoder, load_hf_layer, load_hf_model
+from dsattn.fileio import write_bytes_atomic
+
+from .model import TOKENIZER_FILES, DsattnDecoder, load_hf_model
 from .onnx_export import OPSET, _ONNX_OF_TORCH, _post_process, register_onnx_schemas, translation_table
 
 __all__ = ["export_decoder", "export_hf_model", "HFExportResult", "MODEL_FILE", "default_capacity",
@@ -137,21 +137,24 @@ def export_decoder(model: DsattnDecoder, path: Union[str, os.PathLike], *, capac
                                      custom_translation_table=translation_table(), optimize=True, verbose=False)
     finally:
         model.last_logits_only = was
+    from dsattn.fileio import atomic_output
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = path.with_name(path.name + ".data")
-    if data.exists():
-        data.unlink()  # a stale data file of an earlier export must not survive beside a small model
-    # Saving straight from the exporter's IR keeps a >2 GB model out of one in-memory protobuf; the
-    # graph (without its weights) is then fixed up and written over it, the data file unchanged.
-    prog.save(str(path), external_data=big)
-    del prog
-    proto = onnx.load(str(path), load_external_data=False)
-    proto = _post_process(proto, _ONNX_OF_TORCH[T], check_types=False)
-    _check_aliasing(proto, L)
-    for k, v in (metadata or {}).items():
-        proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=str(v)))
-    onnx.save_model(proto, str(path))
-    onnx.checker.check_model(str(path), full_check=True)
+    with atomic_output(path, check=lambda p: onnx.checker.check_model(str(p), full_check=True)) as tmp:
+        # Saving straight from the exporter's IR keeps a >2 GB model out of one in-memory protobuf;
+        # the graph (without its weights) is then fixed up and written over it, the data file
+        # (``<name>.data`` beside it) unchanged.
+        prog.save(str(tmp), external_data=big)
+        del prog
+        proto = onnx.load(str(tmp), load_external_data=False)
+        proto = _post_process(proto, _ONNX_OF_TORCH[T], check_types=False)
+        _check_aliasing(proto, L)
+        for k, v in (metadata or {}).items():
+            proto.metadata_props.append(onnx.StringStringEntryProto(key=k, value=str(v)))
+        onnx.save_model(proto, str(tmp))
+    stale = path.with_name(path.name + ".data")
+    if not big and stale.exists():
+        stale.unlink()  # the data file of an earlier, larger export at this path
     return str(path)
 
 
@@ -161,17 +164,19 @@ class HFExportResult:
     description: str
     copied: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    model: Optional[DsattnDecoder] = None
 
 
 def export_hf_model(hf_model, out, *, dtype=None, int8: bool = False, group_size: int = 0, int8_lm_head: bool = False,
-                    capacity: Optional[int] = None, logits: str = "all", layer: Optional[int] = None,
+                    capacity: Optional[int] = None, logits: str = "all",
                     log: Callable[[str], None] = print) -> HFExportResult:
-    """``dsattn export --hf-model``: the checkpoint folder ``hf_model`` -> ``out/model.onnx``.
+    """The checkpoint folder ``hf_model`` -> ``out/model.onnx`` (the whole decoder), with its
+    tokenizer files copied beside it.
 
-    The whole decoder (or, with ``layer=N``, layer N's attention with the single-layer graph I/O of
-    ``export_onnx``), its tokenizer files copied beside it. dtype: float32/float16/bfloat16
-    (default: the checkpoint's); int8: weight-only int8 for every linear layer (``int8_lm_head``:
-    the LM head too); capacity: Tmax (default: the config's max positions, at most CAPACITY_CAP).
+    dtype: float32/float16/bfloat16 (default: the checkpoint's); int8: weight-only int8 for every
+    linear layer (``int8_lm_head``: the LM head too); capacity: Tmax (default: the config's max
+    positions, at most CAPACITY_CAP); logits: "all" or "last". ``log`` gets one line per stage and
+    per layer. The result carries the DsattnDecoder that was exported (``.model``).
     """
     t0 = time.perf_counter()
     if group_size and not int8:
@@ -182,51 +187,33 @@ def export_hf_model(hf_model, out, *, dtype=None, int8: bool = False, group_size
         raise ValueError(f"capacity must be an int >= 2, got {capacity!r}")
     out = Path(out)
     steps = 4
-    if layer is not None:
-        from .onnx_export import export_onnx
-        from .modules import quantize_int8
-
-        log(f"[1/{steps}] loading layer {layer} of {hf_model}")
-        m = load_hf_layer(hf_model, layer, dtype=dtype, log=log)
-        if int8:
-            log(f"[2/{steps}] int8 weights (group_size={group_size})")
-            quantize_int8(m, group_size)
-        else:
-            log(f"[2/{steps}] no quantization")
-        cap = capacity or default_capacity(m.config.max_out_tokens)
-        log(f"[3/{steps}] exporting layer {layer} to ONNX (capacity {cap})")
-        path = export_onnx(m, out / f"layer{layer}.onnx", batch=2, seq=2, capacity=cap)
-        desc = f"layer {layer} of {hf_model}"
+    log(f"[1/{steps}] loading {hf_model}")
+    model = load_hf_model(hf_model, dtype=dtype, log=log)
+    s = model.spec
+    if int8:
+        log(f"[2/{steps}] int8 weights for every linear layer{' and the LM head' if int8_lm_head else ''} "
+            f"(group_size={group_size})")
+        model.quantize_int8(group_size, lm_head=int8_lm_head)
     else:
-        log(f"[1/{steps}] loading {hf_model}")
-        model = load_hf_model(hf_model, dtype=dtype, log=log)
-        s = model.spec
-        if int8:
-            log(f"[2/{steps}] int8 weights for every linear layer{' and the LM head' if int8_lm_head else ''} "
-                f"(group_size={group_size})")
-            model.quantize_int8(group_size, lm_head=int8_lm_head)
-        else:
-            log(f"[2/{steps}] no quantization ({s.dtype})")
-        cap = capacity or default_capacity(s.max_positions)
-        if s.max_positions and cap > s.max_positions:
-            log(f"  note: capacity {cap} exceeds the config's max positions {s.max_positions}")
-        meta = {"dsattn.module": "DsattnDecoder", "dsattn.spec": s.to_json(), "dsattn.capacity": cap,
-                "dsattn.logits": logits, "dsattn.int8": "" if not int8 else str(group_size),
-                "dsattn.int8_lm_head": str(int(int8_lm_head)),
-                "dsattn.hf_model": str(Path(hf_model).resolve())}
-        log(f"[3/{steps}] exporting the whole decoder to ONNX: {s.num_layers} layers, capacity {cap}, "
-            f"logits {logits}, dtype {s.dtype}")
-        t1 = time.perf_counter()
-        path = export_decoder(model, out / MODEL_FILE, capacity=cap, logits=logits, metadata=meta)
-        extra = " + external data" if Path(path + ".data").exists() else ""
-        log(f"  wrote {path}{extra} in {time.perf_counter() - t1:.1f} s")
-        desc = f"{s.model_type} decoder from {hf_model}"
+        log(f"[2/{steps}] no quantization ({s.dtype})")
+    cap = capacity or default_capacity(s.max_positions)
+    if s.max_positions and cap > s.max_positions:
+        log(f"  note: capacity {cap} exceeds the config's max positions {s.max_positions}")
+    meta = {"dsattn.module": "DsattnDecoder", "dsattn.spec": s.to_json(), "dsattn.capacity": cap,
+            "dsattn.logits": logits, "dsattn.int8": "" if not int8 else str(group_size),
+            "dsattn.int8_lm_head": str(int(int8_lm_head)), "dsattn.hf_model": str(Path(hf_model).resolve())}
+    log(f"[3/{steps}] exporting the whole decoder to ONNX: {s.num_layers} layers, capacity {cap}, "
+        f"logits {logits}, dtype {s.dtype}")
+    t1 = time.perf_counter()
+    path = export_decoder(model, out / MODEL_FILE, capacity=cap, logits=logits, metadata=meta)
+    extra = " + external data" if Path(path + ".data").exists() else ""
+    log(f"  wrote {path}{extra} in {time.perf_counter() - t1:.1f} s")
     log(f"[4/{steps}] copying tokenizer files")
     copied = []
     for name in TOKENIZER_FILES:
         src = Path(hf_model) / name
         if src.is_file():
-            shutil.copyfile(src, out / name)
+            write_bytes_atomic(out / name, src.read_bytes())
             copied.append(name)
     log(f"  {', '.join(copied) if copied else 'none found (generate then needs --input-ids)'}")
-    return HFExportResult(path, desc, copied, time.perf_counter() - t0)
+    return HFExportResult(path, f"{s.model_type} decoder from {hf_model}", copied, time.perf_counter() - t0, model)

@@ -197,8 +197,8 @@ def test_capacity_overflow_during_generation(exported, tmp_path, runtime, seed):
     prompts = _prompts(seed)  # longest 7: positions 7..11 hold generated tokens 1..5, token 6 from the last call
     ref, _ = _hf_generate(hf, prompts)
     with pytest.raises(CapacityError, match=r"capacity 12 reached before token 7 \(row 0: prompt 7 tokens \+ 0 left "
-                                            r"padding \+ 6 generated = 12 cached; row 1: prompt 2 tokens \+ 5 left "
-                                            r"padding") as e:
+                                            r"padding \+ 5 of its 6 generated tokens = 12 cached; row 1: prompt 2 "
+                                            r"tokens \+ 5 left padding") as e:
         generate(out, input_ids=prompts, runtime=runtime, max_new_tokens=NEW, eos_token_id=[], pad_token_id=PAD)
     assert e.value.partial.tokens == [r[:6] for r in ref]
 
@@ -219,3 +219,86 @@ def test_overflowing_row_leaves_every_cache_untouched(exported, runtime):
     for kv, old in zip(cache, before):
         for t, o in zip(kv, old):
             assert torch.equal(t, o)
+
+
+# ------------------------------------------------------------------------------------------------
+# int8, command line
+# ------------------------------------------------------------------------------------------------
+
+def test_int8_whole_model(exported, tmp_path, seed):
+    """int8 weights in every linear layer (and the LM head): ONNX Runtime gives the tokens of the
+    PyTorch int8 modules; the logits stay close to the float32 model's (the error is reported)."""
+    hf, _, ckpt = exported("llama")
+    out = tmp_path / "int8"
+    export_hf_model(ckpt, out, int8=True, group_size=16, int8_lm_head=True, log=lambda s: None)
+    import onnx
+
+    m = onnx.load(str(out / "model.onnx"))
+    ops = [n.op_type for n in m.graph.node if n.domain == "dsattn"]
+    # per layer: QKVGemm (quantized), the output projection and 3 MLP matmuls; plus the LM head
+    assert ops.count("Int8MatMul") == 2 * 4 + 1 and ops.count("QKVGemm") == 2
+    assert not any(n.op_type in ("Gemm", "MatMul") for n in m.graph.node)
+    prompts = _prompts(seed)
+    ref, ref_logits = _hf_generate(hf, prompts, new=1)
+    torch_res = generate(out, input_ids=prompts, runtime="torch", max_new_tokens=NEW, eos_token_id=[],
+                         pad_token_id=PAD)
+    ort_res = generate(out, input_ids=prompts, runtime="ort", max_new_tokens=NEW, eos_token_id=[], pad_token_id=PAD)
+    assert ort_res.tokens == torch_res.tokens
+    assert _rel(ort_res.last_logits, torch_res.last_logits) < 1e-4
+    first = generate(out, input_ids=prompts, runtime="ort", max_new_tokens=1, eos_token_id=[], pad_token_id=PAD)
+    err = _rel(first.last_logits, ref_logits)
+    print(f"int8 (group 16, LM head too) vs float32 transformers: prefill logits rel err {err:.3e}")
+    assert 0 < err < 0.05
+
+
+def test_cli_export_and_generate_with_tokenizer(tmp_path, capsys, seed):
+    from whole_cases import save_word_tokenizer
+
+    from dsattn.tools.cli import main
+
+    hf = make_checkpoint("gpt_neox", tmp_path / "ckpt", seed=seed)
+    tok = save_word_tokenizer(tmp_path / "ckpt")
+    assert main(["export", "--hf-model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out"), "--logits", "last",
+                 "--capacity", "40", "--seed", str(seed)]) == 0
+    log = capsys.readouterr().out
+    for stage in ("[1/4] loading", "layer 2/2: GPTNeoXLayer", "[3/4] exporting the whole decoder", "tokenizer.json",
+                  "ONNX Runtime cpu decode 3", "PASSED"):
+        assert stage in log, stage
+    assert (tmp_path / "out" / "tokenizer.json").is_file()
+    prompts = ["w5 w17 w33 w9", "w7 w8"]
+    rows = [tok(p)["input_ids"] for p in prompts]
+    ref, _ = _hf_generate(hf, rows, new=6)
+    assert main(["generate", str(tmp_path / "out" / "model.onnx"), "--prompt", prompts[0], "--prompt", prompts[1],
+                 "--max-new-tokens", "6", "--runtime", "ort", "--eos-token-id", "-1"]) == 0
+    out = capsys.readouterr().out
+    for b in range(2):
+        text = tok.decode(ref[b], skip_special_tokens=True)
+        assert f"--- completion {b} (6 tokens) ---\n{text}\n" in out
+    assert "step 6:" in out and "tokens/s" in out
+
+
+def test_cli_errors(exported, tmp_path, capsys):
+    from dsattn.tools import cli
+
+    def main(argv):  # usage errors leave through argparse's SystemExit(2)
+        try:
+            return cli.main(argv)
+        except SystemExit as e:
+            return e.code
+
+    _, out, ckpt = exported("llama")
+    assert main(["export", "--hf-model", str(tmp_path / "nope")]) == 2
+    assert "--hf-model: " in capsys.readouterr().err
+    assert main(["export", "--logits", "last"]) == 2
+    assert "--logits: needs --hf-model" in capsys.readouterr().err
+    assert main(["generate", str(out), "--prompt", "hello"]) == 2
+    assert "--prompt needs a tokenizer" in capsys.readouterr().err
+    assert main(["generate", str(tmp_path), "--input-ids", "1,2"]) == 2
+    assert "expected one exported .onnx in the folder" in capsys.readouterr().err
+    assert main(["generate", str(out), "--input-ids", "1,2", "--input-ids", "3", "--max-new-tokens", "70",
+                 "--eos-token-id", "-1"]) == 1
+    err = capsys.readouterr().err
+    assert ("KV cache capacity 64 reached before token 64 (row 0: prompt 2 tokens + 0 left padding + 62 of its 63 "
+            "generated tokens = 64 cached; row 1: prompt 1 tokens + 1 left padding + 62 of its 63") in err
+    assert main(["generate", str(out), "--input-ids", "1,200"]) == 2
+    assert "token ids [200] are outside the vocabulary [0, 128)" in capsys.readouterr().err

@@ -64,3 +64,17 @@ def make_checkpoint(family: str, folder, seed: int, dtype=torch.float32):
     model = model.to(dtype)
     model.save_pretrained(folder)
     return model
+
+
+def save_word_tokenizer(folder, eos_token: str = "w2"):
+    """A word-level tokenizer over the tiny vocabulary (token i is the word ``w{i}``), saved with
+    save_pretrained into ``folder``: what a real checkpoint folder carries, without a download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w3"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w3", eos_token=eos_token, pad_token="w0")
+    fast.save_pretrained(folder)
+    return fast

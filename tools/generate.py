@@ -30,8 +30,6 @@ carrying what was generated so far); nothing is written into any row's cache by 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -81,6 +79,8 @@ class ExportedModel:
 
         from dsattn.export.model import DecoderSpec
 
+        from dsattn.fileio import load_onnx
+
         p = Path(path)
         if p.is_dir():
             cands = [p / "model.onnx"] if (p / "model.onnx").is_file() else sorted(
@@ -89,12 +89,9 @@ class ExportedModel:
                 raise ValueError(f"MODEL {str(p)!r}: expected one exported .onnx in the folder, found "
                                  f"{[c.name for c in cands] or 'none'}")
             p = cands[0]
-        if not p.is_file():
+        if not p.exists():
             raise ValueError(f"MODEL {str(p)!r}: no such file or folder")
-        try:
-            m = onnx.load(str(p), load_external_data=False)
-        except Exception as e:  # protobuf decode errors have no common base class
-            raise ValueError(f"MODEL {str(p)!r}: not an ONNX model ({e})") from None
+        m = load_onnx(p, "MODEL", load_external_data=False)
         meta = {e.key: e.value for e in m.metadata_props}
         if meta.get("dsattn.module") != "DsattnDecoder" or "dsattn.spec" not in meta:
             raise ValueError(f"MODEL {str(p)!r}: not a whole decoder exported by `dsattn export --hf-model` "
@@ -204,11 +201,12 @@ def lowered_model_path(model: ExportedModel) -> str:
     out = model.path.with_name(model.path.stem + ".ort.onnx")
     if out.is_file() and out.stat().st_mtime >= model.path.stat().st_mtime:
         return str(out)
+    from dsattn.fileio import save_onnx_atomic
+
     proto = onnx.load(str(model.path), load_external_data=False)
-    lowered = lower_for_ort(proto)
-    tmp = out.with_name(out.name + ".tmp")
-    onnx.save_model(lowered, str(tmp))
-    os.replace(tmp, out)
+    # The weights stay where they are: the lowered graph keeps the export's external-data
+    # references (same folder), so nothing of a >2 GB model is copied.
+    save_onnx_atomic(lower_for_ort(proto), out, external_data=False)
     return str(out)
 
 
@@ -459,8 +457,15 @@ def generate(model, prompts: Optional[Sequence[str]] = None, *, input_ids: Optio
         eos = set(spec.eos_token_id) if spec is not None else set()
     else:
         eos = {int(eos_token_id)} if isinstance(eos_token_id, int) else set(map(int, eos_token_id))
-    pad = pad_token_id if pad_token_id is not None else (
-        spec.pad_token_id if spec is not None and spec.pad_token_id is not None else (min(eos) if eos else 0))
+    if pad_token_id is None:
+        # What transformers does without a pad token: pad with an EOS id (any id would do: padded
+        # positions are never attended to, and stopped rows' outputs are dropped).
+        known = [t for t in sorted(eos) if 0 <= t < V]
+        pad_token_id = spec.pad_token_id if spec is not None and spec.pad_token_id is not None else (
+            known[0] if known else 0)
+    pad = int(pad_token_id)
+    if not 0 <= pad < V:
+        raise ValueError(f"pad_token_id={pad} is outside the vocabulary [0, {V})")
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     B = len(rows)
     ids, start = left_pad(rows, pad)
@@ -494,7 +499,8 @@ def generate(model, prompts: Optional[Sequence[str]] = None, *, input_ids: Optio
             over = [b for b in range(B) if not res.finished[b] and int(seq_lens[b]) + 1 > cap]
             if over:
                 detail = "; ".join(f"row {b}: prompt {len(rows[b])} tokens + {L - len(rows[b])} left padding + "
-                                   f"{len(res.tokens[b])} generated = {int(seq_lens[b])} cached" for b in over)
+                                   f"{len(res.tokens[b]) - 1} of its {len(res.tokens[b])} generated tokens = "
+                                   f"{int(seq_lens[b])} cached" for b in over)
                 raise CapacityError(f"KV cache capacity {cap} reached before token {step + 2} ({detail}); nothing "
                                     "was written for this step (export with a larger --capacity or lower "
                                     "--max-new-tokens)", res)
@@ -567,7 +573,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", metavar="PLAN", help="runtime trt: the plan (default MODEL with .plan)")
     parser.add_argument("--plugins", action="append", default=[], metavar="LIB", help="runtime trt: plugin library")
     parser.add_argument("--no-stream", action="store_true", help="print the completions only at the end")
-    parser.add_argument("--verbose", action="store_true", help="tracebacks on errors")
     parser.set_defaults(_generate_parser=parser)
 
 
@@ -584,42 +589,42 @@ def run(args: argparse.Namespace) -> int:
     texts: dict[int, str] = {}
 
     def on_step(step, toks):
+        # One row: the text as it grows, on one line. Several rows: one line per step with each
+        # row's new piece.
         if args.no_stream:
             return
         tok = tok_cache.get("tok")
+        pieces = []
         for b, t in enumerate(toks):
             if t is None:
+                pieces.append(None)
                 continue
-            piece = str(t) + " " if tok is None else None
-            if tok is not None:
-                seq = res_tokens[b] + [t]
-                res_tokens[b] = seq
-                full = tok.decode(seq, skip_special_tokens=True)
-                piece, texts[b] = full[len(texts.get(b, "")):], full
-            print(f"[{b}] {piece}" if len(toks) > 1 else piece, end="\n" if len(toks) > 1 else "", flush=True)
+            res_tokens[b].append(t)
+            if tok is None:
+                pieces.append(str(t))
+            else:
+                full = tok.decode(res_tokens[b], skip_special_tokens=True)
+                pieces.append(full[len(texts.get(b, "")):])
+                texts[b] = full
+        if len(toks) == 1:
+            print(pieces[0] + (" " if tok is None else ""), end="", flush=True)
+        else:
+            print(f"step {step + 1}: " + " | ".join(f"{b}: {p!r}" for b, p in enumerate(pieces) if p is not None),
+                  flush=True)
 
+    em = ExportedModel.open(args.model)
+    tokenizer = load_tokenizer(em.folder) if args.prompt else None
+    tok_cache["tok"] = tokenizer
+    res_tokens: list[list[int]] = [[] for _ in (args.prompt or args.input_ids)]
     try:
-        em = ExportedModel.open(args.model)
-        tokenizer = load_tokenizer(em.folder) if args.prompt else None
-        tok_cache["tok"] = tokenizer
-        res_tokens: list[list[int]] = [[] for _ in (args.prompt or args.input_ids)]
         res = generate(em, args.prompt, input_ids=args.input_ids, runtime=args.runtime, device=args.device,
                        max_new_tokens=args.max_new_tokens, do_sample=args.sample, temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p, seed=args.seed, eos_token_id=args.eos_token_id,
                        tokenizer=tokenizer, on_step=on_step, **kw)
-    except CapacityError as e:
-        print(f"\ndsattn generate: error: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, TypeError) as e:
-        if args.verbose:
-            raise
-        print(f"dsattn generate: error: {e}", file=sys.stderr)
-        return 2
-    except (RuntimeError, ImportError, OSError) as e:
-        if args.verbose:
-            raise
-        print(f"dsattn generate: error: {e}", file=sys.stderr)
-        return 1
+    except CapacityError:
+        if not args.no_stream:
+            print()  # end the streamed line before the error line
+        raise
     if not args.no_stream:
         print()
     for b in range(len(res.tokens)):

@@ -110,17 +110,26 @@ def _hf_layer(hf_config_path, seed: int):
 
 
 def build_module(*, config: Optional[str] = None, hf_config: Optional[str] = None, dtype=None, int8: bool = False,
-                 group_size: int = 0, seed: int = 0) -> tuple[DeepSpeedSelfAttention, str]:
+                 group_size: int = 0, seed: int = 0, hf_model: Optional[str] = None,
+                 layer: Optional[int] = None) -> tuple[DeepSpeedSelfAttention, str]:
     """The module to export: from an AttentionConfig JSON file, a HF config.json (a random layer
-    of that family through from_hf), or the built-in BLOOM-like config. dtype overrides the
-    file's (int8 weights: ``int8=True``). Returns (module in eval mode, description)."""
-    if config is not None and hf_config is not None:
-        raise ValueError("give at most one of config / hf_config")
+    of that family through from_hf), layer ``layer`` of a checkpoint folder ``hf_model`` (its real
+    weights), or the built-in BLOOM-like config. dtype overrides the file's (int8 weights:
+    ``int8=True``). Returns (module in eval mode, description)."""
+    if sum(x is not None for x in (config, hf_config, hf_model)) > 1:
+        raise ValueError("give at most one of config / hf_config / hf_model")
+    if (hf_model is None) != (layer is None):
+        raise ValueError("hf_model and layer go together (one layer of a checkpoint folder)")
     dt = parse_dtype(dtype, "dtype") if dtype is not None else None
     if dt == torch.int8:
         raise ValueError("dtype int8: use int8=True with a float dtype for the activations")
     torch.manual_seed(seed)
-    if hf_config is not None:
+    if hf_model is not None:
+        from dsattn.export.model import load_hf_layer
+
+        m = load_hf_layer(hf_model, layer, dtype=dt)
+        desc = f"layer {layer} of {hf_model} (its real weights)"
+    elif hf_config is not None:
         layer, desc = _hf_layer(hf_config, seed)
         m = from_hf(layer)
         if dt is not None:
@@ -236,7 +245,8 @@ def validate_models(paths: Sequence[str], *, providers: Sequence[str], batch: in
 def export_main(*, config: Optional[str] = None, hf_config: Optional[str] = None, dtype=None, int8: bool = False,
                 group_size: int = 0, batch: int = 2, seq: int = 8, capacity: int = 32, out="build",
                 seed: Optional[int] = None, log: Callable[[str], None] = print,
-                ort_providers: Sequence[str] = ("cpu",)) -> ExportResult:
+                ort_providers: Sequence[str] = ("cpu",), hf_model: Optional[str] = None,
+                layer: Optional[int] = None) -> ExportResult:
     """The whole `dsattn export` job; returns an ExportResult (``.passed``, ``.model_paths``).
     ``ort_providers``: ONNX Runtime providers that run the lowered model as a last check
     (``()`` skips it)."""
@@ -255,16 +265,16 @@ def export_main(*, config: Optional[str] = None, hf_config: Optional[str] = None
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
         return _export_main(config, hf_config, dtype, int8, group_size, batch, seq, capacity, out, seed, log,
-                            tuple(ort_providers))
+                            tuple(ort_providers), hf_model, layer)
 
 
 def _export_main(config, hf_config, dtype, int8, group_size, batch, seq, capacity, out, seed, log,
-                 ort_providers) -> ExportResult:
+                 ort_providers, hf_model=None, layer=None) -> ExportResult:
     t0 = time.perf_counter()
     steps = 4 if ort_providers else 3
     log(f"[1/{steps}] building module (seed={seed})")
     module, desc = build_module(config=config, hf_config=hf_config, dtype=dtype, int8=int8,
-                                group_size=group_size, seed=seed)
+                                group_size=group_size, seed=seed, hf_model=hf_model, layer=layer)
     log(f"  {desc}: {type(module).__name__}({module.extra_repr()}), dtype {str(module.activation_dtype)[6:]}"
         + (f", int8 weights (group_size={module.qkv_group_size})" if module.quantized else ""))
     log(f"[2/{steps}] exporting to ONNX in {out} (dynamic batch/seq, capacity {capacity})")
