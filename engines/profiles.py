@@ -14,7 +14,10 @@ input              shape                   dynamic axes -> role
 ``start_pos``      [B]                     0 batch
 =================  ======================  =============================
 
-Any other dynamic dim needs an explicit profile entry for its input.
+Whole decoders (``dsattn export --hf-model``) take ``input_ids`` [B, S] (0 batch, 1 seq) instead
+of ``hidden_states`` and one cache pair per layer, ``past_key.{i}`` / ``past_value.{i}``, with the
+roles of ``past_key`` / ``past_value``. Any other dynamic dim needs an explicit profile entry for
+its input.
 """
 from __future__ import annotations
 
@@ -35,7 +38,20 @@ ROLES: dict[tuple[str, int], str] = {
     ("past_value", 2): "capacity",
     ("seq_lens", 0): "batch",
     ("start_pos", 0): "batch",
+    ("input_ids", 0): "batch",
+    ("input_ids", 1): "seq",
 }
+_LAYER_CACHE = re.compile(r"(past_key|past_value)\.\d+")
+
+
+def role_of(name: str, axis: int):
+    """The role of axis ``axis`` of input ``name`` (see the table above), or None."""
+    m = _LAYER_CACHE.fullmatch(name)
+    return ROLES.get((m.group(1) if m else name, axis))
+
+
+def is_cache(name: str) -> bool:
+    return name in ("past_key", "past_value") or _LAYER_CACHE.fullmatch(name) is not None
 
 # Defaults: decode-optimized (opt seq 1) with room for a 2048-token prompt; capacity opt = max so
 # the engine is tuned for a full cache.
@@ -133,7 +149,7 @@ def derive_profile(model, *, batch=None, seq=None, capacity=None,
     inputs = model_inputs(model)
     # A model with a static cache capacity (export_onnx's default) cannot take more new tokens than
     # that: the *default* seq range stops there (a seq range given by the caller is checked instead).
-    static_tmax = next((i.dims[2] for i in inputs if i.name == "past_key" and len(i.dims) == 4
+    static_tmax = next((i.dims[2] for i in inputs if is_cache(i.name) and len(i.dims) == 4
                         and isinstance(i.dims[2], int)), None)
     if seq is None and static_tmax is not None:
         lo, opt, hi = ranges["seq"]
@@ -167,7 +183,7 @@ def derive_profile(model, *, batch=None, seq=None, capacity=None,
             if isinstance(d, int):
                 lo = opt = hi = d
             else:
-                role = ROLES.get((inp.name, a))
+                role = role_of(inp.name, a)
                 if role is None:
                     raise ValueError(f"input {inp.name!r} axis {a} is dynamic ({d or '?'}) and has no known role: "
                                      f"give its shapes explicitly (--min/--opt/--max-shapes or profiles=)")
@@ -192,7 +208,7 @@ def _check_given_roles(inputs: Sequence[ModelInput], given: Mapping[str, tuple[i
     be ignored without a word), and a role no input has is an error too."""
     for role, r in given.items():
         dims = [(i.name, a, d) for i in inputs if i.name not in overrides
-                for a, d in enumerate(i.dims) if ROLES.get((i.name, a)) == role]
+                for a, d in enumerate(i.dims) if role_of(i.name, a) == role]
         if any(not isinstance(d, int) for _, _, d in dims):
             continue  # a dynamic dim takes the range
         text = ":".join(str(v) for v in r)
@@ -206,9 +222,11 @@ def _check_given_roles(inputs: Sequence[ModelInput], given: Mapping[str, tuple[i
 
 
 def _check_seq_fits_capacity(profile: Profile) -> None:
-    if "hidden_states" in profile and "past_key" in profile:
-        s_max = profile["hidden_states"][2][1]
-        t_max = profile["past_key"][2][2]
+    seq = next((n for n in ("hidden_states", "input_ids") if n in profile), None)
+    cache = next((n for n in profile if is_cache(n)), None)
+    if seq is not None and cache is not None:
+        s_max = profile[seq][2][1]
+        t_max = profile[cache][2][2]
         if s_max > t_max:
             raise ValueError(f"max seq {s_max} exceeds max cache capacity {t_max}: a call with that many new "
                              f"tokens could never fit the cache")

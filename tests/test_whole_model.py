@@ -302,3 +302,41 @@ def test_cli_errors(exported, tmp_path, capsys):
             "generated tokens = 64 cached; row 1: prompt 1 tokens + 1 left padding + 62 of its 63") in err
     assert main(["generate", str(out), "--input-ids", "1,200"]) == 2
     assert "token ids [200] are outside the vocabulary [0, 128)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# TensorRT profiles and validate on the whole-model graph
+# ------------------------------------------------------------------------------------------------
+
+def test_engine_profile_of_whole_model(exported):
+    from dsattn.engines.build import trtexec_command
+    from dsattn.engines.profiles import derive_profile
+
+    _, out, _ = exported("llama")
+    path = out / "model.onnx"
+    prof = derive_profile(path)
+    assert prof["input_ids"] == ((1, 1), (1, 1), (8, 64))  # seq capped by the capacity 64
+    for i in range(2):
+        for kind in ("key", "value"):
+            assert prof[f"past_{kind}.{i}"] == ((1, 2, 64, 16), (1, 2, 64, 16), (8, 2, 64, 16))
+    assert prof["seq_lens"] == ((1,), (1,), (8,))
+    prof = derive_profile(path, batch=(1, 2, 4), seq=(1, 1, 32))
+    assert prof["input_ids"][2] == (4, 32) and prof["past_value.1"][1] == (2, 2, 64, 16)
+    with pytest.raises(ValueError, match="max seq 100 exceeds max cache capacity 64"):
+        derive_profile(path, seq=(1, 1, 100))
+    with pytest.raises(ValueError, match="capacity range 1:128:128 conflicts with the model's static capacity 64"):
+        derive_profile(path, capacity=(1, 128, 128))
+    cmd = trtexec_command(path, [str(path)], out / "model.plan")  # any existing file stands in for the library
+    assert "--preview=+aliasedPluginIO1003" in cmd
+    assert "past_value.1:8x2x64x16" in cmd and "input_ids:8x64" in cmd
+
+
+def test_validate_whole_model(exported):
+    from dsattn.tools.validate import validate
+
+    _, out, _ = exported("bloom")
+    rep = validate(str(out / "model.onnx"), providers=("cpu",), seed=5)
+    outputs = {r.output for r in rep.rows}
+    assert outputs == {"logits", "present_key.0", "present_value.0", "present_key.1", "present_value.1"}
+    assert {r.case for r in rep.rows} == {"prefill", "decode"}
+    assert rep.passed, rep.table()

@@ -312,9 +312,11 @@ def make_inputs(model: onnx.ModelProto, case: str, *, batch: int, seq: int, capa
                 raise ValueError(f"input {name!r} ({role}) must be int32, the model declares {_elem_name(elem)}")
             feeds[name] = (lens if role == "seq_lens" else start).astype(np.int32)
             continue
-        if elem not in (TensorProto.FLOAT, *_LOW_PRECISION):
+        vocab = _vocab_of(model, name) if elem in (TensorProto.INT64, TensorProto.INT32) else None
+        if elem not in (TensorProto.FLOAT, *_LOW_PRECISION) and vocab is None:
             raise ValueError(f"cannot generate input {name!r} of type {_elem_name(elem)}: only float inputs, "
-                             "seq_lens and start_pos are generated (use load_inputs)")
+                             "token ids (indices of an embedding Gather), seq_lens and start_pos are generated "
+                             "(use load_inputs)")
         shape = []
         for axis, d in enumerate(dims):
             if isinstance(d, int) and d > 0:
@@ -328,8 +330,21 @@ def make_inputs(model: onnx.ModelProto, case: str, *, batch: int, seq: int, capa
             else:
                 raise ValueError(f"cannot choose a size for dimension {axis} ({d!r}) of input {name!r} "
                                  "(use load_inputs)")
+        if vocab is not None:  # token ids (whole decoders' input_ids)
+            feeds[name] = rng.integers(0, vocab, size=shape).astype(_np_dtype(elem))
+            continue
         feeds[name] = rng.standard_normal(shape).astype(np.float32).astype(_np_dtype(elem))
     return feeds
+
+
+def _vocab_of(model: onnx.ModelProto, name: str) -> Optional[int]:
+    """Rows of the embedding table when graph input ``name`` is the indices of a Gather over an
+    initializer (token ids), else None."""
+    dims = {i.name: list(i.dims) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Gather" and len(n.input) > 1 and n.input[1] == name and n.input[0] in dims:
+            return dims[n.input[0]][0]
+    return None
 
 
 def check_feeds(model: onnx.ModelProto, feeds: Mapping[str, Any], where: str = "inputs") -> dict[str, np.ndarray]:
