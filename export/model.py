@@ -99,9 +99,11 @@ class Linear(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor]):
         super().__init__()
-        self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight.detach().clone(),
+        # The tensors are shared with the source module, not copied: a converted checkpoint must not
+        # hold its weights twice (the transformers model is dropped after the conversion).
+        self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight.detach(),
                                                                                     requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
         self.register_buffer("weight_scale", None)
         self.quantized = False
         self.group_size = 0
@@ -149,8 +151,8 @@ class Norm(nn.Module):
         if kind not in ("layernorm", "rmsnorm"):
             raise ValueError(f"norm kind must be 'layernorm' or 'rmsnorm', got {kind!r}")
         self.kind, self.eps = kind, float(eps)
-        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.weight = nn.Parameter(weight.detach(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "layernorm":
@@ -530,7 +532,7 @@ def load_hf_model(path, *, dtype=None, log: Callable[[str], None] = lambda s: No
         log(f"  layer {i + 1}/{len(parts)}: {type(hf_layer).__name__} -> {type(attn).__name__}"
             f"({attn.extra_repr()}), MLP {mlp.act_name}{' gated' if mlp.up is not None else ''}"
             f"{', parallel residual' if parallel else ''}")
-    emb = nn.Embedding.from_pretrained(embed.weight.detach().clone(), freeze=True)
+    emb = nn.Embedding.from_pretrained(embed.weight.detach(), freeze=True)
     lm_head = Linear(emb.weight if tied else head.weight, head.bias)
     a0 = layers[0].attn.config
     gen = {}
