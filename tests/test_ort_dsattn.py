@@ -145,6 +145,35 @@ def test_inference_rejects_wrong_output_shape(ort_lib):
     assert f"Inferred={c.H * c.D} Declared={c.H * c.D + 1}" in msg, msg
 
 
+def test_exported_models_load_with_the_library(ort_lib, tmp_path):
+    """Exported attention layers (fp16, int8, bf16 GQA) and a whole decoder: every dsattn node's
+    inferred types and shapes agree with what the exporter declared (strict inference), up to the
+    kernel lookup."""
+    ort = _ort_or_skip()
+    from dsattn.export import AttentionConfig, BloomSelfAttention, DeepSpeedSelfAttention, export_onnx, quantize_int8
+
+    layers = {
+        "bloom_fp16": BloomSelfAttention(AttentionConfig(hidden_size=256, heads=4, dtype="fp16", bigscience_bloom=True)),
+        "ds_int8": quantize_int8(DeepSpeedSelfAttention(AttentionConfig(hidden_size=256, heads=4, dtype="fp16")),
+                                 group_size=64),
+        "ds_gqa_bf16": DeepSpeedSelfAttention(AttentionConfig(hidden_size=256, heads=4, num_kv=2, dtype="bf16",
+                                                              norm_type="rmsnorm", rotary_dim=32, rotate_half=False,
+                                                              rotate_every_two=True)),
+    }
+    paths = {n: export_onnx(m.eval(), tmp_path / f"{n}.onnx", batch=2, seq=5, capacity=48) for n, m in layers.items()}
+    pytest.importorskip("transformers")
+    from whole_cases import make_checkpoint
+
+    from dsattn.export.model_onnx import export_hf_model
+
+    make_checkpoint("llama", tmp_path / "ckpt", seed=1)
+    export_hf_model(tmp_path / "ckpt", tmp_path / "out", log=lambda s: None)
+    paths["llama_whole"] = tmp_path / "out" / "model.onnx"
+    for name, path in paths.items():
+        msg = _cpu_session_error(ort, ort_lib, onnx.load(str(path)))
+        assert _kernel_lookup_failure(msg) and "QKVGemm" in msg, f"{name}: {msg}"
+
+
 # ------------------------------------------------------------------------------------------------
 # the Python runtime (no GPU needed for its checks)
 # ------------------------------------------------------------------------------------------------
@@ -204,3 +233,36 @@ def test_validate_cuda_dsattn_message(tmp_path, monkeypatch, capsys):
     else:
         assert "cuda-dsattn" in err and "CUDAExecutionProvider" in err, err
     assert "Traceback" not in err
+
+
+def test_bench_generate_report_section(tmp_path):
+    """`dsattn bench generate` writes one marked section into BENCHMARKS.md and replaces it on the
+    next run, keeping the rest; a runtime that could not run says why in its row."""
+    from dsattn.tools.bench_generate import BEGIN, END, floor_tok_s, markdown, write_section
+
+    env = {"card": "TestCard", "date": "d", "ort": "1", "torch": "2", "params": 1.1e9, "new_tokens": 8, "bw": 3e12}
+    floors = {(512, 1): floor_tok_s(512, 1, 8, 3e12, int(1.1e9))}
+    # 1 token per (2.2 GB of weights + the cache) / 3 TB/s: a bit under 1364 tok/s
+    assert 1300 < floors[(512, 1)] < 1364
+    results = {(512, 1): {"ort-dsattn": (12.5, 900.0), "genai": (10.0, 600.0), "hf-sdpa": "out of memory"}}
+    text = markdown(results, floors, env, ["a note"], [(512, 1)])
+    assert "| 512 | 1 | ort-dsattn | 12.5 ms | 900 | 1.50x | - |" in text
+    assert "| 512 | 1 | hf-sdpa | - | not run: out of memory |" in text and "TestCard" in text
+    path = tmp_path / "BENCHMARKS.md"
+    path.write_text("# kernels\n\ntable\n")
+    write_section(path, text)
+    write_section(path, text.replace("900", "901"))
+    out = path.read_text()
+    assert out.startswith("# kernels\n\ntable\n") and out.count(BEGIN) == 1 and out.count(END) == 1
+    assert "| 901 |" in out and "| 900 |" not in out
+
+
+def test_bench_generate_needs_cuda(capsys):
+    import torch
+
+    from dsattn.tools.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    assert main(["bench", "generate", "--out", "x.md"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """`dsattn bench kernels`: the CUDA kernels against their baselines on this GPU; writes BENCHMARKS.md.
+(`dsattn bench generate`, end-to-end generation: tools/bench_generate.py.)
 
 One section per op (dsattn.tools.bench_qkv_gemm, bench_softmax_context, bench_int8_matmul), each a
 ``rows(lib, *, dtypes, quick, ceilings) -> list[dict]`` timed with the one harness
@@ -27,7 +28,9 @@ SECTIONS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("what", choices=["kernels"], help="what to benchmark")
+    parser.add_argument("what", choices=["kernels", "generate"],
+                        help="kernels: the CUDA kernels vs baselines; generate: end-to-end generation "
+                             "(tools/bench_generate.py)")
     parser.add_argument("--out", default="BENCHMARKS.md", help="markdown file to write (default %(default)s)")
     parser.add_argument("--dtype", nargs="+", choices=["fp16", "bf16"], default=["fp16", "bf16"],
                         help="element types (default: fp16 bf16)")
@@ -35,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lib", default=None, help="path of libdsattn_kernels.so (default: build/plugins/kernels)")
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=None,
                         help="run only these ops' sections")
+    from . import bench_generate
+
+    bench_generate.add_arguments(parser.add_argument_group("generate"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -101,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"dsattn bench: error: {e}", file=sys.stderr)
         return 2
+    if args.what == "generate":
+        from . import bench_generate
+
+        return bench_generate.run(args)
     try:
         import torch
     except ImportError:

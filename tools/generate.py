@@ -11,7 +11,8 @@ the decoder graph (graph I/O of ``dsattn.export.model_onnx``):
 ``forward`` takes CPU tensors (input_ids int64 [B, S], seq_lens / start_pos int32 [B]), writes the
 new keys and values into ``cache`` in place and returns the last position's logits on the host.
 Runtimes: ``torch`` (the PyTorch modules rebuilt from the checkpoint the model was exported from),
-``ort`` (ONNX Runtime on the lowered model, CPU or CUDA), ``trt`` (a TensorRT plan). More can be
+``ort`` (ONNX Runtime on the lowered model, CPU or CUDA), ``ort-dsattn`` (ONNX Runtime CUDA on the
+exported model with the dsattn custom-op library), ``trt`` (a TensorRT plan). More can be
 added with ``register_runtime(name, cls)``.
 
 On a GPU the caches stay on the device across steps: ONNX Runtime gets each cache buffer bound as
@@ -39,8 +40,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
-__all__ = ["ExportedModel", "Runtime", "TorchRuntime", "OrtRuntime", "TrtRuntime", "RUNTIMES", "register_runtime",
-           "make_runtime", "GenerationResult", "CapacityError", "generate", "left_pad", "add_arguments", "run"]
+__all__ = ["ExportedModel", "Runtime", "TorchRuntime", "OrtRuntime", "OrtDsattnRuntime", "TrtRuntime", "RUNTIMES",
+           "register_runtime", "make_runtime", "GenerationResult", "CapacityError", "generate", "left_pad",
+           "add_arguments", "run"]
 
 
 class CapacityError(RuntimeError):
@@ -272,6 +274,27 @@ class OrtRuntime(Runtime):
         return logits[:, -1].float().cpu()
 
 
+class OrtDsattnRuntime(OrtRuntime):
+    """The exported model itself (not lowered) on ONNX Runtime CUDA with the dsattn custom ops
+    (libdsattn_ort.so through ``dsattn.tools.ort_runtime``: the TensorRT plugins' kernels). Caches
+    are bound as both past_* and present_* (I/O binding), so SoftmaxContext appends in place."""
+
+    name = "ort-dsattn"
+
+    def __init__(self, model, *, device: str = "cuda", library: Optional[str] = None):
+        from dsattn.tools.ort_runtime import make_session
+
+        if device != "cuda":
+            raise ValueError(f"runtime ort-dsattn runs on cuda only, got --device {device}")
+        if not isinstance(model, ExportedModel):
+            model = ExportedModel.open(model)
+        self.model = model
+        self.device = _device(device)
+        self.sess = make_session(str(model.path), library=library)
+        self.capacity, self.vocab_size = model.capacity, model.spec.vocab_size
+        self.num_layers = model.spec.num_layers
+
+
 class TrtRuntime(Runtime):
     """A TensorRT plan built from the exported model (``dsattn build-engine``), run with the dsattn
     plugins. Every present_* output is bound to its past_* buffer (the plugin aliases them)."""
@@ -325,7 +348,8 @@ class TrtRuntime(Runtime):
         return logits[:, -1].float().cpu()
 
 
-RUNTIMES: dict[str, type] = {"torch": TorchRuntime, "ort": OrtRuntime, "trt": TrtRuntime}
+RUNTIMES: dict[str, type] = {"torch": TorchRuntime, "ort": OrtRuntime, "ort-dsattn": OrtDsattnRuntime,
+                             "trt": TrtRuntime}
 
 
 def register_runtime(name: str, cls: type) -> None:

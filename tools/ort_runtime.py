@@ -75,16 +75,19 @@ def check_model(model: onnx.ModelProto) -> None:
     walk(model.graph)
 
 
-def _load(model: Union[str, os.PathLike, onnx.ModelProto, bytes]) -> onnx.ModelProto:
+def _load(model: Union[str, os.PathLike, onnx.ModelProto, bytes]) -> tuple[onnx.ModelProto, Optional[str]]:
+    """(the graph, its file or None). A file is read without its external data: the checks need the
+    graph only, and ONNX Runtime then opens the file itself (weights of any size)."""
     if isinstance(model, onnx.ModelProto):
-        return model
+        return model, None
     if isinstance(model, bytes):
-        return onnx.load_from_string(model)
+        return onnx.load_from_string(model), None
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a path, bytes or an onnx.ModelProto, got {type(model).__name__}")
-    if not os.path.isfile(model):
-        raise ValueError(f"model {os.fspath(model)!r} does not exist")
-    return onnx.load(os.fspath(model))
+    path = os.fspath(model)
+    if not os.path.isfile(path):
+        raise ValueError(f"model {path!r} does not exist")
+    return onnx.load(path, load_external_data=False), path
 
 
 def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], *,
@@ -104,14 +107,18 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], *,
         raise ValueError(f"provider {PROVIDER!r} needs ONNX Runtime's CUDAExecutionProvider, which onnxruntime "
                          f"{ort.__version__} does not have (available: {', '.join(ort.get_available_providers())}); "
                          "install onnxruntime-gpu")
-    proto = _load(model)
+    proto, path = _load(model)
     check_model(proto)
+    source: Union[str, bytes] = path if path is not None else b""
     if proto.ir_version > MAX_IR_VERSION:
         # ONNX Runtime refuses newer IR versions than it knows; the graph itself needs nothing newer.
+        proto = onnx.load(path) if path is not None else proto
         copy = onnx.ModelProto()
         copy.CopyFrom(proto)
         copy.ir_version = MAX_IR_VERSION
-        proto = copy
+        source = copy.SerializeToString()
+    elif path is None:
+        source = proto.SerializeToString()
     so = ort.SessionOptions()
     so.log_severity_level = log_severity
     so.register_custom_ops_library(lib)
@@ -122,7 +129,7 @@ def make_session(model: Union[str, os.PathLike, onnx.ModelProto, bytes], *,
         cuda["enable_cuda_graph"] = "1"
     providers = [("CUDAExecutionProvider", cuda)] if cuda_graph else [("CUDAExecutionProvider", cuda),
                                                                      "CPUExecutionProvider"]
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=providers)
+    sess = ort.InferenceSession(source, so, providers=providers)
     if "CUDAExecutionProvider" not in sess.get_providers():
         raise RuntimeError(f"ONNX Runtime could not start CUDAExecutionProvider (session providers: "
                            f"{sess.get_providers()}); check the CUDA/cuDNN libraries it needs")
