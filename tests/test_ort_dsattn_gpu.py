@@ -236,8 +236,10 @@ def test_in_place_under_io_binding(ort, dtype, seed):
         binding.bind_ortvalue_output(present, kv[past])
     binding.bind_output("context", "cuda")
     sess.run_with_iobinding(binding)
-    outs = binding.get_outputs()
-    assert outs[1].data_ptr() == kv["past_key"].data_ptr() and outs[2].data_ptr() == kv["past_value"].data_ptr()
+    # get_outputs() follows the order the outputs were bound in
+    outs = dict(zip(["present_key", "present_value", "context"], binding.get_outputs()))
+    assert outs["present_key"].data_ptr() == kv["past_key"].data_ptr()
+    assert outs["present_value"].data_ptr() == kv["past_value"].data_ptr()
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in model.graph.node[0].attribute}
     attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in attrs.items()}
     _, ref_k, ref_v = run_node("SoftmaxContext", [feeds[n] for n in ("qkv", "past_key", "past_value", "seq_lens",
@@ -317,7 +319,7 @@ def test_decode_loop_in_place(ort, dtype, seed):
             binding.bind_ortvalue_output(present, kv[past])
         binding.bind_output("context", "cuda")
         sess.run_with_iobinding(binding)
-        ctx = binding.get_outputs()[0].numpy()
+        ctx = binding.get_outputs()[2].numpy()  # bound third (outputs come back in binding order)
         ref = _run(sess, {"qkv": qkv, "past_key": host_k, "past_value": host_v, "seq_lens": lens, "start_pos": start})
         host_k, host_v = ref["present_key"], ref["present_value"]
         assert np.array_equal(_bits(ctx), _bits(ref["context"])), f"step {i}: context differs"
