@@ -18,8 +18,6 @@
 // attribute and its value. Shapes are checked when the node runs (plugins/common/op_shapes.h).
 #include <cuda_runtime.h>
 
-#include <atomic>
-#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <mutex>
