@@ -1,25 +1,31 @@
 """PyTorch side: config, reference ops, modules, converters, int8, ONNX export.
 
-Public API (DESIGN.md): AttentionConfig, DeepSpeedSelfAttention, BloomSelfAttention, KVCache,
-from_hf, quantize_int8, export_onnx. The reference ops live in ``dsattn.export.ops``.
+Public API (docs/DESIGN.md): AttentionConfig, DeepSpeedSelfAttention, BloomSelfAttention, KVCache,
+from_hf, quantize_int8, load_deepspeed_int8, export_onnx. The reference ops live in
+``dsattn.export.ops``, the op contract in ``dsattn.export.opspec``.
+
+Names are imported on first use: ``opspec`` (plain Python) must stay importable without pulling in
+torch, transformers or onnxscript, so that the lowering can read the contract cheaply.
 """
-from . import ops
-from .config import AttentionConfig
-from .modules import BloomSelfAttention, DeepSpeedSelfAttention, KVCache
-from .modules import load_deepspeed_int8, quantize_int8
+import importlib
 
 __all__ = ["AttentionConfig", "DeepSpeedSelfAttention", "BloomSelfAttention", "KVCache", "from_hf",
-           "quantize_int8", "load_deepspeed_int8", "export_onnx", "ops"]
+           "quantize_int8", "load_deepspeed_int8", "export_onnx", "ops", "opspec"]
+
+# public name -> submodule that defines it
+_HOME = {"AttentionConfig": "config", "DeepSpeedSelfAttention": "modules", "BloomSelfAttention": "modules",
+         "KVCache": "modules", "quantize_int8": "modules", "load_deepspeed_int8": "modules",
+         "from_hf": "convert", "export_onnx": "onnx_export"}
 
 
 def __getattr__(name):
-    # from_hf pulls in transformers and export_onnx onnxscript: import them only when used.
-    if name == "from_hf":
-        from .convert import from_hf
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'dsattn.export' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
 
-        return from_hf
-    if name == "export_onnx":
-        from .onnx_export import export_onnx
 
-        return export_onnx
-    raise AttributeError(f"module 'dsattn.export' has no attribute {name!r}")
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

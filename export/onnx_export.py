@@ -31,7 +31,7 @@ from onnx import TensorProto, defs, helper
 
 from dsattn.fileio import save_onnx_atomic
 
-from . import ops
+from . import opspec
 from .modules import DeepSpeedSelfAttention, KVCache
 
 __all__ = ["export_onnx", "register_onnx_schemas", "translation_table", "INPUT_NAMES", "OUTPUT_NAMES",
@@ -41,56 +41,37 @@ INPUT_NAMES = ("hidden_states", "past_key", "past_value", "seq_lens", "start_pos
 OUTPUT_NAMES = ("output", "present_key", "present_value")
 IR_VERSION = 10  # ONNX Runtime >= 1.16 and TensorRT 10/11 read IR 10; must stay <= 13
 OPSET = 18  # default ONNX opset (torchlib builds at 18)
-_COMMON = dict(plugin_version=str(ops.OP_VERSION), plugin_namespace=ops.DOMAIN)
+_COMMON = dict(opspec.PLUGIN_ATTRS)
 
 
 # ------------------------------------------------------------------------------------------------
 # ONNX op schemas
 # ------------------------------------------------------------------------------------------------
 
-def register_onnx_schemas() -> None:
-    """Register the dsattn op schemas (domain ``dsattn``, version 1) with ``onnx.defs``; idempotent."""
+def _schema(spec: opspec.OpSpec):
     OS = defs.OpSchema
     F = OS.FormalParameterOption
-    A = OS.AttrType
 
-    def inp(name, ty, optional=False):
-        return OS.FormalParameter(name, ty, "", param_option=F.Optional if optional else F.Single)
+    def param(p):
+        return OS.FormalParameter(p.name, p.type, "", param_option=F.Optional if p.optional else F.Single)
 
-    def attr(name, default):  # attribute with an OPS.md default
-        return OS.Attribute(name, helper.make_attribute(name, default), "")
+    def attribute(a: opspec.Attr):
+        if a.has_default and a.default != ():  # an empty FLOATS default has no ONNX type to carry
+            return OS.Attribute(a.name, helper.make_attribute(a.name, a.default), "")
+        return OS.Attribute(a.name, OS.AttrType(a.onnx_type), "", required=a.required)
 
-    def req(name, ty, required=True):
-        return OS.Attribute(name, ty, "", required=required)
+    attrs = [attribute(a) for a in spec.attrs]
+    attrs += [OS.Attribute(n, OS.AttrType.STRING, "", required=False) for n in opspec.PLUGIN_ATTRS]
+    return OS(spec.name, opspec.DOMAIN, opspec.OP_VERSION, spec.doc, inputs=[param(i) for i in spec.inputs],
+              outputs=[param(o) for o in spec.outputs],
+              type_constraints=[(k, list(v), "") for k, v in spec.type_constraints.items()], attributes=attrs)
 
-    floats = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
-    common = [req("plugin_version", A.STRING, False), req("plugin_namespace", A.STRING, False)]
-    schemas = [
-        OS("QKVGemm", ops.DOMAIN, ops.OP_VERSION, "dsattn QKVGemm (OPS.md §1)",
-           inputs=[inp("input", "T"), inp("weight", "W"), inp("bias", "T", True), inp("gamma", "T", True),
-                   inp("beta", "T", True), inp("weight_scale", "tensor(float)", True)],
-           outputs=[inp("qkv", "T"), inp("normed", "T", True)],
-           type_constraints=[("T", floats, ""), ("W", floats + ["tensor(int8)"], "")],
-           attributes=[attr("norm_type", 1), attr("epsilon", 1e-5), attr("quantized", 0), attr("group_size", 0),
-                       attr("emit_normed", 0)] + common),
-        OS("SoftmaxContext", ops.DOMAIN, ops.OP_VERSION, "dsattn SoftmaxContext (OPS.md §2)",
-           inputs=[inp("qkv", "T"), inp("past_key", "T"), inp("past_value", "T"), inp("seq_lens", "tensor(int32)"),
-                   inp("start_pos", "tensor(int32)", True)],
-           outputs=[inp("context", "T"), inp("present_key", "T"), inp("present_value", "T")],
-           type_constraints=[("T", floats, "")],
-           attributes=[req("num_heads", A.INT), req("num_kv_heads", A.INT, False), req("head_size", A.INT),
-                       req("scale", A.FLOAT, False), attr("qkv_layout", 0), attr("causal", 1),
-                       attr("local_window", 0), attr("rotary_dim", 0), attr("rotary_style", 0),
-                       attr("rope_theta", 10000.0), req("alibi_slopes", A.FLOATS, False)] + common),
-        OS("Int8MatMul", ops.DOMAIN, ops.OP_VERSION, "dsattn Int8MatMul (OPS.md §3)",
-           inputs=[inp("input", "T"), inp("weight", "tensor(int8)"), inp("weight_scale", "tensor(float)"),
-                   inp("bias", "T", True)],
-           outputs=[inp("output", "T")], type_constraints=[("T", floats, "")],
-           attributes=[attr("group_size", 0)] + common),
-    ]
-    for s in schemas:
-        if not defs.has(s.name, s.domain):
-            defs.register_schema(s)
+
+def register_onnx_schemas() -> None:
+    """Register the dsattn op schemas (built from ``opspec``) with ``onnx.defs``; idempotent."""
+    for spec in opspec.OPS.values():
+        if not defs.has(spec.name, opspec.DOMAIN):
+            defs.register_schema(_schema(spec))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -101,7 +82,7 @@ def _opset():
     import onnxscript
 
     register_onnx_schemas()
-    return onnxscript.values.Opset(ops.DOMAIN, ops.OP_VERSION)
+    return onnxscript.values.Opset(opspec.DOMAIN, opspec.OP_VERSION)
 
 
 def _qkv_gemm_translation(input, weight, bias, gamma, beta, weight_scale, norm_type, epsilon, quantized,
@@ -164,11 +145,15 @@ def _post_process(model: onnx.ModelProto, T: int, check_types: bool = True) -> o
     used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
     scale_inputs = set()
     for n in g.node:
-        if n.domain != ops.DOMAIN:
+        if n.domain != opspec.DOMAIN:
             continue
         keep = [a for a in n.attribute if a.name != "_outputs"]
         del n.attribute[:]
         n.attribute.extend(keep)
+        # The contract's attribute rules (int32, finite floats, ranges) hold for what is written,
+        # whatever path the values took into the trace.
+        opspec.resolve(n.op_type, opspec.node_attributes(n, f"{n.op_type} node {n.name!r}"),
+                       f"{n.op_type} node {n.name!r}")
         if n.op_type == "QKVGemm" and len(n.output) > 1 and not any(
                 a.name == "emit_normed" and a.i for a in n.attribute):
             if n.output[1] in used:
@@ -178,9 +163,9 @@ def _post_process(model: onnx.ModelProto, T: int, check_types: bool = True) -> o
             scale_inputs.add(n.input[5])
         if n.op_type == "Int8MatMul":
             scale_inputs.add(n.input[2])
-    others = [o for o in model.opset_import if o.domain != ops.DOMAIN]
+    others = [o for o in model.opset_import if o.domain != opspec.DOMAIN]
     del model.opset_import[:]
-    model.opset_import.extend(others + [helper.make_opsetid(ops.DOMAIN, ops.OP_VERSION)])
+    model.opset_import.extend(others + [helper.make_opsetid(opspec.DOMAIN, opspec.OP_VERSION)])
     model.ir_version = IR_VERSION
     if not check_types:
         return model
@@ -212,9 +197,9 @@ def _post_process(model: onnx.ModelProto, T: int, check_types: bool = True) -> o
     return model
 
 
-# Element type of an absent optional input given as a shape-[0] tensor (T: the node's float type).
-_ABSENT_TYPE = {("QKVGemm", 5): TensorProto.FLOAT, ("SoftmaxContext", 4): TensorProto.INT32,
-                ("Int8MatMul", 2): TensorProto.FLOAT}
+# Element type of an absent optional input given as a shape-[0] tensor: the input's fixed type in
+# the contract, else the node's T.
+_FIXED_TYPES = {"tensor(float)": TensorProto.FLOAT, "tensor(int32)": TensorProto.INT32}
 
 
 def _fill_absent_inputs(model: onnx.ModelProto, T: int) -> None:
@@ -228,7 +213,7 @@ def _fill_absent_inputs(model: onnx.ModelProto, T: int) -> None:
     taken = {i.name for i in g.initializer} | {i.name for i in g.input} | {o for n in g.node for o in n.output}
     made: dict[int, str] = {}
     for n in g.node:
-        if n.domain != ops.DOMAIN:
+        if n.domain != opspec.DOMAIN:
             continue
         ins = list(n.input)
         while ins and not ins[-1]:
@@ -236,7 +221,7 @@ def _fill_absent_inputs(model: onnx.ModelProto, T: int) -> None:
         for i, name in enumerate(ins):
             if name:
                 continue
-            et = _ABSENT_TYPE.get((n.op_type, i), T)
+            et = _FIXED_TYPES.get(opspec.op(n.op_type).inputs[i].type, T)
             if et not in made:
                 base = f"dsattn_absent_{helper.tensor_dtype_to_np_dtype(et).name}"
                 while base in taken:

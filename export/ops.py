@@ -15,11 +15,13 @@ hidden model width, Tmax cache capacity, N output features, K input features.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
+
+from . import opspec
+from .opspec import DOMAIN, OP_TYPES, OP_VERSION
 
 __all__ = [
     "qkv_gemm",
@@ -32,9 +34,6 @@ __all__ = [
     "OP_VERSION",
 ]
 
-DOMAIN = "dsattn"
-OP_VERSION = 1
-OP_TYPES = ("QKVGemm", "SoftmaxContext", "Int8MatMul")
 _FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -51,11 +50,6 @@ def _check_float(name: str, t: torch.Tensor, dtype: Optional[torch.dtype] = None
         raise TypeError(f"{name} has dtype {t.dtype} but the node's T is {dtype} (every T of a node is the same type)")
 
 
-def _check_flag(name: str, v: int) -> None:
-    if v not in (0, 1):
-        _fail(f"attribute {name} must be 0 or 1, got {v!r}")
-
-
 def _dequant(weight: torch.Tensor, weight_scale: torch.Tensor, group_size: int, wname: str) -> torch.Tensor:
     """int8 [N, K] and float32 [N, K/group_size] -> float32 [N, K]: scale[n, k // g] * q[n, k]."""
     if weight.dtype != torch.int8:
@@ -67,8 +61,6 @@ def _dequant(weight: torch.Tensor, weight_scale: torch.Tensor, group_size: int, 
     if weight_scale.dtype != torch.float32:
         raise TypeError(f"weight_scale must be float32, got {weight_scale.dtype}")
     n, k = weight.shape
-    if group_size < 0:
-        _fail(f"attribute group_size must be >= 0, got {group_size}")
     g = k if group_size == 0 else group_size
     if k % g != 0:
         _fail(f"attribute group_size={group_size} does not divide K={k} of {wname}")
@@ -89,12 +81,8 @@ def _qkv_gemm_impl(input, weight, bias, gamma, beta, weight_scale, norm_type, ep
     if input.dim() != 3:
         _fail(f"input must be [B, S, hidden], got shape {tuple(input.shape)}")
     hidden = input.shape[-1]
-    if norm_type not in (0, 1, 2):
-        _fail(f"attribute norm_type must be 0 (none), 1 (LayerNorm) or 2 (RMSNorm), got {norm_type!r}")
-    if not (epsilon >= 0 and math.isfinite(epsilon)):
-        _fail(f"attribute epsilon must be finite and >= 0, got {epsilon!r}")
-    _check_flag("quantized", quantized)
-    _check_flag("emit_normed", emit_normed)
+    opspec.resolve("QKVGemm", dict(norm_type=norm_type, epsilon=epsilon, quantized=quantized,
+                                   group_size=group_size, emit_normed=emit_normed))
     if quantized:
         w = _dequant(weight, weight_scale, group_size, "weight")  # [N, hidden]
         if w.shape[1] != hidden:
@@ -104,8 +92,6 @@ def _qkv_gemm_impl(input, weight, bias, gamma, beta, weight_scale, norm_type, ep
         _check_float("weight", weight, T)
         if weight_scale is not None:
             _fail("weight_scale is given but quantized=0")
-        if group_size != 0:
-            _fail(f"attribute group_size={group_size} is only meaningful with quantized=1")
         if weight.dim() != 2 or weight.shape[0] != hidden:
             _fail(f"weight must be [hidden={hidden}, N], got shape {tuple(weight.shape)}")
         w = weight.to(torch.float32)
@@ -173,18 +159,21 @@ def _(input, weight, bias, gamma, beta, weight_scale, norm_type, epsilon, quanti
     return out
 
 
-def qkv_gemm(input, weight, bias=None, gamma=None, beta=None, weight_scale=None, *, norm_type=1,
-             epsilon=1e-5, quantized=0, group_size=0, emit_normed=0):
+def qkv_gemm(input, weight, bias=None, gamma=None, beta=None, weight_scale=None, *, norm_type=None,
+             epsilon=None, quantized=None, group_size=None, emit_normed=None):
     """``dsattn::QKVGemm``: ``qkv = norm(input) @ W + bias``.
 
     input T [B, S, hidden]; weight T [hidden, N] (quantized=0) or int8 [N, hidden] (quantized=1);
     bias T [N] or None; gamma T [hidden] (norm_type 1, 2); beta T [hidden] (norm_type 1);
     weight_scale float32 [N, hidden / group_size] (quantized=1; group_size 0 = per channel).
+    Attributes left None take their OPS.md defaults (``opspec``).
     Returns qkv T [B, S, N], or (qkv, normed T [B, S, hidden]) when emit_normed=1.
     """
-    out = torch.ops.dsattn.qkv_gemm(input, weight, bias, gamma, beta, weight_scale, int(norm_type),
-                                    float(epsilon), int(quantized), int(group_size), int(emit_normed))
-    return (out[0], out[1]) if emit_normed else out[0]
+    a = opspec.resolve("QKVGemm", dict(norm_type=norm_type, epsilon=epsilon, quantized=quantized,
+                                       group_size=group_size, emit_normed=emit_normed))
+    out = torch.ops.dsattn.qkv_gemm(input, weight, bias, gamma, beta, weight_scale, a["norm_type"], a["epsilon"],
+                                    a["quantized"], a["group_size"], a["emit_normed"])
+    return (out[0], out[1]) if a["emit_normed"] else out[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -214,31 +203,12 @@ def _softmax_context_impl(qkv, past_key, past_value, seq_lens, start_pos, num_he
     T = qkv.dtype
     _check_float("past_key", past_key, T)
     _check_float("past_value", past_value, T)
+    opspec.resolve("SoftmaxContext", dict(
+        num_heads=num_heads, num_kv_heads=num_kv_heads, head_size=head_size, scale=scale, qkv_layout=qkv_layout,
+        causal=causal, local_window=local_window, rotary_dim=rotary_dim, rotary_style=rotary_style,
+        rope_theta=rope_theta, alibi_slopes=alibi_slopes))
     H, Hkv, D = num_heads, num_kv_heads, head_size
-    if not isinstance(H, int) or H <= 0:
-        _fail(f"attribute num_heads must be a positive int, got {H!r}")
-    if not isinstance(Hkv, int) or Hkv <= 0 or H % Hkv != 0:
-        _fail(f"attribute num_kv_heads must be positive and divide num_heads={H}, got {Hkv!r}")
-    if not isinstance(D, int) or D <= 0:
-        _fail(f"attribute head_size must be a positive int, got {D!r}")
-    if not math.isfinite(scale):
-        _fail(f"attribute scale must be finite, got {scale!r}")
-    if qkv_layout not in (0, 1):
-        _fail(f"attribute qkv_layout must be 0 (blocked) or 1 (per-head interleaved), got {qkv_layout!r}")
-    if qkv_layout == 1 and Hkv != H:
-        _fail(f"qkv_layout=1 requires num_kv_heads == num_heads, got num_kv_heads={Hkv}, num_heads={H}")
-    _check_flag("causal", causal)
-    if local_window < 0:
-        _fail(f"attribute local_window must be >= 0, got {local_window}")
-    if rotary_dim < 0 or rotary_dim % 2 or rotary_dim > D:
-        _fail(f"attribute rotary_dim must be even and in [0, head_size={D}], got {rotary_dim}")
-    if rotary_style not in (0, 1):
-        _fail(f"attribute rotary_style must be 0 (rotate_half) or 1 (rotate_every_two), got {rotary_style!r}")
-    if rotary_dim and not (rope_theta > 0 and math.isfinite(rope_theta)):
-        _fail(f"attribute rope_theta must be finite and > 0, got {rope_theta!r}")
-    slopes = list(alibi_slopes or [])
-    if slopes and len(slopes) != H:
-        _fail(f"attribute alibi_slopes must have num_heads={H} values, got {len(slopes)}")
+    slopes = list(alibi_slopes)
     if qkv.dim() != 3 or qkv.shape[-1] != (H + 2 * Hkv) * D:
         _fail(f"qkv must be [B, S, (H + 2*Hkv)*D = {(H + 2 * Hkv) * D}], got shape {tuple(qkv.shape)}")
     B, S, _ = qkv.shape
@@ -347,8 +317,8 @@ def _(qkv, past_key, past_value, seq_lens, start_pos, num_heads, num_kv_heads, h
 
 
 def softmax_context(qkv, past_key, past_value, seq_lens, start_pos=None, *, num_heads, head_size,
-                    num_kv_heads=None, scale=None, qkv_layout=0, causal=1, local_window=0,
-                    rotary_dim=0, rotary_style=0, rope_theta=10000.0, alibi_slopes=(),
+                    num_kv_heads=None, scale=None, qkv_layout=None, causal=None, local_window=None,
+                    rotary_dim=None, rotary_style=None, rope_theta=None, alibi_slopes=None,
                     inplace=False):
     """``dsattn::SoftmaxContext``: split QKV, rotary, append to the KV cache, attention.
 
@@ -356,17 +326,17 @@ def softmax_context(qkv, past_key, past_value, seq_lens, start_pos=None, *, num_
     (tokens already cached); start_pos int32 [B] or None (first valid key, left padding).
     Returns (context T [B, S, H*D], present_key, present_value T [B, Hkv, Tmax, D]); the presents
     are new tensors (past with the new rows written) unless ``inplace=True``, which writes into
-    past_key/past_value and returns them. Defaults follow OPS.md (num_kv_heads = num_heads,
-    scale = 1/sqrt(head_size)).
+    past_key/past_value and returns them. Attributes left None take their OPS.md defaults or
+    derived values (``opspec``: num_kv_heads = num_heads, scale = 1/sqrt(head_size)).
     """
-    if num_kv_heads is None:
-        num_kv_heads = num_heads
-    if scale is None:
-        scale = 1.0 / math.sqrt(head_size)
+    a = opspec.resolve("SoftmaxContext", dict(
+        num_heads=num_heads, num_kv_heads=num_kv_heads, head_size=head_size, scale=scale, qkv_layout=qkv_layout,
+        causal=causal, local_window=local_window, rotary_dim=rotary_dim, rotary_style=rotary_style,
+        rope_theta=rope_theta, alibi_slopes=alibi_slopes))
     ctx, pk, pv = torch.ops.dsattn.softmax_context(
-        qkv, past_key, past_value, seq_lens, start_pos, int(num_heads), int(num_kv_heads),
-        int(head_size), float(scale), int(qkv_layout), int(causal), int(local_window),
-        int(rotary_dim), int(rotary_style), float(rope_theta), [float(s) for s in alibi_slopes])
+        qkv, past_key, past_value, seq_lens, start_pos, a["num_heads"], a["num_kv_heads"], a["head_size"],
+        a["scale"], a["qkv_layout"], a["causal"], a["local_window"], a["rotary_dim"], a["rotary_style"],
+        a["rope_theta"], list(a["alibi_slopes"]))
     if inplace:
         past_key.copy_(pk)
         past_value.copy_(pv)
@@ -383,6 +353,7 @@ def _int8_matmul_impl(input, weight, weight_scale, bias, group_size):
     T = input.dtype
     if input.dim() < 1:
         _fail("input must have at least one dimension [..., K]")
+    opspec.resolve("Int8MatMul", dict(group_size=group_size))
     w = _dequant(weight, weight_scale, group_size, "weight")  # [N, K]
     if w.shape[1] != input.shape[-1]:
         _fail(f"weight is [N, K={w.shape[1]}] but input has K={input.shape[-1]} (shape {tuple(input.shape)})")
@@ -411,34 +382,19 @@ def _(input, weight, weight_scale, bias, group_size):
     return input.new_empty((*input.shape[:-1], weight.shape[0]))
 
 
-def int8_matmul(input, weight, weight_scale, bias=None, *, group_size=0):
+def int8_matmul(input, weight, weight_scale, bias=None, *, group_size=None):
     """``dsattn::Int8MatMul``: ``y = input @ dequant(weight)^T + bias``.
 
-    input T [..., K]; weight int8 [N, K]; weight_scale float32 [N, K / group_size] (group_size 0 =
-    per output channel); bias T [N] or None. Returns T [..., N].
+    input T [..., K]; weight int8 [N, K]; weight_scale float32 [N, K / group_size] (group_size 0 or
+    None = per output channel); bias T [N] or None. Returns T [..., N].
     """
-    return torch.ops.dsattn.int8_matmul(input, weight, weight_scale, bias, int(group_size))
+    a = opspec.resolve("Int8MatMul", dict(group_size=group_size))
+    return torch.ops.dsattn.int8_matmul(input, weight, weight_scale, bias, a["group_size"])
 
 
 # ------------------------------------------------------------------------------------------------
 # numpy oracle and ONNX reference evaluator
 # ------------------------------------------------------------------------------------------------
-
-_ATTR_DEFAULTS: dict[str, dict[str, Any]] = {
-    "QKVGemm": dict(norm_type=1, epsilon=1e-5, quantized=0, group_size=0, emit_normed=0),
-    "SoftmaxContext": dict(num_heads=None, num_kv_heads=None, head_size=None, scale=None,
-                           qkv_layout=0, causal=1, local_window=0, rotary_dim=0, rotary_style=0,
-                           rope_theta=10000.0, alibi_slopes=()),
-    "Int8MatMul": dict(group_size=0),
-}
-_INPUT_NAMES = {
-    "QKVGemm": ("input", "weight", "bias", "gamma", "beta", "weight_scale"),
-    "SoftmaxContext": ("qkv", "past_key", "past_value", "seq_lens", "start_pos"),
-    "Int8MatMul": ("input", "weight", "weight_scale", "bias"),
-}
-_REQUIRED_INPUTS = {"QKVGemm": 2, "SoftmaxContext": 4, "Int8MatMul": 3}
-_IGNORED_ATTRS = ("plugin_version", "plugin_namespace")
-
 
 def _np_to_torch(name: str, a: np.ndarray) -> torch.Tensor:
     if not isinstance(a, np.ndarray):
@@ -468,46 +424,28 @@ def run_node(op_type: str, inputs: Sequence[Optional[np.ndarray]], attrs: Mappin
     (qkv,) or (qkv, normed) for QKVGemm, (context, present_key, present_value) for
     SoftmaxContext, (output,) for Int8MatMul. Inputs are never modified.
     """
-    if op_type not in _ATTR_DEFAULTS:
-        _fail(f"op_type must be one of {OP_TYPES}, got {op_type!r}")
-    names = _INPUT_NAMES[op_type]
+    spec = opspec.op(op_type)
+    names = spec.input_names
     inputs = list(inputs)
     if len(inputs) > len(names):
         _fail(f"{op_type} takes at most {len(names)} inputs {names}, got {len(inputs)}")
-    for i in range(_REQUIRED_INPUTS[op_type]):
+    for i in range(spec.n_required_inputs):
         if i >= len(inputs) or inputs[i] is None:
             _fail(f"{op_type}: required input {i} '{names[i]}' is missing")
     inputs += [None] * (len(names) - len(inputs))
     # A shape-[0] tensor in an optional slot is absent (OPS.md: how an absent input that precedes a
     # present one is written).
-    inputs = [None if i >= _REQUIRED_INPUTS[op_type] and a is not None and np.shape(a) == (0,) else a
-              for i, a in enumerate(inputs)]
-    t = [None if a is None else _np_to_torch(n, a) for n, a in zip(names, inputs)]
-    a = dict(_ATTR_DEFAULTS[op_type])
-    for k, v in attrs.items():
-        if k in _IGNORED_ATTRS:
-            continue
-        if k not in a:
-            _fail(f"{op_type}: unknown attribute {k!r} (known: {sorted(a)})")
-        a[k] = v
+    inputs = [None if i >= spec.n_required_inputs and x is not None and np.shape(x) == (0,) else x
+              for i, x in enumerate(inputs)]
+    a = opspec.resolve(op_type, attrs)
+    t = [None if x is None else _np_to_torch(n, x) for n, x in zip(names, inputs)]
     if op_type == "QKVGemm":
-        out = qkv_gemm(*t, **{k: (float(v) if k == "epsilon" else int(v)) for k, v in a.items()})
+        out = qkv_gemm(*t, **a)
         out = out if isinstance(out, tuple) else (out,)
     elif op_type == "Int8MatMul":
-        out = (int8_matmul(*t, group_size=int(a["group_size"])),)
+        out = (int8_matmul(*t, **a),)
     else:
-        for req in ("num_heads", "head_size"):
-            if a[req] is None:
-                _fail(f"SoftmaxContext: attribute {req} is required")
-        slopes = a["alibi_slopes"]
-        slopes = [] if slopes is None else [float(s) for s in np.asarray(slopes, dtype=np.float64).reshape(-1)]
-        out = softmax_context(
-            *t, num_heads=int(a["num_heads"]), head_size=int(a["head_size"]),
-            num_kv_heads=None if a["num_kv_heads"] is None else int(a["num_kv_heads"]),
-            scale=None if a["scale"] is None else float(a["scale"]), qkv_layout=int(a["qkv_layout"]),
-            causal=int(a["causal"]), local_window=int(a["local_window"]),
-            rotary_dim=int(a["rotary_dim"]), rotary_style=int(a["rotary_style"]),
-            rope_theta=float(a["rope_theta"]), alibi_slopes=slopes)
+        out = softmax_context(*t, **a)
     return tuple(_torch_to_np(o) for o in out)
 
 

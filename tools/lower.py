@@ -57,8 +57,8 @@ here). Statically known shapes and element types are checked here too; dynamic o
 """
 from __future__ import annotations
 
-import math
 import warnings
+from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
@@ -66,11 +66,13 @@ import onnx
 import onnx.inliner
 from onnx import TensorProto, helper, numpy_helper
 
+from dsattn.export import opspec
+
 __all__ = ["lower_for_ort", "DSATTN_DOMAIN", "DSATTN_OP_TYPES", "MAX_IR_VERSION", "GUARD_SUFFIX"]
 
-DSATTN_DOMAIN = "dsattn"
-DSATTN_OP_VERSION = 1
-DSATTN_OP_TYPES = ("QKVGemm", "SoftmaxContext", "Int8MatMul")
+DSATTN_DOMAIN = opspec.DOMAIN
+DSATTN_OP_VERSION = opspec.OP_VERSION
+DSATTN_OP_TYPES = opspec.OP_TYPES
 # ONNX Runtime 1.31 loads IR version <= 13; onnx 1.23 writes 14 by default (DEVICE.md).
 MAX_IR_VERSION = 13
 # Lowest default-domain opset the emitted subgraphs are valid for (LayerNormalization is 17).
@@ -79,41 +81,6 @@ MIN_OPSET = 17
 GUARD_SUFFIX = "ERROR_kv_cache_overflow_or_bad_seq_lens_start_pos"
 
 _FLOAT_T = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
-
-# Attribute tables (OPS.md): name -> (ONNX attribute type, default). None default = required.
-_ATTRS: dict[str, dict[str, tuple[int, Any]]] = {
-    "QKVGemm": {
-        "norm_type": (onnx.AttributeProto.INT, 1),
-        "epsilon": (onnx.AttributeProto.FLOAT, 1e-5),
-        "quantized": (onnx.AttributeProto.INT, 0),
-        "group_size": (onnx.AttributeProto.INT, 0),
-        "emit_normed": (onnx.AttributeProto.INT, 0),
-    },
-    "SoftmaxContext": {
-        "num_heads": (onnx.AttributeProto.INT, None),
-        "num_kv_heads": (onnx.AttributeProto.INT, -1),  # -1: = num_heads
-        "head_size": (onnx.AttributeProto.INT, None),
-        "scale": (onnx.AttributeProto.FLOAT, float("nan")),  # nan: 1/sqrt(head_size)
-        "qkv_layout": (onnx.AttributeProto.INT, 0),
-        "causal": (onnx.AttributeProto.INT, 1),
-        "local_window": (onnx.AttributeProto.INT, 0),
-        "rotary_dim": (onnx.AttributeProto.INT, 0),
-        "rotary_style": (onnx.AttributeProto.INT, 0),
-        "rope_theta": (onnx.AttributeProto.FLOAT, 10000.0),
-        "alibi_slopes": (onnx.AttributeProto.FLOATS, ()),
-    },
-    "Int8MatMul": {
-        "group_size": (onnx.AttributeProto.INT, 0),
-    },
-}
-_COMMON_ATTRS = {"plugin_version": "1", "plugin_namespace": DSATTN_DOMAIN}
-_INPUTS = {
-    "QKVGemm": ("input", "weight", "bias", "gamma", "beta", "weight_scale"),
-    "SoftmaxContext": ("qkv", "past_key", "past_value", "seq_lens", "start_pos"),
-    "Int8MatMul": ("input", "weight", "weight_scale", "bias"),
-}
-_REQUIRED_INPUTS = {"QKVGemm": 2, "SoftmaxContext": 4, "Int8MatMul": 3}
-
 
 def _node_label(node: onnx.NodeProto) -> str:
     return f"{node.domain}::{node.op_type} node {node.name or '<unnamed>'!r}"
@@ -227,53 +194,26 @@ class _Emitter:
 # ------------------------------------------------------------------------------------------------
 
 def _parse_attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    """Every attribute of the node resolved by the op contract (defaults and derived values filled
+    in, kinds, int32, ranges and cross-attribute rules checked); errors name the node."""
     label = _node_label(node)
-    table = _ATTRS[node.op_type]
-    values = {k: v for k, (_, v) in table.items()}
-    for attr in node.attribute:
-        if attr.name in _COMMON_ATTRS:
-            if attr.type != onnx.AttributeProto.STRING:
-                raise ValueError(f"{label}: attribute {attr.name} must be a STRING, got type "
-                                 f"{onnx.AttributeProto.AttributeType.Name(attr.type)}")
-            got = attr.s.decode("utf-8", "replace")
-            if got != _COMMON_ATTRS[attr.name]:
-                what = "version" if attr.name == "plugin_version" else "namespace"
-                raise ValueError(f"{label}: unsupported {attr.name}={got!r}; this lowering implements "
-                                 f"{what} {_COMMON_ATTRS[attr.name]!r} of OPS.md")
-            continue
-        if attr.name not in table:
-            raise ValueError(f"{label}: unknown attribute {attr.name!r} (known: "
-                             f"{sorted(list(table) + list(_COMMON_ATTRS))})")
-        want = table[attr.name][0]
-        if attr.type != want:
-            raise ValueError(f"{label}: attribute {attr.name} must be "
-                             f"{onnx.AttributeProto.AttributeType.Name(want)}, got "
-                             f"{onnx.AttributeProto.AttributeType.Name(attr.type)}")
-        values[attr.name] = helper.get_attribute_value(attr)
-    for k, v in values.items():
-        if v is None:
-            raise ValueError(f"{label}: required attribute {k} is missing")
-    return values
+    return opspec.resolve(node.op_type, opspec.node_attributes(node, label), label)
 
 
 def _inputs(node: onnx.NodeProto, ti: Optional["_TypeInfo"] = None) -> list[Optional[str]]:
-    names = _INPUTS[node.op_type]
+    spec = opspec.op(node.op_type)
+    names = spec.input_names
     if len(node.input) > len(names):
         raise ValueError(f"{_node_label(node)} has {len(node.input)} inputs; {node.op_type} takes at most "
                          f"{len(names)} {names}")
     ins: list[Optional[str]] = [x if x else None for x in node.input] + [None] * (len(names) - len(node.input))
     if ti is not None:  # a shape-[0] tensor in an optional slot is absent (OPS.md)
-        ins = [None if i >= _REQUIRED_INPUTS[node.op_type] and x is not None and ti.dims(x) == (0,) else x
+        ins = [None if i >= spec.n_required_inputs and x is not None and ti.dims(x) == (0,) else x
                for i, x in enumerate(ins)]
-    for i in range(_REQUIRED_INPUTS[node.op_type]):
+    for i in range(spec.n_required_inputs):
         if ins[i] is None:
             raise ValueError(f"{_node_label(node)}: required input {i} {names[i]!r} is missing")
     return ins
-
-
-def _flag(node: onnx.NodeProto, name: str, v: int) -> None:
-    if v not in (0, 1):
-        raise ValueError(f"{_node_label(node)}: attribute {name} must be 0 or 1, got {v}")
 
 
 def _check_elem(node, ti: _TypeInfo, name: Optional[str], role: str, allowed: Iterable[int],
@@ -322,8 +262,6 @@ def _dequant_t(e: _Emitter, node, ti: _TypeInfo, weight: str, scale: Optional[st
         raise ValueError(f"{label}: input weight_scale is required for an int8 weight")
     _check_elem(node, ti, weight, "weight", (TensorProto.INT8,))
     _check_elem(node, ti, scale, "weight_scale", (TensorProto.FLOAT,))
-    if group_size < 0:
-        raise ValueError(f"{label}: attribute group_size must be >= 0, got {group_size}")
     n, k = _static(ti, weight, 0), _static(ti, weight, 1)
     wdims, sdims = ti.dims(weight), ti.dims(scale)
     if wdims is not None and len(wdims) != 2:
@@ -352,13 +290,6 @@ def _lower_qkv_gemm(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) -> None
     label = _node_label(node)
     x, weight, bias, gamma, beta, scale = _inputs(node, ti)
     norm_type, eps = a["norm_type"], a["epsilon"]
-    if norm_type not in (0, 1, 2):
-        raise ValueError(f"{label}: attribute norm_type must be 0 (none), 1 (LayerNorm) or 2 (RMSNorm), "
-                         f"got {norm_type}")
-    if not (eps >= 0 and math.isfinite(eps)):
-        raise ValueError(f"{label}: attribute epsilon must be finite and >= 0, got {eps}")
-    _flag(node, "quantized", a["quantized"])
-    _flag(node, "emit_normed", a["emit_normed"])
     if norm_type != 0 and gamma is None:
         raise ValueError(f"{label}: input gamma is required when norm_type={norm_type}")
     if norm_type == 1 and beta is None:
@@ -367,11 +298,8 @@ def _lower_qkv_gemm(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) -> None
         raise ValueError(f"{label}: input beta must be absent when norm_type=2 (RMSNorm has no bias)")
     if norm_type == 0 and (gamma is not None or beta is not None):
         raise ValueError(f"{label}: inputs gamma/beta must be absent when norm_type=0")
-    if not a["quantized"]:
-        if scale is not None:
-            raise ValueError(f"{label}: input weight_scale is given but quantized=0")
-        if a["group_size"] != 0:
-            raise ValueError(f"{label}: attribute group_size={a['group_size']} is only meaningful with quantized=1")
+    if not a["quantized"] and scale is not None:
+        raise ValueError(f"{label}: input weight_scale is given but quantized=0")
     n_out = 2 if a["emit_normed"] else 1
     outs = list(node.output)
     if len(outs) > n_out:
@@ -462,44 +390,28 @@ def _rotary(e: _Emitter, x: str, cos: str, sin: str, rotary_dim: int, head_size:
     return out
 
 
-def _lower_softmax_context(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) -> None:
+@dataclass
+class _Lengths:
+    """The guarded per-row lengths of one SoftmaxContext node and the sizes they derive from (all
+    ONNX value names). Everything downstream reads seq_lens / start_pos through the guard."""
+
+    B: str  # [1]
+    S: str  # [1]
+    Tmax: str  # [1]
+    zero: str  # int64 scalar 0
+    one: str  # int64 scalar 1
+    start: str  # [B] start_pos (0 when absent), checked
+    pos: str  # [B, S] absolute positions p = seq_lens[b] + i
+    end: str  # [B] seq_lens + S, the exclusive end of the valid keys
+
+
+def _sc_check(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) -> list[Optional[str]]:
+    """Static checks of a SoftmaxContext node (outputs, element types, known dims); sets T."""
     label = _node_label(node)
-    qkv, past_k, past_v, seq_lens, start_pos = _inputs(node, ti)
+    qkv, past_k, past_v, seq_lens, start_pos = ins = _inputs(node, ti)
     if len(node.output) > 3:
         raise ValueError(f"{label}: has {len(node.output)} outputs, SoftmaxContext has 3")
-    H, D = a["num_heads"], a["head_size"]
-    Hkv = H if a["num_kv_heads"] == -1 else a["num_kv_heads"]
-    scale = 1.0 / math.sqrt(D) if (D > 0 and math.isnan(a["scale"])) else a["scale"]
-    rd, style, theta, W = a["rotary_dim"], a["rotary_style"], a["rope_theta"], a["local_window"]
-    slopes = [float(s) for s in a["alibi_slopes"]]
-    if H <= 0:
-        raise ValueError(f"{label}: attribute num_heads must be positive, got {H}")
-    if Hkv <= 0 or H % Hkv:
-        raise ValueError(f"{label}: attribute num_kv_heads must be positive and divide num_heads={H}, got {Hkv}")
-    if D <= 0:
-        raise ValueError(f"{label}: attribute head_size must be positive, got {D}")
-    if not math.isfinite(scale):
-        raise ValueError(f"{label}: attribute scale must be finite, got {scale}")
-    if a["qkv_layout"] not in (0, 1):
-        raise ValueError(f"{label}: attribute qkv_layout must be 0 (blocked) or 1 (per-head interleaved), "
-                         f"got {a['qkv_layout']}")
-    if a["qkv_layout"] == 1 and Hkv != H:
-        raise ValueError(f"{label}: qkv_layout=1 requires num_kv_heads == num_heads, got num_kv_heads={Hkv}, "
-                         f"num_heads={H}")
-    _flag(node, "causal", a["causal"])
-    if W < 0:
-        raise ValueError(f"{label}: attribute local_window must be >= 0, got {W}")
-    if rd < 0 or rd % 2 or rd > D:
-        raise ValueError(f"{label}: attribute rotary_dim must be even and in [0, head_size={D}], got {rd}")
-    if style not in (0, 1):
-        raise ValueError(f"{label}: attribute rotary_style must be 0 (rotate_half) or 1 (rotate_every_two), "
-                         f"got {style}")
-    if rd and not (theta > 0 and math.isfinite(theta)):
-        raise ValueError(f"{label}: attribute rope_theta must be finite and > 0, got {theta}")
-    if slopes and len(slopes) != H:
-        raise ValueError(f"{label}: attribute alibi_slopes must have num_heads={H} values, got {len(slopes)}")
-    if slopes and not all(math.isfinite(s) for s in slopes):
-        raise ValueError(f"{label}: attribute alibi_slopes must be finite, got {slopes}")
+    H, Hkv, D = a["num_heads"], a["num_kv_heads"], a["head_size"]
     e.t_elem = _node_t(node, ti, [(qkv, "qkv"), (past_k, "past_key"), (past_v, "past_value")])
     _check_elem(node, ti, seq_lens, "seq_lens", (TensorProto.INT32,))
     _check_elem(node, ti, start_pos, "start_pos", (TensorProto.INT32,))
@@ -510,13 +422,16 @@ def _lower_softmax_context(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) 
         pd = ti.dims(name)
         if pd is not None and (len(pd) != 4 or (pd[1] and pd[1] != Hkv) or (pd[3] and pd[3] != D)):
             raise ValueError(f"{label}: {role} must be [B, Hkv={Hkv}, Tmax, D={D}], got shape {list(pd)}")
-    G = H // Hkv
-    outs = list(node.output) + [""] * (3 - len(node.output))
+    return ins
 
-    # ---- shapes, lengths and the guard (see module docstring) ----
-    B = e.op("Shape", [qkv], "B", start=0, end=1)  # [1]
-    S = e.op("Shape", [qkv], "S", start=1, end=2)  # [1]
-    Tmax = e.op("Shape", [past_k], "Tmax", start=2, end=3)  # [1]
+
+def _sc_lengths(e: _Emitter, qkv: str, past_k: str, past_v: str, seq_lens: str, start_pos: Optional[str],
+                a: dict[str, Any]) -> _Lengths:
+    """Sizes, the guard that fails the run on bad lengths (module docstring), and the positions."""
+    Hkv, D = a["num_kv_heads"], a["head_size"]
+    B = e.op("Shape", [qkv], "B", start=0, end=1)
+    S = e.op("Shape", [qkv], "S", start=1, end=2)
+    Tmax = e.op("Shape", [past_k], "Tmax", start=2, end=3)
     zero, one = e.i64(0, "zero"), e.i64(1, "one")
     lens_in = e.op("Cast", [seq_lens], "seq_lens_i64", to=TensorProto.INT64)  # [B]
     if start_pos is not None:
@@ -544,42 +459,48 @@ def _lower_softmax_context(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) 
                                    to=TensorProto.FLOAT), [0], 0, "n_bad_sizes")], "n_bad")
     guard_shape = e.op("Where", [e.op("Equal", [n_bad, e.f32(0.0, "f_zero")], "all_ok"), e.i64([-1], "minus_one"),
                                  e.i64([-2], "invalid_dim")], "guard_shape")
-    # Everything downstream (positions, masks, the cache write) reads lens/start through the guard.
     lens = e.op("Reshape", [lens_in, guard_shape], "seq_lens_checked", node_name=e.fresh(GUARD_SUFFIX))
     start = e.op("Reshape", [start_in, guard_shape], "start_pos_checked", node_name=e.fresh(GUARD_SUFFIX))
-    S0 = e.op("Squeeze", [S], "S_scalar")
-    arange_s = e.op("Range", [zero, S0, one], "arange_S")  # [S]
-    pos = e.op("Add", [e.unsqueeze(lens, [1], "lens_b1"), e.unsqueeze(arange_s, [0], "arange_1s")],
-               "pos")  # [B, S] absolute positions p = seq_lens[b] + i
-    end = e.op("Add", [lens, S], "lens_end")  # [B] seq_lens + S (exclusive end of valid keys)
+    arange_s = e.op("Range", [zero, e.op("Squeeze", [S], "S_scalar"), one], "arange_S")  # [S]
+    pos = e.op("Add", [e.unsqueeze(lens, [1], "lens_b1"), e.unsqueeze(arange_s, [0], "arange_1s")], "pos")
+    end = e.op("Add", [lens, S], "lens_end")
+    return _Lengths(B, S, Tmax, zero, one, start, pos, end)
 
-    # ---- split the fused QKV (fp32) ----
+
+def _sc_split(e: _Emitter, qkv: str, a: dict[str, Any]) -> tuple[str, str, str]:
+    """Fused QKV (cast to fp32) -> q [B, H, S, D], k, v [B, Hkv, S, D] by qkv_layout."""
+    H, Hkv, D = a["num_heads"], a["num_kv_heads"], a["head_size"]
     x = e.to_f32(qkv, "qkv_f32")
     if a["qkv_layout"] == 0:  # [Q(H*D) | K(Hkv*D) | V(Hkv*D)]
         q, k, v = e.split(e.reshape(x, [0, 0, H + 2 * Hkv, D], "qkv_heads"), [H, Hkv, Hkv], 2, "qkv_split")
     else:  # per head [q_h | k_h | v_h]
         q, k, v = e.split(e.reshape(x, [0, 0, H, 3 * D], "qkv_heads"), [D, D, D], 3, "qkv_split")
-    q = e.op("Transpose", [q], "q", perm=[0, 2, 1, 3])  # [B, H, S, D]
-    k = e.op("Transpose", [k], "k_new", perm=[0, 2, 1, 3])  # [B, Hkv, S, D]
-    v = e.op("Transpose", [v], "v_new", perm=[0, 2, 1, 3])
+    return (e.op("Transpose", [q], "q", perm=[0, 2, 1, 3]), e.op("Transpose", [k], "k_new", perm=[0, 2, 1, 3]),
+            e.op("Transpose", [v], "v_new", perm=[0, 2, 1, 3]))
 
-    if rd:
-        # positions relative to start_pos, in fp32 like the reference; inv_freq as torch computes it
-        inv_freq = _inv_freq(theta, rd)
-        rel = e.op("Cast", [e.op("Sub", [pos, e.unsqueeze(start, [1], "start_b1")], "rope_pos_i64")],
-                   "rope_pos", to=TensorProto.FLOAT)  # [B, S]
-        ang = e.op("Mul", [e.unsqueeze(rel, [1, 3], "rope_pos_b1s1"),
-                           e.f32(inv_freq.astype(np.float32).reshape(1, 1, 1, -1), "inv_freq")], "rope_angle")
-        cos, sin = e.op("Cos", [ang], "rope_cos"), e.op("Sin", [ang], "rope_sin")  # [B, 1, S, rd/2]
-        q = _rotary(e, q, cos, sin, rd, D, style, "q")
-        k = _rotary(e, k, cos, sin, rd, D, style, "k")
 
-    # ---- cache write at (b, h, seq_lens[b] + i) ----
-    idx_shape = e.op("Concat", [B, e.i64([Hkv], "Hkv_1d"), S, e.i64([1], "one_1d")], "idx_shape", axis=0)
-    b_idx = e.reshape(e.op("Range", [zero, e.op("Squeeze", [B], "B_scalar"), one], "arange_B"),
+def _sc_rotate(e: _Emitter, q: str, k: str, L: _Lengths, a: dict[str, Any]) -> tuple[str, str]:
+    """Rotary on q and k at positions relative to start_pos (fp32, like the reference)."""
+    rd, D = a["rotary_dim"], a["head_size"]
+    rel = e.op("Cast", [e.op("Sub", [L.pos, e.unsqueeze(L.start, [1], "start_b1")], "rope_pos_i64")],
+               "rope_pos", to=TensorProto.FLOAT)  # [B, S]
+    ang = e.op("Mul", [e.unsqueeze(rel, [1, 3], "rope_pos_b1s1"),
+                       e.f32(_inv_freq(a["rope_theta"], rd).astype(np.float32).reshape(1, 1, 1, -1), "inv_freq")],
+               "rope_angle")
+    cos, sin = e.op("Cos", [ang], "rope_cos"), e.op("Sin", [ang], "rope_sin")  # [B, 1, S, rd/2]
+    return (_rotary(e, q, cos, sin, rd, D, a["rotary_style"], "q"),
+            _rotary(e, k, cos, sin, rd, D, a["rotary_style"], "k"))
+
+
+def _sc_write_cache(e: _Emitter, past_k: str, past_v: str, k: str, v: str, L: _Lengths, a: dict[str, Any],
+                    outs: list[str]) -> tuple[str, str]:
+    """ScatterND of the new keys and values (rounded to T) at (b, h, seq_lens[b] + i)."""
+    Hkv = a["num_kv_heads"]
+    idx_shape = e.op("Concat", [L.B, e.i64([Hkv], "Hkv_1d"), L.S, e.i64([1], "one_1d")], "idx_shape", axis=0)
+    b_idx = e.reshape(e.op("Range", [L.zero, e.op("Squeeze", [L.B], "B_scalar"), L.one], "arange_B"),
                       [-1, 1, 1, 1], "b_idx")
     h_idx = e.i64(np.arange(Hkv).reshape(1, Hkv, 1, 1), "h_idx")
-    t_idx = e.unsqueeze(pos, [1, 3], "t_idx")  # [B, 1, S, 1]
+    t_idx = e.unsqueeze(L.pos, [1, 3], "t_idx")  # [B, 1, S, 1]
     idx = e.op("Concat", [e.op("Expand", [b_idx, idx_shape], "b_idx_full"),
                           e.op("Expand", [h_idx, idx_shape], "h_idx_full"),
                           e.op("Expand", [t_idx, idx_shape], "t_idx_full")], "kv_idx", axis=3)
@@ -587,22 +508,32 @@ def _lower_softmax_context(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) 
                      outputs=[outs[1]] if outs[1] else None)
     present_v = e.op("ScatterND", [past_v, idx, e.to_t(v, "v_new_t")], "present_value",
                      outputs=[outs[2]] if outs[2] else None)
+    return present_k, present_v
 
-    # ---- masks over the whole cache: key j of row b, query i ----
-    j = e.op("Range", [zero, e.op("Squeeze", [Tmax], "Tmax_scalar"), one], "arange_T")  # [Tmax]
-    start_b = e.unsqueeze(start, [1, 2, 3], "start_b111")  # [B, 1, 1, 1]
+
+def _sc_masks(e: _Emitter, L: _Lengths, a: dict[str, Any]) -> tuple[str, str, str, str]:
+    """Over the whole cache, key j of row b and query i: (kv_valid [B,1,1,Tmax]: start_pos <= j <
+    seq_lens + S; mask [B,1,S,Tmax]: also causal and local window; j; start_pos as [B,1,1,1])."""
+    j = e.op("Range", [L.zero, e.op("Squeeze", [L.Tmax], "Tmax_scalar"), L.one], "arange_T")  # [Tmax]
+    start_b = e.unsqueeze(L.start, [1, 2, 3], "start_b111")
     kv_ok = e.op("And", [e.op("GreaterOrEqual", [j, start_b], "j_ge_start"),
-                         e.op("Less", [j, e.unsqueeze(end, [1, 2, 3], "end_b111")], "j_lt_end")],
-                 "kv_valid")  # [B, 1, 1, Tmax]
+                         e.op("Less", [j, e.unsqueeze(L.end, [1, 2, 3], "end_b111")], "j_lt_end")], "kv_valid")
     mask = kv_ok
-    p4 = e.unsqueeze(pos, [1, 3], "pos_b1s1")  # [B, 1, S, 1]
+    p4 = e.unsqueeze(L.pos, [1, 3], "pos_b1s1")  # [B, 1, S, 1]
     if a["causal"]:
         mask = e.op("And", [mask, e.op("LessOrEqual", [j, p4], "j_le_p")], "causal_mask")
-    if W:
-        lo = e.op("Sub", [p4, e.i64(W, "window")], "window_lo")
+    if a["local_window"]:
+        lo = e.op("Sub", [p4, e.i64(a["local_window"], "window")], "window_lo")
         mask = e.op("And", [mask, e.op("Greater", [j, lo], "j_gt_lo")], "window_mask")
+    return kv_ok, mask, j, start_b
 
-    # ---- attention in fp32 over the written cache (GQA by reshape) ----
+
+def _sc_attention(e: _Emitter, q: str, present_k: str, present_v: str, kv_ok: str, mask: str, j: str,
+                  start_b: str, a: dict[str, Any], out: str) -> None:
+    """softmax(scale * q.K^T + alibi, masked) . V in fp32 over the written cache (GQA by reshape,
+    no copy of K/V) -> context [B, S, H*D] in T."""
+    H, Hkv, D = a["num_heads"], a["num_kv_heads"], a["head_size"]
+    G = H // Hkv
     keys = e.to_f32(present_k, "keys_f32")  # [B, Hkv, Tmax, D]
     # Cache rows outside [start_pos, seq_lens+S) may hold anything (even NaN); zero them so that
     # probability 0 x garbage cannot poison the context.
@@ -611,13 +542,12 @@ def _lower_softmax_context(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) 
     qg = e.reshape(q, [0, Hkv, -1, D], "q_groups")  # [B, Hkv, G*S, D]; head h = kv*G + g
     scores = e.op("MatMul", [qg, e.op("Transpose", [keys], "keys_t", perm=[0, 1, 3, 2])], "qk")
     scores = e.reshape(scores, [0, H, -1, 0], "qk_heads") if G > 1 else scores  # [B, H, S, Tmax]
-    scores = e.op("Mul", [scores, e.f32(scale, "scale")], "logits")
-    if slopes:
+    scores = e.op("Mul", [scores, e.f32(a["scale"], "scale")], "logits")
+    if a["alibi_slopes"]:
         rel_j = e.op("Cast", [e.op("Sub", [j, start_b], "j_minus_start")], "alibi_dist",
                      to=TensorProto.FLOAT)  # [B, 1, 1, Tmax]
-        alibi = e.op("Mul", [rel_j, e.f32(np.asarray(slopes, np.float32).reshape(1, H, 1, 1), "alibi_slopes")],
-                     "alibi")
-        scores = e.op("Add", [scores, alibi], "logits_alibi")
+        slopes = np.asarray(a["alibi_slopes"], np.float32).reshape(1, H, 1, 1)
+        scores = e.op("Add", [scores, e.op("Mul", [rel_j, e.f32(slopes, "alibi_slopes")], "alibi")], "logits_alibi")
     lowest = e.f32(np.finfo(np.float32).min, "lowest")
     masked = e.op("Where", [mask, scores, lowest], "logits_masked")
     m = e.reduce("ReduceMax", masked, [3], 1, "row_max")
@@ -631,7 +561,19 @@ def _lower_softmax_context(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) 
     ctx = e.op("MatMul", [probs, vals], "pv")  # [B, Hkv, G*S, D]
     ctx = e.reshape(ctx, [0, H, -1, D], "ctx_heads") if G > 1 else ctx
     ctx = e.reshape(e.op("Transpose", [ctx], "ctx_bshd", perm=[0, 2, 1, 3]), [0, 0, H * D], "ctx_flat")
-    e.to_t(ctx, "context", output=outs[0] or None)
+    e.to_t(ctx, "context", output=out or None)
+
+
+def _lower_softmax_context(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) -> None:
+    qkv, past_k, past_v, seq_lens, start_pos = _sc_check(e, node, ti, a)
+    outs = list(node.output) + [""] * (3 - len(node.output))
+    L = _sc_lengths(e, qkv, past_k, past_v, seq_lens, start_pos, a)
+    q, k, v = _sc_split(e, qkv, a)
+    if a["rotary_dim"]:
+        q, k = _sc_rotate(e, q, k, L, a)
+    present_k, present_v = _sc_write_cache(e, past_k, past_v, k, v, L, a, outs)
+    kv_ok, mask, j, start_b = _sc_masks(e, L, a)
+    _sc_attention(e, q, present_k, present_v, kv_ok, mask, j, start_b, a, outs[0])
 
 
 _LOWER = {"QKVGemm": _lower_qkv_gemm, "SoftmaxContext": _lower_softmax_context, "Int8MatMul": _lower_int8_matmul}

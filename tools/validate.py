@@ -47,6 +47,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from dsattn.export import opspec
+
 from .lower import lower_for_ort
 
 __all__ = [
@@ -225,12 +227,15 @@ def _roles(model: onnx.ModelProto) -> dict[str, str]:
         elif name in ("seq_lens", "start_pos"):
             roles[name] = name
 
+    role_of = {"past_key": "cache", "past_value": "cache", "seq_lens": "seq_lens", "start_pos": "start_pos"}
+    sc_inputs = opspec.op("SoftmaxContext").input_names
+
     def walk(g):
         for n in g.node:
-            if n.domain == "dsattn" and n.op_type == "SoftmaxContext":
-                for i, role in ((1, "cache"), (2, "cache"), (3, "seq_lens"), (4, "start_pos")):
-                    if i < len(n.input) and n.input[i]:
-                        roles[n.input[i]] = role
+            if n.domain == opspec.DOMAIN and n.op_type == "SoftmaxContext":
+                for name, spec_name in zip(n.input, sc_inputs):
+                    if name and spec_name in role_of:
+                        roles[name] = role_of[spec_name]
             for a in n.attribute:
                 if a.type == onnx.AttributeProto.GRAPH:
                     walk(a.g)
