@@ -159,10 +159,9 @@ def _post_process(model: onnx.ModelProto, T: int, check_types: bool = True) -> o
             if n.output[1] in used:
                 raise RuntimeError(f"QKVGemm {n.name}: output {n.output[1]} used although emit_normed=0")
             del n.output[1:]
-        if n.op_type == "QKVGemm" and len(n.input) > 5 and n.input[5]:
-            scale_inputs.add(n.input[5])
-        if n.op_type == "Int8MatMul":
-            scale_inputs.add(n.input[2])
+        # inputs the contract fixes to float32 whatever T is (the int8 weight scales)
+        scale_inputs.update(name for name, spec_in in zip(n.input, opspec.op(n.op_type).inputs)
+                            if name and spec_in.type == "tensor(float)")
     others = [o for o in model.opset_import if o.domain != opspec.DOMAIN]
     del model.opset_import[:]
     model.opset_import.extend(others + [helper.make_opsetid(opspec.DOMAIN, opspec.OP_VERSION)])
