@@ -1,8 +1,9 @@
 """The op contract (dsattn.export.opspec) against its other copies, without a GPU or TensorRT:
 
-- the C++ attribute tables of the TensorRT plugins (``kTABLE`` in plugins/<op>/<op>_plugin.cpp),
-  parsed from the sources: names and order, kinds, required-ness, defaults, ranges, FLOATS counts,
-  the plugin version/namespace and the input names where a plugin lists them;
+- the C++ attribute tables that the TensorRT plugins and the ONNX Runtime custom ops read
+  (plugins/common/op_attrs.cpp; each plugin's creator names its table), parsed from the sources:
+  names and order, kinds, required-ness, defaults, ranges, FLOATS counts, that the derived
+  attributes are resolved, the version/namespace, and the plugins' input names and counts;
 - the ctypes mirrors of the kernels' params structs (dsattn.tools.kernels) against the C headers
   plugins/kernels/*.h, field by field (names, order, C types), both parsed at test time;
 - the ONNX schemas registered from the spec;
@@ -95,19 +96,23 @@ def _split_top(s: str) -> list[str]:
     return [p.strip() for p in parts]
 
 
-def parse_attr_table(src: str) -> list[dict]:
-    """The rows of ``std::vector<AttrSpec> const kTABLE = {...};`` in the order of AttrSpec's fields
-    (plugins/common/plugin_common.h): name, kind, required, hasDefault, default, lo, hi, maxCount."""
+def parse_attr_table(src: str, function: str) -> list[dict]:
+    """The rows of the ``kTABLE`` that ``std::vector<AttrSpec> const& <function>()`` returns, in the
+    order of AttrSpec's fields (plugins/common/op_attrs.h): name, kind, required, hasDefault,
+    default, lo, hi, maxCount."""
     src = _strip_comments(src)
-    m = re.search(r"std::vector<AttrSpec>\s+const\s+kTABLE\s*=\s*\{(.*?)\};", src, re.S)
-    assert m, "no kTABLE found"
     names = _constants(src)
+    m = re.search(rf"std::vector<AttrSpec>\s+const\s*&\s*{function}\s*\(\s*\)\s*\{{(.*?)return\s+kTABLE\s*;", src,
+                  re.S)
+    assert m, f"no table function {function}()"
+    body = re.search(r"std::vector<AttrSpec>\s+const\s+kTABLE\s*=\s*\{(.*?)\};", m.group(1), re.S)
+    assert body, f"{function}() holds no kTABLE"
     rows = []
-    for body in re.findall(r"\{([^{}]*)\}", m.group(1)):
-        f = _split_top(body)
-        assert len(f) == 8, f"kTABLE row {body!r} does not have the 8 AttrSpec fields"
+    for row in re.findall(r"\{([^{}]*)\}", body.group(1)):
+        f = _split_top(row)
+        assert len(f) == 8, f"kTABLE row {row!r} does not have the 8 AttrSpec fields"
         kind = re.fullmatch(r"AttrKind::k(INT|FLOAT|FLOATS)", f[1])
-        assert kind, f"kTABLE row {body!r}: kind {f[1]!r}"
+        assert kind, f"kTABLE row {row!r}: kind {f[1]!r}"
         rows.append(dict(name=ast.literal_eval(f[0]), kind=kind.group(1),
                          required={"true": True, "false": False}[f[2]], has_default={"true": True, "false": False}[f[3]],
                          default=c_eval(f[4], names), lo=c_eval(f[5], names), hi=c_eval(f[6], names),
@@ -115,14 +120,20 @@ def parse_attr_table(src: str) -> list[dict]:
     return rows
 
 
-def plugin_sources() -> dict[str, str]:
-    """op type (kNAME) -> plugin source text, for every plugins/<op>/<op>_plugin.cpp."""
+OP_ATTRS = PLUGINS / "common" / "op_attrs.cpp"  # the C++ attribute tables both runtimes read
+
+
+def plugin_sources() -> dict[str, tuple[str, str]]:
+    """op type (kNAME) -> (TensorRT plugin source text, name of the table function its creator
+    reads), for every plugins/<op>/<op>_plugin.cpp."""
     out = {}
     for path in sorted(PLUGINS.glob("*/*_plugin.cpp")):
-        src = path.read_text()
+        src = _strip_comments(path.read_text())
         m = re.search(r'constexpr\s+char\s+const\s*\*\s*kNAME\s*=\s*"(\w+)"', src)
         assert m, f"{path}: no kNAME"
-        out[m.group(1)] = src
+        t = re.search(r"Creator\s+\w+\s*\(\s*kNAME\s*,\s*&\s*(?:ops::)?(\w+)\s*\(\s*\)", src)
+        assert t, f"{path}: no Creator(kNAME, &<table>(), ...)"
+        out[m.group(1)] = (src, t.group(1))
     return out
 
 
@@ -140,8 +151,9 @@ def test_every_op_has_a_plugin_and_every_plugin_an_op():
 
 @pytest.mark.parametrize("op_type", opspec.OP_TYPES)
 def test_plugin_attribute_table_equals_spec(op_type):
-    src = plugin_sources()[op_type]
-    rows = parse_attr_table(src)
+    _, function = plugin_sources()[op_type]
+    op_attrs = OP_ATTRS.read_text()
+    rows = parse_attr_table(op_attrs, function)
     spec = opspec.op(op_type)
     assert [r["name"] for r in rows] == [a.name for a in spec.attrs], "attribute names / order differ"
     for r in rows:
@@ -161,13 +173,21 @@ def test_plugin_attribute_table_equals_spec(op_type):
             assert got == want, f"{where}: default C++ {r['default']!r} vs spec {a.default!r}"
         assert (r["lo"], r["hi"]) == (a.lo, a.hi), f"{where}: range C++ [{r['lo']}, {r['hi']}] vs spec [{a.lo}, {a.hi}]"
         if a.derive is not None:
-            # the plugin resolves the unset attribute itself (OPS.md's rule), so it must ask
-            assert re.search(rf'isSet\("{a.name}"\)', src), f"{where}: C++ never resolves the unset value"
+            # C++ resolves the unset attribute itself (OPS.md's rule): op_attrs assigns it, and
+            # every runtime that reads the table asks whether the node set it
+            assert re.search(rf"\ba\.{a.name}\s*=", _strip_comments(op_attrs)), f"{where}: never resolved"
+            for src in RUNTIME_SOURCES:
+                text = src.read_text()
+                if re.search(rf"\b{function}\s*\(", text):
+                    assert f'isSet("{a.name}")' in text, f"{where}: {src.name} never asks whether it is set"
+
+
+RUNTIME_SOURCES = sorted(PLUGINS.glob("*/*_plugin.cpp")) + sorted((PLUGINS / "ort").glob("*.cpp"))
 
 
 @pytest.mark.parametrize("op_type", opspec.OP_TYPES)
 def test_plugin_input_names_equal_spec(op_type):
-    src = _strip_comments(plugin_sources()[op_type])
+    src, _ = plugin_sources()[op_type]
     m = re.search(r"kINPUT_NAMES\[[^\]]*\]\s*=\s*\{([^}]*)\}", src)
     if m:
         assert [ast.literal_eval(x) for x in _split_top(m.group(1))] == list(opspec.op(op_type).input_names)
@@ -177,26 +197,40 @@ def test_plugin_input_names_equal_spec(op_type):
 
 
 def test_plugin_version_and_namespace_equal_spec():
-    src = (PLUGINS / "common" / "plugin_common.h").read_text()
-    got = dict(re.findall(r'constexpr\s+char\s+const\s*\*\s*kPLUGIN_(VERSION|NAMESPACE)\s*=\s*"([^"]*)"', src))
-    assert got == {"VERSION": opspec.PLUGIN_ATTRS["plugin_version"],
-                   "NAMESPACE": opspec.PLUGIN_ATTRS["plugin_namespace"]}
+    want = {"VERSION": opspec.PLUGIN_ATTRS["plugin_version"], "NAMESPACE": opspec.PLUGIN_ATTRS["plugin_namespace"]}
+    for header, prefix in (("plugin_common.h", "kPLUGIN"), ("op_attrs.h", "kOP")):
+        src = (PLUGINS / "common" / header).read_text()
+        got = dict(re.findall(rf'constexpr\s+char\s+const\s*\*\s*{prefix}_(VERSION|NAMESPACE)\s*=\s*"([^"]*)"', src))
+        assert got == want, header
+    for src in sorted((PLUGINS / "ort").glob("*.cpp")):  # ONNX Runtime: the op-set version as an int
+        for v in re.findall(r"constexpr\s+int\s+kOP_VERSION\s*=\s*(\d+)\s*;", src.read_text()):
+            assert int(v) == opspec.OP_VERSION, src.name
 
 
 def test_table_parser_reads_what_it_claims():
     """The reader itself: constants, shifts, negation, float macros, comments, wrong rows."""
     src = """constexpr int32_t kMAX = 1 << 4;  // 16
-    std::vector<AttrSpec> const kTABLE = {
+    std::vector<AttrSpec> const& fooTable() {
+      static std::vector<AttrSpec> const kTABLE = {
         // name, kind, required, hasDefault, default, lo, hi, maxCount
         {"a", AttrKind::kINT, true, false, 0, 1, kMAX, 1},  /* a comment */
         {"b", AttrKind::kFLOAT, false, true, 1e-5, -FLT_MAX, FLT_MAX, 1},
-    };"""
-    rows = parse_attr_table(src)
+      };
+      return kTABLE;
+    }
+    std::vector<AttrSpec> const& barTable() {
+      static std::vector<AttrSpec> const kTABLE = {{"a", AttrKind::kINT, true}};
+      return kTABLE;
+    }
+    """
+    rows = parse_attr_table(src, "fooTable")
     assert rows[0] == dict(name="a", kind="INT", required=True, has_default=False, default=0, lo=1, hi=16,
                            max_count=1)
-    assert rows[1]["lo"] == -opspec.FLT_MAX and rows[1]["default"] == 1e-5
+    assert rows[1]["lo"] == -opspec.FLT_MAX and rows[1]["default"] == 1e-5 and len(rows) == 2
     with pytest.raises(AssertionError, match="8 AttrSpec fields"):
-        parse_attr_table('std::vector<AttrSpec> const kTABLE = {{"a", AttrKind::kINT, true}};')
+        parse_attr_table(src, "barTable")
+    with pytest.raises(AssertionError, match="no table function bazTable"):
+        parse_attr_table(src, "bazTable")
     with pytest.raises(ValueError, match="unknown name"):
         c_eval("kNOPE + 1", {})
 
