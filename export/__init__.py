@@ -19,6 +19,8 @@ _HOME = {"AttentionConfig": "config", "DeepSpeedSelfAttention": "modules", "Bloo
 
 
 def __getattr__(name):
+    if name in ("ops", "opspec"):
+        return importlib.import_module(f"{__name__}.{name}")
     home = _HOME.get(name)
     if home is None:
         raise AttributeError(f"module 'dsattn.export' has no attribute {name!r}")

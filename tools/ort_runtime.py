@@ -47,24 +47,20 @@ def find_library(library: Optional[Union[str, os.PathLike]] = None) -> str:
 
 
 def check_model(model: onnx.ModelProto) -> None:
-    """Reject dsattn nodes with attributes the ops do not define. ONNX Runtime's custom-op API reads
-    attributes by name only (it cannot list a node's attributes), so the library itself cannot see
-    an unknown one; it checks every known one (kind, range, the rules between them) at session
-    creation."""
-    # The reference implementation's attribute tables are the contract's names (OPS.md).
-    from dsattn.export.ops import _ATTR_DEFAULTS, _IGNORED_ATTRS, DOMAIN
+    """Reject dsattn nodes that break the op contract (``dsattn.export.opspec``: unknown ops or
+    attributes, wrong kinds, values out of range). ONNX Runtime's custom-op API reads attributes by
+    name only (it cannot list a node's attributes), so the library itself cannot see an unknown one;
+    it checks every known one (kind, range, the rules between them) at session creation."""
+    from dsattn.export import opspec
 
     def walk(g):
         for n in g.node:
-            if n.domain == DOMAIN:
-                if n.op_type not in _ATTR_DEFAULTS:
+            if n.domain == opspec.DOMAIN:
+                label = f"dsattn::{n.op_type} node {n.name!r}"
+                if n.op_type not in opspec.OPS:
                     raise ValueError(f"node {n.name!r}: unknown dsattn op {n.op_type!r} "
-                                     f"(known: {', '.join(_ATTR_DEFAULTS)})")
-                known = set(_ATTR_DEFAULTS[n.op_type]) | set(_IGNORED_ATTRS)
-                for a in n.attribute:
-                    if a.name not in known:
-                        raise ValueError(f"dsattn::{n.op_type} node {n.name!r}: unknown attribute {a.name!r} "
-                                         f"(known: {', '.join(sorted(known))})")
+                                     f"(known: {', '.join(opspec.OP_TYPES)})")
+                opspec.resolve(n.op_type, opspec.node_attributes(n, label), label)
             for a in n.attribute:
                 if a.type == onnx.AttributeProto.GRAPH:
                     walk(a.g)
