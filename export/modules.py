@@ -1,6 +1,6 @@
 """DeepSpeedSelfAttention / BloomSelfAttention built on the dsattn ops, and the KV cache.
 
-Dataflow (DeepSpeed ``ds_attention.py``, reference/deepspeed_attention.md §2 and §6):
+Dataflow (DeepSpeed's ``ds_attention.py``):
 ``qkv = QKVGemm(norm(x))`` -> ``SoftmaxContext(qkv, cache)`` -> output projection (+ bias).
 The returned output excludes the residual (DeepSpeed adds the residual and ``attn_ob`` in the MLP;
 we add ``attn_ob`` here so the module is one attention block on its own).
