@@ -274,14 +274,34 @@ def _softmax_context_impl(qkv, past_key, past_value, seq_lens, start_pos, num_he
             valid = valid & (j[None, :] <= p[:, None])
         if local_window:
             valid = valid & (j[None, :] > p[:, None] - local_window)
-        logits = logits.masked_fill(~valid[None], float("-inf"))
-        m = logits.amax(-1, keepdim=True)
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # all-masked row: no NaN
-        e = torch.exp(logits - m)  # exp(-inf) = 0 for masked keys
-        denom = e.sum(-1, keepdim=True)
-        probs = torch.where(denom > 0, e / denom.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(e))
-        context[b] = torch.einsum("hsl,hld->shd", probs, vals)
+        context[b] = _attend(logits, vals, valid)
     return context.reshape(B, S, H * D).to(T), present_key, present_value
+
+
+def _attend(logits: torch.Tensor, vals: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """softmax(logits) . vals over the visible keys only (OPS.md "Non-finite values").
+
+    logits [H, S, L], vals [H, L, D], valid [S, L] -> [S, H, D], all fp32. A masked key is excluded
+    from the softmax and from the weighted sum: it is never multiplied by its zero probability, so
+    NaN / inf in its cache row cannot reach the result. NaN in attended data propagates: a NaN
+    logit (q or a visible key) makes the row NaN through the softmax; a non-finite element d of a
+    visible key's value makes element d NaN. A row without visible keys is zeros.
+    """
+    logits = logits.masked_fill(~valid[None], float("-inf"))
+    m = logits.amax(-1, keepdim=True)  # NaN when a visible logit is NaN (amax propagates NaN)
+    m = torch.where(m == float("-inf"), torch.zeros_like(m), m)  # no key / only -inf logits: weights 0
+    e = torch.exp(logits - m)  # masked keys: exp(-inf) = 0
+    denom = e.sum(-1, keepdim=True)
+    probs = e / torch.where(denom == 0, torch.ones_like(denom), denom)  # a zero sum means zero weights
+    # The product takes the finite values only; an einsum over all keys would multiply a masked
+    # key's NaN by its zero probability. Non-finite values of visible keys come back as NaN in the
+    # elements they reach.
+    finite = torch.isfinite(vals)
+    ctx = torch.einsum("hsl,hld->shd", probs, torch.where(finite, vals, torch.zeros_like(vals)))
+    if not bool(finite.all()):
+        reach = torch.einsum("sl,hld->shd", valid.to(torch.float32), (~finite).to(torch.float32)) > 0
+        ctx = torch.where(reach, torch.full_like(ctx, float("nan")), ctx)
+    return ctx
 
 
 @torch.library.custom_op("dsattn::softmax_context", mutates_args=())

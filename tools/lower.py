@@ -21,7 +21,8 @@ SoftmaxContext subgraph (shapes; p = seq_lens[b] + i is the absolute position of
         head h reads kv head h // (H/Hkv), done by a reshape to [B,Hkv,G*S,D], no copy of K/V)
         + alibi slope_h * (j - start_pos[b]); mask: start_pos[b] <= j < seq_lens[b] + S, causal
         j <= p, local window j > p - local_window; masked softmax over Tmax (an all-masked row
-        gives zeros, never NaN) -> probs . V -> context [B,S,H*D] -Cast T->
+        gives zeros, never NaN) -> probs . V over the finite values, NaN where a non-finite value
+        of a visible key reaches (masked keys are excluded, OPS.md) -> context [B,S,H*D] -Cast T->
 
 The attention spans the whole cache capacity Tmax and masks what is not valid: simple and exact,
 but O(S * Tmax) per head, which is fine for validation.
@@ -535,10 +536,12 @@ def _sc_attention(e: _Emitter, q: str, present_k: str, present_v: str, kv_ok: st
     H, Hkv, D = a["num_heads"], a["num_kv_heads"], a["head_size"]
     G = H // Hkv
     keys = e.to_f32(present_k, "keys_f32")  # [B, Hkv, Tmax, D]
-    # Cache rows outside [start_pos, seq_lens+S) may hold anything (even NaN); zero them so that
-    # probability 0 x garbage cannot poison the context.
-    vals = e.op("Where", [e.op("Transpose", [kv_ok], "kv_valid_t", perm=[0, 1, 3, 2]),
-                          e.to_f32(present_v, "vals_f32"), e.f32(0.0, "v_zero")], "vals_clean")
+    # Masked keys are excluded (OPS.md "Non-finite values"): a cache row may hold anything (even NaN),
+    # and probability 0 x NaN would poison the context. P.V takes the finite values only; the
+    # non-finite values of visible keys come back as NaN in the elements they reach (below).
+    vals = e.to_f32(present_v, "vals_f32")
+    nonfinite = e.op("Or", [e.op("IsNaN", [vals], "v_isnan"), e.op("IsInf", [vals], "v_isinf")], "v_nonfinite")
+    vals_fin = e.op("Where", [nonfinite, e.f32(0.0, "v_zero"), vals], "vals_finite")
     qg = e.reshape(q, [0, Hkv, -1, D], "q_groups")  # [B, Hkv, G*S, D]; head h = kv*G + g
     scores = e.op("MatMul", [qg, e.op("Transpose", [keys], "keys_t", perm=[0, 1, 3, 2])], "qk")
     scores = e.reshape(scores, [0, H, -1, 0], "qk_heads") if G > 1 else scores  # [B, H, S, Tmax]
@@ -550,7 +553,8 @@ def _sc_attention(e: _Emitter, q: str, present_k: str, present_v: str, kv_ok: st
         scores = e.op("Add", [scores, e.op("Mul", [rel_j, e.f32(slopes, "alibi_slopes")], "alibi")], "logits_alibi")
     lowest = e.f32(np.finfo(np.float32).min, "lowest")
     masked = e.op("Where", [mask, scores, lowest], "logits_masked")
-    m = e.reduce("ReduceMax", masked, [3], 1, "row_max")
+    # At least `lowest`: a row whose visible logits are all -inf gets weights 0 (not -inf - -inf).
+    m = e.op("Max", [e.reduce("ReduceMax", masked, [3], 1, "row_max_raw"), lowest], "row_max")
     ex = e.op("Where", [mask, e.op("Exp", [e.op("Sub", [masked, m], "logits_shift")], "exp"),
                         e.f32(0.0, "p_zero")], "exp_masked")
     # An unmasked row has sum >= 1 (its max contributes exp(0)); an all-masked row has sum 0 and
@@ -558,8 +562,15 @@ def _sc_attention(e: _Emitter, q: str, present_k: str, present_v: str, kv_ok: st
     denom = e.op("Max", [e.reduce("ReduceSum", ex, [3], 1, "row_sum"), e.f32(1.0, "f_one")], "denom")
     probs = e.op("Div", [ex, denom], "probs")
     probs = e.reshape(probs, [0, Hkv, -1, 0], "probs_groups") if G > 1 else probs
-    ctx = e.op("MatMul", [probs, vals], "pv")  # [B, Hkv, G*S, D]
-    ctx = e.reshape(ctx, [0, H, -1, D], "ctx_heads") if G > 1 else ctx
+    ctx = e.op("MatMul", [probs, vals_fin], "pv")  # [B, Hkv, G*S, D]
+    # Elements that a non-finite value of a visible key reaches: NaN. reach [B, Hkv, S or 1, D] counts
+    # them (the mask is shared by the heads of a KV group), broadcast over the group's G heads.
+    reach = e.op("MatMul", [e.op("Cast", [mask], "mask_f32", to=TensorProto.FLOAT),
+                            e.op("Cast", [nonfinite], "v_nonfinite_f32", to=TensorProto.FLOAT)], "v_nonfinite_reach")
+    reach = e.unsqueeze(e.op("Greater", [reach, e.f32(0.0, "reach_zero")], "v_nonfinite_reached"), [2], "reach_b_kv_1")
+    ctx = e.op("Where", [reach, e.f32(float("nan"), "nan"), e.reshape(ctx, [0, Hkv, G, -1, D], "ctx_kv_groups")],
+               "ctx_nonfinite")  # [B, Hkv, G, S, D]
+    ctx = e.reshape(ctx, [0, H, -1, D], "ctx_heads")
     ctx = e.reshape(e.op("Transpose", [ctx], "ctx_bshd", perm=[0, 2, 1, 3]), [0, 0, H * D], "ctx_flat")
     e.to_t(ctx, "context", output=out or None)
 
