@@ -313,8 +313,20 @@ def _attn_expect(inputs, attrs, tname):
             (tname, prv, _tol(float(np.abs(_f32(prv_t) - prv).max()), tname))]
 
 
+def _never_seen(lens, starts, S, Tmax, causal, window):
+    """[B, Tmax] bool: cache rows that no new token of the row sees and the call does not write."""
+    out = np.zeros((len(lens), Tmax), bool)
+    for b, L0 in enumerate(lens):
+        s0 = 0 if starts is None else starts[b]
+        for j in range(Tmax):
+            seen = any(s0 <= j < L0 + S and (not causal or j <= L0 + i) and (not window or j > L0 + i - window)
+                       for i in range(S))
+            out[b, j] = not seen and not L0 <= j < L0 + S
+    return out
+
+
 def _attn_case(tmp, rng, tname, *, B, S, H, Hkv, D, Tmax, lens, starts=None, layout=0, causal=1, window=0,
-               rd=0, style=0, alibi=False, maxdims=None, overflow=False, name=""):
+               rd=0, style=0, alibi=False, maxdims=None, overflow=False, poison=False, name=""):
     from dsattn.export.ops import run_node
 
     T = NP_T[tname]
@@ -336,6 +348,18 @@ def _attn_case(tmp, rng, tname, *, B, S, H, Hkv, D, Tmax, lens, starts=None, lay
         # Nothing written: the caches keep their contents, the plugin NaN-poisons context.
         outs = [(tname, ((B, S, H * D), "nan"), 0.0), (tname, _f32(pk), 0.0), (tname, _f32(pv), 0.0)]
         return write_case(tmp / name, "SoftmaxContext", inputs, attrs, outs, alias=alias, status=1)
+    if poison:
+        # OPS.md: masked keys are excluded. NaN in every cache row no new token sees: the context is
+        # the one of the clean cache (zeros there); present_* pass the NaN rows through.
+        never = _never_seen(lens, starts, S, Tmax, causal, window)[:, None, :, None].repeat(Hkv, 1).repeat(D, 3)
+        assert never.any()
+        pk[never] = pv[never] = 0
+        expect = _attn_expect(inputs, attrs, tname)
+        pk[never] = pv[never] = np.nan
+        ctx, prk, prv = run_node("SoftmaxContext", [_f32(x) for x in inputs], attrs)
+        assert np.array_equal(ctx, expect[0][1]), "the reference does not exclude the masked rows exactly"
+        expect = [expect[0], (tname, prk, expect[1][2]), (tname, prv, expect[2][2])]
+        return write_case(tmp / name, "SoftmaxContext", inputs, attrs, expect, alias=alias, maxdims=maxdims, status=0)
     return write_case(tmp / name, "SoftmaxContext", inputs, attrs, _attn_expect(inputs, attrs, tname), alias=alias,
                       maxdims=maxdims, status=0)
 
@@ -353,6 +377,11 @@ def test_softmax_context_plugin(harness, tmp_path, seed):
         c("prefill_d128", "bfloat16", B=1, S=97, H=2, Hkv=1, D=128, Tmax=128, lens=[0], rd=128),
         c("decode_fp32", "float32", B=2, S=1, H=4, Hkv=4, D=64, Tmax=40, lens=[39, 1], starts=[0, 1]),
         c("overflow", "float16", B=2, S=4, H=4, Hkv=4, D=64, Tmax=16, lens=[3, 14], overflow=True),
+        # NaN in every masked cache row (left padding, windowed out, past seq_lens + S)
+        c("prefill_masked_rows_nan", "float16", B=2, S=9, H=4, Hkv=2, D=64, Tmax=40, lens=[20, 0], starts=[3, 2],
+          window=6, rd=32, poison=True),
+        c("decode_masked_rows_nan", "bfloat16", B=2, S=1, H=8, Hkv=2, D=128, Tmax=64, lens=[50, 10], starts=[5, 0],
+          window=16, poison=True),
     ]
     run_harness(harness, cases)
 
