@@ -1,6 +1,6 @@
-"""The numeric contract of SoftmaxContext (OPS.md "Non-finite values") on the CPU implementations:
-the reference op, the ONNX reference evaluator on the custom-op graph and the lowered graph on ONNX
-Runtime CPU. Masked keys (before start_pos, past seq_lens + S, causally or window-masked, also when
+"""The numeric contract of SoftmaxContext (OPS.md "Non-finite values") on the reference op, the ONNX
+reference evaluator on the custom-op graph and the lowered graph on ONNX Runtime CPU (and CUDA, as
+`gpu` tests: the same lowered graph on the CUDA execution provider; needs onnxruntime-gpu). Masked keys (before start_pos, past seq_lens + S, causally or window-masked, also when
 only some rows of the call mask them) are excluded: NaN / inf in their cache rows never reaches the
 context. NaN in attended data (q, a visible key, an element of a visible value) propagates to
 exactly the outputs it feeds; a row with no visible key is zeros whatever q holds."""
@@ -17,6 +17,7 @@ from dsattn.tools.validate import make_session, run_session
 from ort_cases import SCCase, as_t, check_lowered, reference, sc_model
 
 ELEMS = {"float32": TP.FLOAT, "float16": TP.FLOAT16}
+PROVIDERS = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
 def _case(**attrs) -> SCCase:
@@ -52,9 +53,15 @@ def _masked_rows(c: SCCase) -> list[tuple[int, int]]:
             if not vis[b, :, j].any() and not c.seq_lens[b] <= j < c.seq_lens[b] + c.S]
 
 
-def _run_all(c: SCCase, feeds: dict[str, np.ndarray], elem: int) -> dict[str, np.ndarray]:
+def _run_all(c: SCCase, feeds: dict[str, np.ndarray], elem: int, provider: str) -> dict[str, np.ndarray]:
     """context from the reference op (torch), the ONNX reference evaluator and the lowered graph on
-    ONNX Runtime CPU; the first two must agree bit for bit (one implementation, two entry points)."""
+    ONNX Runtime ``provider``; the first two must agree bit for bit (one implementation, two entry
+    points)."""
+    if provider == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            pytest.skip(f"onnxruntime {ort.__version__} has no CUDAExecutionProvider; install onnxruntime-gpu")
     f = {k: (as_t(v, elem) if v.dtype == np.float32 else v) for k, v in feeds.items()}
     model = sc_model(elem, c)
     t = {k: torch.from_numpy(np.asarray(v, np.float32) if v.dtype.kind == "f" else v) for k, v in f.items()}
@@ -64,8 +71,8 @@ def _run_all(c: SCCase, feeds: dict[str, np.ndarray], elem: int) -> dict[str, np
     ev = reference(model, f)["context"]
     op = ctx.float().numpy()
     assert np.array_equal(op, ev.astype(np.float32), equal_nan=True), "reference op != reference evaluator"
-    ort = run_session(make_session(check_lowered(model), "cpu"), f)["context"].astype(np.float32)
-    return {"reference": op, "ort_cpu": ort}
+    ort = run_session(make_session(check_lowered(model), provider), f)["context"].astype(np.float32)
+    return {"reference": op, f"ort_{provider}": ort}
 
 
 def _close(got: np.ndarray, want: np.ndarray, elem: int, what: str) -> None:
@@ -81,10 +88,11 @@ WINDOWED = {"causal": dict(), "window": dict(local_window=3), "noncausal_window"
             "alibi_rotary": dict(alibi_slopes=[0.5, -0.25, 0.125, 1.0], rotary_dim=4)}
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("dtype", list(ELEMS))
 @pytest.mark.parametrize("poison", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
 @pytest.mark.parametrize("name", list(WINDOWED))
-def test_masked_cache_rows_never_reach_the_context(name, poison, dtype, seed):
+def test_masked_cache_rows_never_reach_the_context(name, poison, dtype, provider, seed):
     """NaN / inf in every cache row that no token of the row sees (left padding, windowed out,
     past seq_lens + S): the context is finite and the same as with zeros there."""
     c, elem = _case(**WINDOWED[name]), ELEMS[dtype]
@@ -96,8 +104,8 @@ def test_masked_cache_rows_never_reach_the_context(name, poison, dtype, seed):
     for b, j in rows:
         clean["past_key"][b, :, j] = clean["past_value"][b, :, j] = 0.0
         poisoned["past_key"][b, :, j] = poisoned["past_value"][b, :, j] = poison
-    want = _run_all(c, clean, elem)
-    got = _run_all(c, poisoned, elem)
+    want = _run_all(c, clean, elem, provider)
+    got = _run_all(c, poisoned, elem, provider)
     for impl in got:
         assert np.isfinite(got[impl]).all(), f"{impl}: a masked cache row reached the context"
         _close(got[impl], want["reference"], elem, impl)
@@ -105,9 +113,10 @@ def test_masked_cache_rows_never_reach_the_context(name, poison, dtype, seed):
     assert np.array_equal(got["reference"], want["reference"])
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("dtype", list(ELEMS))
 @pytest.mark.parametrize("name", list(WINDOWED))
-def test_partially_masked_value_reaches_only_the_rows_that_see_it(name, dtype, seed):
+def test_partially_masked_value_reaches_only_the_rows_that_see_it(name, dtype, provider, seed):
     """NaN in element d of the value of a key that some tokens of the call see and others mask
     (causal: a new token; window: an old key at the window's edge): NaN exactly in element d of
     the rows that see it, in every head of its KV group; every other output unchanged."""
@@ -132,8 +141,8 @@ def test_partially_masked_value_reaches_only_the_rows_that_see_it(name, dtype, s
     else:
         clean["past_value"][b, hk, j, d] = 0.0
         poisoned["past_value"][b, hk, j, d] = np.nan
-    want = _run_all(c, clean, elem)
-    got = _run_all(c, poisoned, elem)
+    want = _run_all(c, clean, elem, provider)
+    got = _run_all(c, poisoned, elem, provider)
     expect_nan = np.zeros((c.B, c.S, H, D), bool)
     for h in range(hk * G, hk * G + G):
         expect_nan[b, vis[b, :, j], h, d] = True
@@ -143,8 +152,9 @@ def test_partially_masked_value_reaches_only_the_rows_that_see_it(name, dtype, s
         _close(np.where(expect_nan, 0.0, out), np.where(expect_nan, 0.0, want["reference"]), elem, impl)
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("dtype", list(ELEMS))
-def test_nan_in_q_or_a_visible_key_gives_nan_rows(dtype, seed):
+def test_nan_in_q_or_a_visible_key_gives_nan_rows(dtype, provider, seed):
     """NaN in q of (token i, head h): that context row is NaN in full, never zeros. NaN in the key of
     a visible cache row: NaN rows for every token (and head of the KV group) that sees it."""
     c, elem = _case(local_window=4), ELEMS[dtype]
@@ -160,18 +170,19 @@ def test_nan_in_q_or_a_visible_key_gives_nan_rows(dtype, seed):
     for h in range(G, 2 * G):
         expect[0, vis[0, :, j], h] = True
     assert expect[0].any() and not expect[0].all()
-    got = _run_all(c, feeds, elem)
+    got = _run_all(c, feeds, elem, provider)
     for impl, out in got.items():
         assert np.array_equal(np.isnan(out), expect.reshape(c.B, c.S, H * D)), f"{impl}: NaN positions"
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("dtype", list(ELEMS))
-def test_inf_in_a_visible_value_is_not_finite_there(dtype, seed):
+def test_inf_in_a_visible_value_is_not_finite_there(dtype, provider, seed):
     c, elem = _case(), ELEMS[dtype]
     rng = np.random.default_rng(seed)
     feeds = _feeds(c, rng)
     feeds["past_value"][0, 0, 4, 6] = np.inf  # row 0 (start 2, 6 cached): key 4 is seen by all tokens
-    got = _run_all(c, feeds, elem)
+    got = _run_all(c, feeds, elem, provider)
     for impl, out in got.items():
         bad = ~np.isfinite(out.reshape(c.B, c.S, c.H, c.D))
         expect = np.zeros_like(bad)
@@ -179,15 +190,16 @@ def test_inf_in_a_visible_value_is_not_finite_there(dtype, seed):
         assert np.array_equal(bad, expect), f"{impl}: non-finite positions"
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("dtype", list(ELEMS))
-def test_row_without_visible_key_is_zeros_even_with_nan_q(dtype, seed):
+def test_row_without_visible_key_is_zeros_even_with_nan_q(dtype, provider, seed):
     """start_pos = seq_lens + S: no key at all; NaN in q and in the cache cannot propagate."""
     c = SCCase("empty", H=2, Hkv=2, D=8, Tmax=8, S=2, seq_lens=[3, 1], start_pos=[5, 0])
     elem = ELEMS[dtype]
     feeds = _feeds(c, np.random.default_rng(seed))
     feeds["qkv"][0] = np.nan  # q, k and v of row 0's new tokens
     feeds["past_key"][0] = feeds["past_value"][0] = np.nan
-    got = _run_all(c, feeds, elem)
+    got = _run_all(c, feeds, elem, provider)
     for impl, out in got.items():
         assert np.array_equal(out[0], np.zeros_like(out[0])), f"{impl}: the row without keys is not zeros"
         assert np.isfinite(out[1]).all(), f"{impl}: row 1 is affected"
