@@ -340,3 +340,49 @@ def test_validate_whole_model(exported):
     assert outputs == {"logits", "present_key.0", "present_value.0", "present_key.1", "present_value.1"}
     assert {r.case for r in rep.rows} == {"prefill", "decode"}
     assert rep.passed, rep.table()
+
+
+def test_trt_runtime_without_tensorrt_is_a_clear_error(exported):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    _, out, _ = exported("llama")
+    with pytest.raises(ImportError, match=r"TensorRT >= .* Python package is required"):
+        generate(out, input_ids=[[1, 2]], runtime="trt", device="cuda")
+    with pytest.raises(ValueError, match=r"runtime trt runs on cuda only"):
+        generate(out, input_ids=[[1, 2]], runtime="trt", device="cpu")
+
+
+def test_sampling_filters_match_transformers(seed):
+    from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
+                                                         TopKLogitsWarper, TopPLogitsWarper)
+
+    from dsattn.tools.generate import sampling_logits
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(4, 128, generator=g) * 3
+    for temperature, top_k, top_p in ((0.7, 0, 1.0), (1.0, 10, 1.0), (1.3, 0, 0.8), (0.5, 20, 0.6), (1.0, 0, 0.01)):
+        procs = LogitsProcessorList([TemperatureLogitsWarper(temperature)]
+                                    + ([TopKLogitsWarper(top_k)] if top_k else [])
+                                    + ([TopPLogitsWarper(top_p)] if top_p < 1 else []))
+        ref = procs(None, logits.clone())
+        got = sampling_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+        assert torch.equal(torch.isinf(got), torch.isinf(ref)), (temperature, top_k, top_p)
+        assert torch.allclose(got[~torch.isinf(got)], ref[~torch.isinf(ref)])
+
+
+def test_sampling_is_seeded(exported):
+    _, out, _ = exported("llama")
+    prompts = [[5, 6, 7], [9]]
+    kw = dict(input_ids=prompts, runtime="torch", max_new_tokens=8, eos_token_id=[], do_sample=True)
+    a = generate(out, seed=11, temperature=1.5, **kw)
+    b = generate(out, seed=11, temperature=1.5, **kw)
+    c = generate(out, seed=12, temperature=1.5, **kw)
+    assert a.tokens == b.tokens and a.tokens != c.tokens
+    greedy = generate(out, input_ids=prompts, runtime="torch", max_new_tokens=8, eos_token_id=[])
+    assert generate(out, seed=3, top_k=1, **kw).tokens == greedy.tokens
+    assert generate(out, seed=3, top_p=1e-6, **kw).tokens == greedy.tokens
+    with pytest.raises(ValueError, match="top_p must be in"):
+        generate(out, seed=3, top_p=0, **kw)

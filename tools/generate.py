@@ -297,7 +297,10 @@ class OrtDsattnRuntime(OrtRuntime):
 
 class TrtRuntime(Runtime):
     """A TensorRT plan built from the exported model (``dsattn build-engine``), run with the dsattn
-    plugins. Every present_* output is bound to its past_* buffer (the plugin aliases them)."""
+    plugin library through ``EngineRunner``. Each present_* output is bound to the buffer of the
+    past_* input it aliases (``EngineRunner.aliases``), so the plugin appends to the caches in
+    place; unlike ``EngineRunner.run`` (which protects the caller's arrays with a private copy),
+    the caches here belong to the runtime and persist on the device across calls."""
 
     name = "trt"
 
@@ -306,14 +309,16 @@ class TrtRuntime(Runtime):
 
         if not isinstance(model, ExportedModel):
             model = ExportedModel.open(model)
-        import_tensorrt()  # a clear ImportError when TensorRT is missing
         if device != "cuda":
-            raise ValueError(f"runtime trt runs on cuda only, got --device {device}")
+            raise ValueError(f"runtime trt runs on cuda only, got device {device!r}")
+        import_tensorrt()  # a clear ImportError when TensorRT is missing
         self.device = _device(device)
         plan = Path(engine) if engine else model.path.with_suffix(".plan")
         if not plan.is_file():
             raise ValueError(f"runtime trt: engine plan {str(plan)!r} does not exist (build it with "
                              f"`dsattn build-engine {model.path} --plugins LIB`, or pass --engine)")
+        if not plugins:
+            raise ValueError("runtime trt: --plugins LIB (libdsattn_plugins.so) is required to load the plan")
         from dsattn.engines.runner import EngineRunner
 
         self.runner = EngineRunner(plan, list(plugins))
@@ -324,7 +329,7 @@ class TrtRuntime(Runtime):
 
     def forward(self, input_ids, seq_lens, start_pos, cache):
         r = self.runner
-        ctx = r._context  # the runner's execution context, bound here to buffers that persist
+        ctx = r._context  # bound here to buffers that outlive one call (see the class docstring)
         d = self.device
         B, S = input_ids.shape
         tensors = {"input_ids": input_ids.to(d, torch.int64).contiguous(),
@@ -342,8 +347,9 @@ class TrtRuntime(Runtime):
         for name in r.output_names:
             if name == "logits":
                 ctx.set_tensor_address(name, logits.data_ptr())
-            else:  # present_*.i -> past_*.i
-                ctx.set_tensor_address(name, tensors[name.replace("present_", "past_")].data_ptr())
+            else:  # present_*.i writes into past_*.i
+                src = r.aliases.get(name, name.replace("present_", "past_", 1))
+                ctx.set_tensor_address(name, tensors[src].data_ptr())
         r._execute()
         return logits[:, -1].float().cpu()
 
@@ -405,20 +411,29 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     return ids, start
 
 
-def _choose(logits: torch.Tensor, *, do_sample: bool, temperature: float, top_k: int, top_p: float,
-            gen: Optional[torch.Generator]) -> torch.Tensor:
-    if not do_sample:
-        return logits.argmax(-1)
+def sampling_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 1.0) -> torch.Tensor:
+    """Logits [B, V] with temperature, then top-k, then top-p applied (transformers' order and
+    rules: top-p keeps the smallest set of most likely tokens whose probability reaches top_p, and
+    at least one); filtered tokens are -inf."""
     x = logits / temperature
     if top_k and top_k < x.shape[-1]:
         kth = torch.topk(x, top_k, dim=-1).values[:, -1:]
         x = x.masked_fill(x < kth, float("-inf"))
     if top_p < 1.0:
-        srt, idx = torch.sort(x, descending=True, dim=-1)
+        srt, idx = torch.sort(x, descending=False, dim=-1)
         cum = srt.softmax(-1).cumsum(-1)
-        drop = cum - srt.softmax(-1) >= top_p  # keep the smallest prefix whose mass reaches top_p
-        drop[:, 0] = False
+        drop = cum <= 1 - top_p
+        drop[:, -1] = False
         x = x.masked_fill(drop.scatter(-1, idx, drop), float("-inf"))
+    return x
+
+
+def _choose(logits: torch.Tensor, *, do_sample: bool, temperature: float, top_k: int, top_p: float,
+            gen: Optional[torch.Generator]) -> torch.Tensor:
+    if not do_sample:
+        return logits.argmax(-1)
+    x = sampling_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     return torch.multinomial(x.softmax(-1), 1, generator=gen)[:, 0]
 
 
