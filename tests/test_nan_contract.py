@@ -14,7 +14,8 @@ from onnx import TensorProto as TP
 from dsattn.export import ops
 from dsattn.tools.validate import make_session, run_session
 
-from ort_cases import SCCase, as_t, check_lowered, reference, sc_model
+from ort_cases import (GEMM_CASES, MATMUL_CASES, SCCase, as_t, assert_matches_reference, check_lowered, gemm_model,
+                       matmul_model, reference, sc_model, x_feed)
 
 ELEMS = {"float32": TP.FLOAT, "float16": TP.FLOAT16}
 PROVIDERS = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -53,15 +54,19 @@ def _masked_rows(c: SCCase) -> list[tuple[int, int]]:
             if not vis[b, :, j].any() and not c.seq_lens[b] <= j < c.seq_lens[b] + c.S]
 
 
-def _run_all(c: SCCase, feeds: dict[str, np.ndarray], elem: int, provider: str) -> dict[str, np.ndarray]:
-    """context from the reference op (torch), the ONNX reference evaluator and the lowered graph on
-    ONNX Runtime ``provider``; the first two must agree bit for bit (one implementation, two entry
-    points)."""
+def _skip_without_ep(provider: str) -> None:
     if provider == "cuda":
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             pytest.skip(f"onnxruntime {ort.__version__} has no CUDAExecutionProvider; install onnxruntime-gpu")
+
+
+def _run_all(c: SCCase, feeds: dict[str, np.ndarray], elem: int, provider: str) -> dict[str, np.ndarray]:
+    """context from the reference op (torch), the ONNX reference evaluator and the lowered graph on
+    ONNX Runtime ``provider``; the first two must agree bit for bit (one implementation, two entry
+    points)."""
+    _skip_without_ep(provider)
     f = {k: (as_t(v, elem) if v.dtype == np.float32 else v) for k, v in feeds.items()}
     model = sc_model(elem, c)
     t = {k: torch.from_numpy(np.asarray(v, np.float32) if v.dtype.kind == "f" else v) for k, v in f.items()}
@@ -203,3 +208,21 @@ def test_row_without_visible_key_is_zeros_even_with_nan_q(dtype, provider, seed)
     for impl, out in got.items():
         assert np.array_equal(out[0], np.zeros_like(out[0])), f"{impl}: the row without keys is not zeros"
         assert np.isfinite(out[1]).all(), f"{impl}: row 1 is affected"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("case", GEMM_CASES + MATMUL_CASES, ids=lambda c: c.name)
+def test_nan_input_of_the_gemms_propagates_alike(case, provider, seed):
+    """QKVGemm / Int8MatMul: plain fp32 arithmetic, so NaN in one input element reaches the outputs
+    it feeds (a normed row entirely); ONNX Runtime gives NaN at the reference's positions."""
+    rng = np.random.default_rng(seed)
+    _skip_without_ep(provider)
+    if hasattr(case, "norm_type"):
+        model, shape = gemm_model(TP.FLOAT, case, rng), (2, 3, case.hidden)
+    else:
+        model, shape = matmul_model(TP.FLOAT, case, rng), (*case.lead, case.K)
+    feeds = x_feed(TP.FLOAT, shape, rng)
+    feeds["x"].reshape(-1)[int(rng.integers(feeds["x"].size))] = np.nan
+    ref = reference(model, feeds)
+    assert all(np.isnan(v).any() for v in ref.values()), "the NaN did not reach every output"
+    assert_matches_reference(model, feeds, provider)  # same NaN positions, finite values by the rule
