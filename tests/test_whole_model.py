@@ -386,3 +386,53 @@ def test_sampling_is_seeded(exported):
     assert generate(out, seed=3, top_p=1e-6, **kw).tokens == greedy.tokens
     with pytest.raises(ValueError, match="top_p must be in"):
         generate(out, seed=3, top_p=0, **kw)
+
+
+def test_cli_single_layer_with_real_weights(exported, tmp_path, capsys):
+    """--hf-model DIR --layer N: the single-layer job (export, check, ORT validation) on layer N's
+    attention with the checkpoint's weights."""
+    import onnx
+    from safetensors.torch import load_file
+
+    from dsattn.tools.cli import main
+
+    _, _, ckpt = exported("llama")
+    assert main(["export", "--hf-model", str(ckpt), "--layer", "1", "--out", str(tmp_path), "--seed", "4"]) == 0
+    log = capsys.readouterr().out
+    assert "layer 1 of" in log and "PASSED" in log
+    m = onnx.load(str(tmp_path / "dsattn_attention.onnx"))
+    assert [i.name for i in m.graph.input][:2] == ["hidden_states", "past_key"]
+    sd = load_file(ckpt / "model.safetensors")
+    gamma = next(onnx.numpy_helper.to_array(t) for t in m.graph.initializer
+                 if t.dims == [64] and "norm" in t.name)
+    assert torch.equal(torch.from_numpy(gamma.copy()), sd["model.layers.1.input_layernorm.weight"])
+
+
+def test_default_capacity_is_capped():
+    from dsattn.export.model_onnx import CAPACITY_CAP, default_capacity
+
+    assert default_capacity(64) == 64
+    assert default_capacity(131072) == CAPACITY_CAP == 4096
+    assert default_capacity(None) == CAPACITY_CAP
+
+
+def test_ort_runtime_lowers_in_memory_when_the_folder_is_not_writable(exported, tmp_path, monkeypatch):
+    import shutil
+
+    import dsattn.fileio
+    from dsattn.tools import generate as gen_mod
+
+    _, out, _ = exported("gptj")
+    copy = tmp_path / "ro"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("*.ort.onnx"))
+
+    def refuse(*a, **k):
+        raise dsattn.fileio.WriteError("cannot write: read-only file system")
+
+    monkeypatch.setattr(dsattn.fileio, "save_onnx_atomic", refuse)
+    em = ExportedModel.open(copy)
+    lowered = gen_mod.lowered_model(em)
+    assert not isinstance(lowered, str) and not (copy / "model.ort.onnx").exists()
+    a = generate(em, input_ids=[[4, 5, 6]], runtime="ort", max_new_tokens=4, eos_token_id=[])
+    b = generate(em, input_ids=[[4, 5, 6]], runtime="torch", max_new_tokens=4, eos_token_id=[])
+    assert a.tokens == b.tokens

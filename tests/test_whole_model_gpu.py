@@ -104,3 +104,19 @@ def test_ort_cuda_float32_exact_and_cache_stays_on_device(tmp_path, seed):
     assert all(t.is_cuda for kv in cache for t in kv)
     assert [t.data_ptr() for kv in cache for t in kv] == ptrs
     assert float(cache[0][0].abs().sum()) > 0  # written in place
+
+
+def test_torch_runtime_on_cuda_float32(tmp_path, seed):
+    """The PyTorch modules on the GPU (reference ops) give transformers' tokens exactly in float32."""
+    hf = make_checkpoint("qwen2", tmp_path / "ckpt", seed=seed)
+    export_hf_model(tmp_path / "ckpt", tmp_path / "out", log=lambda s: None)
+    prompts = _prompts(seed)
+    L = max(map(len, prompts))
+    ids = torch.tensor([[PAD] * (L - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (L - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        ref = hf.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=PAD,
+                          eos_token_id=None)[:, L:].tolist()
+    res = generate(tmp_path / "out", input_ids=prompts, runtime="torch", device="cuda", max_new_tokens=NEW,
+                   eos_token_id=[], pad_token_id=PAD)
+    assert res.tokens == ref

@@ -192,23 +192,28 @@ def _onnx_elem(dtype: torch.dtype) -> int:
             torch.int32: TensorProto.INT32}[dtype]
 
 
-def lowered_model_path(model: ExportedModel) -> str:
-    """The lowered model (standard ONNX ops), written beside the export as ``<name>.ort.onnx`` once
-    and reused while it is newer than the export. It references the export's external data file
-    (if any) instead of copying the weights."""
+def lowered_model(model: ExportedModel):
+    """The lowered model (standard ONNX ops) for ONNX Runtime: a path to ``<name>.ort.onnx``, written
+    beside the export once and reused while it is newer than the export (it references the
+    export's external data file, if any, instead of copying the weights); or, where that folder is
+    not writable and the model has no external data, the lowered ModelProto itself."""
     import onnx
 
+    from dsattn.fileio import save_onnx_atomic
     from dsattn.tools.lower import lower_for_ort
 
     out = model.path.with_name(model.path.stem + ".ort.onnx")
     if out.is_file() and out.stat().st_mtime >= model.path.stat().st_mtime:
         return str(out)
-    from dsattn.fileio import save_onnx_atomic
-
     proto = onnx.load(str(model.path), load_external_data=False)
-    # The weights stay where they are: the lowered graph keeps the export's external-data
-    # references (same folder), so nothing of a >2 GB model is copied.
-    save_onnx_atomic(lower_for_ort(proto), out, external_data=False)
+    lowered = lower_for_ort(proto)
+    try:
+        save_onnx_atomic(lowered, out, external_data=False)
+    except OSError as e:  # dsattn.fileio.WriteError included
+        if any(t.external_data for t in proto.graph.initializer):
+            raise RuntimeError(f"runtime ort: cannot write the lowered model {str(out)!r} beside a model with "
+                               f"external data ({e})") from None
+        return lowered
     return str(out)
 
 
@@ -229,7 +234,7 @@ class OrtRuntime(Runtime):
         if model.dtype == torch.bfloat16 and self.device.type == "cpu":
             raise ValueError("runtime ort on cpu: ONNX Runtime's CPU provider has no bfloat16 MatMul kernels; "
                              "use --device cuda or a float32/float16 export")
-        self.sess = make_session(lowered_model_path(model), "cuda" if self.device.type == "cuda" else "cpu")
+        self.sess = make_session(lowered_model(model), "cuda" if self.device.type == "cuda" else "cpu")
         self.capacity, self.vocab_size = model.capacity, model.spec.vocab_size
         self.num_layers = model.spec.num_layers
 
