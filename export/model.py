@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -175,7 +174,13 @@ class MLP(nn.Module):
         return [m for m in (self.fc_in, self.up, self.fc_out) if m is not None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.act(self.fc_in(x))
+        h = self.fc_in(x)
+        if h.dtype == torch.bfloat16:
+            # float32 inside, one rounding: ONNX Runtime's CUDA provider has no bfloat16 Pow or Erf
+            # (gelu_new, gelu), and PyTorch computes a bfloat16 activation in float32 anyway.
+            h = self.act(h.float()).to(torch.bfloat16)
+        else:
+            h = self.act(h)
         if self.up is not None:
             h = h * self.up(x)
         return self.fc_out(h)

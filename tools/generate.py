@@ -31,13 +31,11 @@ carrying what was generated so far); nothing is written into any row's cache by 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
-import numpy as np
 import torch
 
 __all__ = ["ExportedModel", "Runtime", "TorchRuntime", "OrtRuntime", "OrtDsattnRuntime", "TrtRuntime", "RUNTIMES",
