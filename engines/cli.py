@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         ranges = {r: (parse_range(getattr(args, r), f"--{r}") if getattr(args, r) else None)
                   for r in ("batch", "seq", "capacity")}
         profiles = _profiles(args)
+        if not args.model.strip() or args.output == "":
+            raise ValueError("MODEL and -o/--output must not be empty")
         out = Path(args.output) if args.output else Path(args.model).with_suffix(".plan")
         if args.print_trtexec:
             line = trtexec_command(args.model, args.plugins, out, profiles, timing_cache=args.timing_cache, **ranges)

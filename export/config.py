@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+import numpy as np
 import torch
 
-__all__ = ["AttentionConfig", "parse_dtype"]
+__all__ = ["AttentionConfig", "parse_dtype", "check_int", "int32_tensor", "INT32_MAX"]
+
+#: Every int the exported graph carries (attributes, sizes, positions) must fit int32: TensorRT's
+#: ONNX parser reads INT attributes as int32, and seq_lens / start_pos are int32 tensors.
+INT32_MAX = 2**31 - 1
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -38,7 +44,35 @@ def parse_dtype(value: Any, name: str = "dtype") -> torch.dtype:
 
 
 def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
+def check_int(name: str, v: Any, lo: int = -INT32_MAX - 1, hi: int = INT32_MAX) -> int:
+    """``v`` as a Python int in [lo, hi]: floats (even 4.0), bools and strings are rejected, not
+    truncated or parsed; numpy integers are accepted. The message names ``name`` and the value."""
+    if not _is_int(v):
+        raise TypeError(f"{name} must be an int, got {v!r} ({type(v).__name__})")
+    v = int(v)
+    if not lo <= v <= hi:
+        where = "does not fit int32" if not -INT32_MAX - 1 <= v <= INT32_MAX else f"must be in [{lo}, {hi}]"
+        raise ValueError(f"{name}={v} {where}")
+    return v
+
+
+def int32_tensor(name: str, values: Any, device=None) -> torch.Tensor:
+    """An int32 tensor from ints (a list, an integer tensor or array), each checked as by
+    ``check_int``: a float tensor or a 1.5 in a list is an error, not truncated."""
+    if isinstance(values, (torch.Tensor, np.ndarray)):
+        kind = (values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values).dtype.kind
+        if kind not in "iu":
+            raise TypeError(f"{name} must hold integers, got dtype {values.dtype}")
+        arr = (values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values).astype(np.int64)
+    else:
+        obj = np.asarray(values, dtype=object)
+        arr = np.asarray([check_int(name, v) for v in obj.reshape(-1)], dtype=np.int64).reshape(obj.shape)
+    if arr.size and (arr.min() < -INT32_MAX - 1 or arr.max() > INT32_MAX):
+        raise ValueError(f"{name}: values {arr.min()}..{arr.max()} do not fit int32")
+    return torch.from_numpy(arr.astype(np.int32)).to(device)
 
 
 @dataclass
@@ -102,8 +136,7 @@ class AttentionConfig:
 
         for name in ("hidden_size", "heads", "num_kv", "mp_size", "mp_rank", "layer_id", "window_size",
                      "rotary_dim", "max_out_tokens"):
-            if not _is_int(getattr(self, name)):
-                raise TypeError(f"AttentionConfig.{name} must be an int, got {getattr(self, name)!r}")
+            setattr(self, name, check_int(f"AttentionConfig.{name}", getattr(self, name)))
         for name in ("pre_layer_norm", "scale_attention", "use_mup", "scale_attn_by_inverse_layer_idx",
                      "triangular_masking", "local_attention", "rotate_half", "rotate_every_two",
                      "bigscience_bloom", "qkv_bias", "attn_out_bias"):

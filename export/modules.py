@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from . import ops
-from .config import AttentionConfig
+from .config import AttentionConfig, int32_tensor
 from .quant import quantize_weight, row_group_scales
 
 __all__ = ["KVCache", "DeepSpeedSelfAttention", "BloomSelfAttention", "bloom_alibi_slopes", "quantize_int8",
@@ -68,7 +68,7 @@ class KVCache:
         if start_pos is None:
             sp = torch.zeros(batch, dtype=torch.int32, device=device)
         else:
-            sp = torch.as_tensor(start_pos, dtype=torch.int32, device=device).clone()
+            sp = int32_tensor("start_pos", start_pos, device)  # 1.5 is an error, not truncated to 1
             if tuple(sp.shape) != (batch,):
                 raise ValueError(f"start_pos must have {batch} entries, got shape {tuple(sp.shape)}")
             if bool((sp < 0).any()) or bool((sp >= capacity).any()):

@@ -20,6 +20,7 @@ T [B, S, hidden], ``present_key``, ``present_value`` T [B, Hkv, Tmax, D]. B and 
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -32,6 +33,7 @@ from onnx import TensorProto, defs, helper
 from dsattn.fileio import save_onnx_atomic
 
 from . import opspec
+from .config import INT32_MAX
 from .modules import DeepSpeedSelfAttention, KVCache
 
 __all__ = ["export_onnx", "register_onnx_schemas", "translation_table", "INPUT_NAMES", "OUTPUT_NAMES",
@@ -166,6 +168,7 @@ def _post_process(model: onnx.ModelProto, T: int, check_types: bool = True) -> o
     del model.opset_import[:]
     model.opset_import.extend(others + [helper.make_opsetid(opspec.DOMAIN, opspec.OP_VERSION)])
     model.ir_version = IR_VERSION
+    _fill_absent_inputs(model, T)
     if not check_types:
         return model
 
@@ -192,7 +195,6 @@ def _post_process(model: onnx.ModelProto, T: int, check_types: bool = True) -> o
     if stray:
         raise RuntimeError("exported graph has tensors outside the module dtype "
                            f"{TensorProto.DataType.Name(T)}: " + "; ".join(stray))
-    _fill_absent_inputs(model, T)
     return model
 
 
@@ -210,6 +212,11 @@ def _fill_absent_inputs(model: onnx.ModelProto, T: int) -> None:
     trim them."""
     g = model.graph
     taken = {i.name for i in g.initializer} | {i.name for i in g.input} | {o for n in g.node for o in n.output}
+    # The node's T from its typed float inputs where the graph states them (a whole decoder's
+    # QKVGemm may run in another type than the model's T); ``T`` otherwise.
+    known = {i.name: i.data_type for i in g.initializer}
+    known.update({v.name: v.type.tensor_type.elem_type for v in list(g.input) + list(g.value_info)})
+    floats = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16}
     made: dict[int, str] = {}
     for n in g.node:
         if n.domain != opspec.DOMAIN:
@@ -220,7 +227,10 @@ def _fill_absent_inputs(model: onnx.ModelProto, T: int) -> None:
         for i, name in enumerate(ins):
             if name:
                 continue
-            et = _FIXED_TYPES.get(opspec.op(n.op_type).inputs[i].type, T)
+            spec_in = opspec.op(n.op_type).inputs
+            node_t = next((known[x] for j, x in enumerate(ins) if x and spec_in[j].type not in _FIXED_TYPES
+                           and known.get(x) in floats), T)
+            et = _FIXED_TYPES.get(spec_in[i].type, node_t)
             if et not in made:
                 base = f"dsattn_absent_{helper.tensor_dtype_to_np_dtype(et).name}"
                 while base in taken:
@@ -235,7 +245,24 @@ def _fill_absent_inputs(model: onnx.ModelProto, T: int) -> None:
 def _check_positive(name: str, v) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
         raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if v > INT32_MAX:  # cache positions and sizes are int32 in the graph and in the plugins
+        raise ValueError(f"{name}={v} does not fit int32")
     return v
+
+
+def _check_memory(shape: tuple[int, ...], T: torch.dtype, device: torch.device) -> None:
+    """The export traces with a real example KV cache (past_key and past_value of ``shape``): size it
+    against the device's memory first, so a huge capacity is an error naming it, not an allocator
+    failure (or a machine swapping) deep inside torch."""
+    need = 2 * math.prod(shape) * torch.empty((), dtype=T).element_size()
+    if device.type == "cuda":
+        have = torch.cuda.mem_get_info(device)[1]
+    else:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > have // 2:  # tracing holds copies of the example inputs
+        raise ValueError(f"capacity={shape[2]}: the example KV cache the export traces with (batch {shape[0]}) needs "
+                         f"{need / 2**30:.1f} GiB, more than half of this machine's {have / 2**30:.1f} GiB "
+                         f"({device.type} memory)")
 
 
 def export_onnx(module: DeepSpeedSelfAttention, path: Union[str, os.PathLike], *, batch: int, seq: int,
@@ -271,6 +298,7 @@ def export_onnx(module: DeepSpeedSelfAttention, path: Union[str, os.PathLike], *
     if S > capacity:
         raise ValueError(f"dynamic export traces with seq >= 2, which exceeds capacity={capacity}")
     Hkv, D = c.kv_heads_per_partition, c.head_size
+    _check_memory((B, Hkv, capacity, D), T, dev)
     args = (torch.randn(B, S, c.hidden_size, dtype=T, device=dev),
             torch.zeros(B, Hkv, capacity, D, dtype=T, device=dev),
             torch.zeros(B, Hkv, capacity, D, dtype=T, device=dev),

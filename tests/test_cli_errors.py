@@ -40,7 +40,11 @@ def files(tmp_path_factory):
     (d / "folder").mkdir()
     (d / "lib.so").write_bytes(b"")
     (d / "inputs.json").write_text("[not json")
-    return {"model": model, "dir": str(d), **{k: str(d / f"{k}.onnx") for k in ("empty", "text", "trunc", "ext",
+    hf = dict(model_type="llama", hidden_size=64, intermediate_size=32, num_attention_heads=4, num_key_value_heads=2,
+              num_hidden_layers=1, vocab_size=16)
+    for name, cfg in HF_CONFIGS.items():
+        (d / f"hf_{name}.json").write_text(json.dumps({**hf, **cfg}))
+    return {"model": model, "dir": str(d), **{f"hf_{k}": str(d / f"hf_{k}.json") for k in HF_CONFIGS}, **{k: str(d / f"{k}.onnx") for k in ("empty", "text", "trunc", "ext",
                                                                                  "withdata")},
             "folder": str(d / "folder"), "lib": str(d / "lib.so"), "badjson": str(d / "inputs.json")}
 
@@ -54,8 +58,38 @@ def run_cli(argv, capsys):
     return rc, out, err
 
 
+HF_CONFIGS = {"misspelled": dict(hiden_size=64), "f64": dict(torch_dtype="float64"),
+              "negative": dict(intermediate_size=-5), "string": dict(num_attention_heads="4"),
+              "heads": dict(num_attention_heads=3, num_key_value_heads=3), "kv": dict(num_key_value_heads=3),
+              "f16": dict(torch_dtype="float16")}
+
 # (argv with {placeholders}, exit status, regex the one stderr line must match)
 TABLE = [
+    # export: checked before the module is built or exported
+    (["export", "--out", "{dir}/o", "--providers", ",,"], 2, r"--providers ',,': empty entry"),
+    (["export", "--out", "{dir}/o", "--providers", ""], 2, r"--providers: empty"),
+    (["export", "--out", "{dir}/o", "--providers", "cuda"], 2,
+     r"--providers 'cuda': ONNX Runtime provider 'cuda' \(CUDAExecutionProvider\) is not available"),
+    (["export", "--out", "{dir}/o", "--seed", str(2**70)], 2, r"--seed 1180591620717411303424: must be < 2\*\*63"),
+    (["export", "--out", "{lib}"], 2, r"--out '.*lib.so' is a file, expected a folder"),
+    (["export", "--out", "{dir}/o", "--capacity", str(2**40)], 2, r"--capacity 1099511627776 does not fit int32"),
+    (["export", "--out", "{dir}/o", "--capacity", str(2**31 - 100), "--seq", "2"], 2,
+     r"--capacity 2147483548: the example KV cache the export traces with \(batch 2\) needs 4096.0 GiB, more than"),
+    (["export", "--out", "{dir}/o", "--providers", "cuda", "--no-validate"], 2,
+     r"--providers 'cuda' with --no-validate: the providers would not run"),
+    (["export", "--out", "{dir}/o", "--config", "{model}"], 2, r"--config '.*m.onnx': not valid JSON \(not UTF-8"),
+    (["export", "--out", "{dir}/o", "--int8", "--group-size", "7"], 2, r"--group-size 7 does not divide K=256"),
+    (["export", "--out", "{dir}/o", "--seq", str(2**40)], 2, r"--seq 1099511627776 does not fit int32"),
+    # Hugging Face configs: named fields, never a traceback, never a silent default
+    (["export", "--out", "{dir}/o", "--hf-config", "{hf_misspelled}"], 2,
+     r"--hf-config '.*hf_misspelled.json': unknown field 'hiden_size' \(did you mean 'hidden_size'\?\)"),
+    (["export", "--out", "{dir}/o", "--hf-config", "{hf_f64}"], 2, r"torch_dtype='float64' is not supported"),
+    (["export", "--out", "{dir}/o", "--hf-config", "{hf_negative}"], 2, r"intermediate_size=-5 must be a positive integer"),
+    (["export", "--out", "{dir}/o", "--hf-config", "{hf_string}"], 2, r"num_attention_heads='4' must be a positive"),
+    (["export", "--out", "{dir}/o", "--hf-config", "{hf_heads}"], 2,
+     r"--hf-config '.*hf_heads.json': transformers cannot build a llama layer from it: .*not a multiple"),
+    (["export", "--out", "{dir}/o", "--hf-config", "{hf_kv}"], 2,
+     r"--hf-config '.*hf_kv.json': AttentionConfig.num_kv=3: must divide heads=4"),
     # bad model files into every command that reads one
     *[([cmd, "{%s}" % bad, *extra], 2, rf"{what} '.*{bad}\.onnx'{msg}")
       for cmd, extra, what in (("lower", [], "MODEL"), ("validate", [], "MODEL"),
@@ -84,7 +118,13 @@ TABLE = [
     (["validate", "{model}", "--cases", "prefill,,decode"], 2, r"--cases 'prefill,,decode': empty entry"),
     (["build-engine", "{model}", "--plugins", "l.so", "--print-trtexec", "--capacity", "64"], 2,
      rf"capacity range 64:64:64 conflicts with the model's static capacity {CAPACITY}"),
+    (["validate", "{model}", "--providers", "cuda"], 2, r"--providers: ONNX Runtime provider 'cuda' .* not available"),
+    (["validate", "{model}", "--engine", "{dir}/none.plan"], 2, r"--engine: '.*none.plan' does not exist"),
+    (["validate", "{model}", "--plugins", "{dir}/none.so"], 2, r"--plugins: '.*none.so' does not exist"),
+    (["build-engine", "", "--plugins", "l.so", "--print-trtexec"], 2, r"MODEL and -o/--output must not be empty"),
     # sizes and numbers
+    (["validate", "{model}", "--batch", str(2**31 - 1)], 2,
+     r"--batch 2147483647, seq=7, capacity=16: the generated inputs need .* GiB, more than half"),
     (["validate", "{model}", "--batch", "0"], 2, r"--batch 0: must be a positive integer"),
     (["validate", "{model}", "--seed", "-1"], 2, r"--seed -1: must be in \[0, 2\*\*63\)"),
     (["validate", "{model}", "--load-inputs", "{badjson}"], 2, r"--load-inputs '.*inputs.json'"),
@@ -185,3 +225,15 @@ def test_failed_writes_keep_old_files(files, tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert "cannot write" in r.stderr and str(saved) in r.stderr
     assert _snapshot(tmp_path) == before  # both old files byte-identical, no staging left behind
+
+
+def test_hf_config_torch_dtype_is_used(files, tmp_path, capsys):
+    """A config.json's torch_dtype is the dtype of the exported layer (--dtype overrides it)."""
+    from onnx import TensorProto
+
+    rc, out, err = run_cli(["export", "--hf-config", files["hf_f16"], "--out", tmp_path, "--seq", "2",
+                            "--capacity", "3", "--batch", "1", "--no-validate", "--seed", "1"], capsys)
+    assert rc == 0, err
+    assert "dtype float16 from its torch_dtype" in out
+    m = onnx.load(tmp_path / "dsattn_attention.onnx", load_external_data=False)
+    assert {i.name: i.type.tensor_type.elem_type for i in m.graph.input}["hidden_states"] == TensorProto.FLOAT16

@@ -91,3 +91,28 @@ def test_dict_roundtrip_and_unknown_field():
     assert AttentionConfig.from_dict(d) == c
     with pytest.raises(ValueError, match="heeds"):
         AttentionConfig.from_dict({"hidden_size": 64, "heeds": 4})
+
+
+def test_ints_are_not_coerced_and_fit_int32():
+    """Floats are rejected, not truncated; ints past int32 (what the graph and TensorRT carry) are
+    rejected with a message naming the field; numpy ints are fine."""
+    import numpy as np
+
+    from dsattn.export import DeepSpeedSelfAttention
+    from dsattn.export.config import check_int, int32_tensor
+
+    with pytest.raises(TypeError, match=r"AttentionConfig.heads must be an int, got 4.0 \(float\)"):
+        AttentionConfig(hidden_size=32, heads=4.0)
+    with pytest.raises(ValueError, match=r"AttentionConfig.max_out_tokens=4294967296 does not fit int32"):
+        AttentionConfig(hidden_size=32, heads=4, max_out_tokens=2**32)
+    assert type(AttentionConfig(hidden_size=32, heads=np.int32(4)).heads) is int
+    m = DeepSpeedSelfAttention(AttentionConfig(hidden_size=32, heads=4, dtype="float32"))
+    for bad, err in (([1.5, 0], TypeError), (torch.tensor([1.0, 0.0]), TypeError), ([True, 0], TypeError),
+                     ([2**31, 0], ValueError)):
+        with pytest.raises(err, match="start_pos"):
+            m.new_cache(2, 8, start_pos=bad)
+    assert m.new_cache(2, 8, start_pos=np.array([3, 1])).start_pos.tolist() == [3, 1]
+    assert check_int("x", np.int64(5), 0, 9) == 5
+    with pytest.raises(ValueError, match=r"x=10 must be in \[0, 9\]"):
+        check_int("x", 10, 0, 9)
+    assert int32_tensor("v", [[1, 2]]).shape == (1, 2)

@@ -413,3 +413,43 @@ def test_no_empty_input_on_dsattn_nodes(name, tmp_path, seed):
     for got in (got_ev, got_ort):
         np.testing.assert_allclose(got[0], ref.numpy(), rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(got[1], new.key.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_no_bias_export_on_ort_custom_ops(tmp_path, seed):
+    """libdsattn_ort.so reads the shape-[0] bias of a bias-free export as absent (needs the library
+    built: build/plugins/libdsattn_ort.so or $DSATTN_ORT_LIB, and onnxruntime-gpu)."""
+    import torch
+
+    from dsattn.export import AttentionConfig, DeepSpeedSelfAttention, export_onnx
+    from dsattn.tools import ort_runtime
+    from dsattn.tools.validate import validate
+
+    try:
+        ort_runtime.find_library()
+    except (FileNotFoundError, ValueError) as exc:
+        pytest.skip(f"libdsattn_ort.so not built: {exc}")
+    torch.manual_seed(seed)
+    kw, _ = _NO_BIAS["llama_rmsnorm_no_bias"]
+    m = DeepSpeedSelfAttention(AttentionConfig(hidden_size=64, heads=4, dtype="float16", **kw)).eval()
+    path = export_onnx(m, tmp_path / "m.onnx", batch=2, seq=3, capacity=16)
+    rep = validate(path, providers=["cuda-dsattn"], seed=seed)
+    assert rep.passed, rep.table()
+
+
+def test_no_empty_input_in_whole_decoders(tmp_path, seed):
+    """Whole decoders go through the same post-processing: GPT-J (no q/k/v bias, LayerNorm) has an
+    absent bias before gamma/beta in every layer."""
+    pytest.importorskip("transformers")
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from whole_cases import make_checkpoint
+
+    from dsattn.export.model_onnx import export_hf_model
+
+    make_checkpoint("gptj", tmp_path / "ckpt", seed=seed)
+    res = export_hf_model(tmp_path / "ckpt", tmp_path / "out", log=lambda s: None)
+    model = onnx.load(res.model_path, load_external_data=False)
+    qkv = [n for n in model.graph.node if n.domain == "dsattn" and n.op_type == "QKVGemm"]
+    assert len(qkv) == 2 and all(all(i for i in n.input) for n in qkv), [list(n.input) for n in qkv]
+    empties = {i.name for i in model.graph.initializer if list(i.dims) == [0]}
+    assert all(n.input[2] in empties for n in qkv)

@@ -126,13 +126,14 @@ def test_missing_provider_is_named(fp16_model):
         validate(fp16_model, providers=("cpu", "cuda"))
 
 
-def test_tensorrt_requested_but_missing(fp16_model, seed):
+def test_tensorrt_requested_but_missing(fp16_model, tmp_path, seed):
     try:
         import tensorrt  # noqa: F401
         pytest.skip("TensorRT is importable here")
     except ImportError:
         pass
-    rep = validate(fp16_model, seed=seed, engine="missing.plan", cases=("decode",))
+    (tmp_path / "m.plan").write_bytes(b"plan")
+    rep = validate(fp16_model, seed=seed, engine=str(tmp_path / "m.plan"), cases=("decode",))
     assert not rep.passed
     assert any("TensorRT" in e and "not importable" in e for e in rep.errors)
     assert rep.rows and all(r.passed for r in rep.rows)  # the other runtimes still ran
@@ -186,11 +187,15 @@ def test_tensorrt_plumbing_with_a_stand_in_runtime(fp16_model, tmp_path, monkeyp
     monkeypatch.setattr(engines, "import_tensorrt", lambda: None)
     monkeypatch.setattr(engines, "build_engine", fake_build)
     monkeypatch.setattr(engines, "run_engine", fake_run)
-    rep = validate(fp16_model, seed=seed, plugins=["libdsattn_plugins.so"], batch=2, seq=4, capacity=14)
+    lib = str(tmp_path / "libdsattn_plugins.so")
+    plan = str(tmp_path / "given.plan")
+    open(lib, "wb").close()
+    open(plan, "wb").close()
+    rep = validate(fp16_model, seed=seed, plugins=[lib], batch=2, seq=4, capacity=14)
     assert rep.passed, rep.table()
     assert {r.output for r in rep.rows if r.runtime == "tensorrt"} == {"context", "present_key", "present_value"}
     path, plugins, kw = calls["build"]
-    assert path == fp16_model and plugins == ["libdsattn_plugins.so"]
+    assert path == fp16_model and plugins == [lib]
     assert kw == dict(batch=(1, 2, 2), seq=(1, 4, 4), capacity=(14, 14, 14))
     assert len(calls["run"]) == 2 and calls["run"][0][0].endswith("validate.plan")
 
@@ -200,17 +205,25 @@ def test_tensorrt_plumbing_with_a_stand_in_runtime(fp16_model, tmp_path, monkeyp
         return out
 
     monkeypatch.setattr(engines, "run_engine", garbage)
-    rep = validate(fp16_model, seed=seed, engine="given.plan", plugins=["libdsattn_plugins.so"])
+    rep = validate(fp16_model, seed=seed, engine=plan, plugins=[lib])
     assert not rep.passed and "build" in calls
     assert {r.output for r in rep.rows if not r.passed} == {"context"}
     assert all(r.runtime == "tensorrt" for r in rep.rows if not r.passed)
 
 
-def test_engine_without_plugins_is_an_error(fp16_model, monkeypatch, seed):
+def test_engine_without_plugins_is_an_error(fp16_model, tmp_path, monkeypatch, seed):
     """A plan carries no plugin code: the library must be loaded before deserializing it."""
     import dsattn.engines as engines
 
     monkeypatch.setattr(engines, "import_tensorrt", lambda: None)
-    rep = validate(fp16_model, seed=seed, engine="given.plan", cases=("decode",))
+    (tmp_path / "given.plan").write_bytes(b"plan")
+    rep = validate(fp16_model, seed=seed, engine=str(tmp_path / "given.plan"), cases=("decode",))
     assert not rep.passed
     assert any("needs the plugin library too" in e for e in rep.errors), rep.errors
+
+
+def test_missing_engine_or_plugin_file_fails_first(fp16_model, tmp_path, seed):
+    for kw, match in ((dict(engine=str(tmp_path / "none.plan")), r"engine: '.*none.plan' does not exist"),
+                      (dict(plugins=[str(tmp_path / "none.so")]), r"plugins: '.*none.so' does not exist")):
+        with pytest.raises(ValueError, match=match):
+            validate(fp16_model, seed=seed, **kw)

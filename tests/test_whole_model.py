@@ -290,7 +290,7 @@ def test_cli_errors(exported, tmp_path, capsys):
     assert main(["export", "--hf-model", str(tmp_path / "nope")]) == 2
     assert "--hf-model: " in capsys.readouterr().err
     assert main(["export", "--logits", "last"]) == 2
-    assert "--logits: needs --hf-model" in capsys.readouterr().err
+    assert "--logits needs --hf-model" in capsys.readouterr().err
     assert main(["generate", str(out), "--prompt", "hello"]) == 2
     assert "--prompt needs a tokenizer" in capsys.readouterr().err
     assert main(["generate", str(tmp_path), "--input-ids", "1,2"]) == 2

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -80,33 +81,116 @@ def _load_json(path, what: str) -> dict:
         raise ValueError(f"{what} {str(path)!r}: cannot read ({e.strerror})") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{what} {str(path)!r}: not valid JSON ({e})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {str(path)!r}: not valid JSON (not UTF-8 text)") from None
     if not isinstance(d, dict):
         raise ValueError(f"{what} {str(path)!r}: expected a JSON object, got {type(d).__name__}")
     return d
 
 
+# Keys of real config.json files that carry no architecture (kept by transformers as they are).
+_HF_EXTRA_KEYS = ("auto_map", "quantization_config", "task_specific_params")
+# Sizes that must be positive ints (the layer would otherwise fail deep inside torch).
+_HF_SIZES = ("hidden_size", "n_embd", "num_attention_heads", "n_head", "num_key_value_heads", "head_dim",
+             "intermediate_size", "n_inner", "num_hidden_layers", "n_layer", "vocab_size", "max_position_embeddings",
+             "n_positions", "rotary_dim")
+
+
+def _hf_check_fields(d: dict, cfg_cls, where: str) -> None:
+    """A misspelled or unknown field would be kept by transformers as a stray attribute while the
+    class default stays in place (a 'hiden_size' exports a 4096-wide layer): every field must be
+    one the config class takes, or one transformers converts (legacy rope_theta/rope_scaling);
+    values must have the default's type, sizes must be positive."""
+    import difflib
+    import inspect
+
+    from transformers.utils import logging as hf_logging
+
+    defaults = cfg_cls().to_dict()
+    known = (set(defaults) | set(inspect.signature(cfg_cls.__init__).parameters)
+             | set(getattr(cfg_cls, "attribute_map", {})) | set(_HF_META_KEYS) | set(_HF_EXTRA_KEYS))
+    unknown = []
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the probes below are not the user's config
+    try:
+        for k, v in d.items():
+            if k in known or k.startswith("_"):
+                continue
+            try:
+                probe = cfg_cls(**{k: v}).to_dict()
+            except Exception:  # transformers reads the key (and rejects this value): not unknown
+                continue
+            if {a: b for a, b in probe.items() if a != k} == {a: b for a, b in defaults.items() if a != k}:
+                unknown.append(k)
+    finally:
+        hf_logging.set_verbosity(level)
+    if unknown:
+        hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1)) else "")
+                 for k in unknown]
+        raise ValueError(f"{where}: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(hints)} for "
+                         f"{cfg_cls.__name__} (a misspelled field would leave the default in place)")
+    attr_map = getattr(cfg_cls, "attribute_map", {})
+    for k, v in d.items():
+        ref = defaults.get(attr_map.get(k, k))
+        bad = None
+        if k in _HF_SIZES or attr_map.get(k) in _HF_SIZES:
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+                bad = "a positive integer"
+        elif isinstance(ref, bool):
+            bad = None if isinstance(v, bool) else "true or false"
+        elif isinstance(ref, int):
+            bad = None if v is None or (isinstance(v, int) and not isinstance(v, bool)) else "an integer"
+        elif isinstance(ref, float):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            bad = None if ok or v is None else "a finite number"
+        elif isinstance(ref, str):
+            bad = None if isinstance(v, str) else "a string"
+        if bad:
+            raise ValueError(f"{where}: {k}={v!r} must be {bad}")
+
+
+def _hf_dtype(d: dict, where: str) -> Optional[torch.dtype]:
+    """The checkpoint's dtype (``torch_dtype``, ``dtype`` in newer files): the layer is built in it
+    unless --dtype says otherwise."""
+    v = d.get("dtype", d.get("torch_dtype"))
+    if v is None:
+        return None
+    key = "dtype" if "dtype" in d else "torch_dtype"
+    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if not isinstance(v, str) or v.removeprefix("torch.") not in names:
+        raise ValueError(f"{where}: {key}={v!r} is not supported (float32, float16 or bfloat16; or pass --dtype)")
+    return names[v.removeprefix("torch.")]
+
+
 def _hf_layer(hf_config_path, seed: int):
-    """Layer 0 of the family named by a Hugging Face config.json, with random weights."""
+    """Layer 0 of the family named by a Hugging Face config.json, with random weights; returns
+    (layer, description, the config's dtype or None)."""
+    where = f"--hf-config {str(hf_config_path)!r}"
     d = _load_json(hf_config_path, "--hf-config")
     mt = d.get("model_type")
     if mt not in HF_FAMILIES:
-        raise ValueError(f"--hf-config {str(hf_config_path)!r}: model_type={mt!r} is not supported "
-                         f"(supported: {', '.join(HF_FAMILIES)})")
+        raise ValueError(f"{where}: model_type={mt!r} is not supported (supported: {', '.join(HF_FAMILIES)})")
     import transformers
 
     fam = HF_FAMILIES[mt]
     cfg_cls = getattr(transformers, fam.config_class)
     layer_cls = getattr(importlib.import_module(f"transformers.models.{fam.module}"), fam.layer_class)
-    cfg = cfg_cls(**{k: v for k, v in d.items() if k not in _HF_META_KEYS})
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    layer = layer_cls(cfg, layer_idx=0).eval()
+    _hf_check_fields(d, cfg_cls, where)
+    dtype = _hf_dtype(d, where)
+    try:
+        cfg = cfg_cls(**{k: v for k, v in d.items() if k not in _HF_META_KEYS})
+        cfg._attn_implementation = "eager"
+        torch.manual_seed(seed)
+        layer = layer_cls(cfg, layer_idx=0).eval()
+    except Exception as exc:  # transformers' own checks (e.g. heads not dividing hidden_size)
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(f"{where}: transformers cannot build a {mt} layer from it: {msg}") from None
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # HF zero-inits biases: random values so every term is exercised
         for p in layer.parameters():
             if p.dim() == 1:
                 p.add_(torch.randn(p.shape, generator=gen) * 0.1)
-    return layer, f"{mt} layer from {hf_config_path} (random weights)"
+    return layer, f"{mt} layer from {hf_config_path} (random weights)", dtype
 
 
 def build_module(*, config: Optional[str] = None, hf_config: Optional[str] = None, dtype=None, int8: bool = False,
@@ -130,10 +214,11 @@ def build_module(*, config: Optional[str] = None, hf_config: Optional[str] = Non
         m = load_hf_layer(hf_model, layer, dtype=dt)
         desc = f"layer {layer} of {hf_model} (its real weights)"
     elif hf_config is not None:
-        layer, desc = _hf_layer(hf_config, seed)
-        m = from_hf(layer)
-        if dt is not None:
-            m = m.to(dt)
+        hf_layer, desc, hf_dt = _hf_layer(hf_config, seed)
+        m = from_hf(hf_layer)
+        if dt is not None or hf_dt is not None:
+            m = m.to(dt or hf_dt)
+            desc += f", dtype {str(dt or hf_dt)[6:]} from " + ("--dtype" if dt is not None else "its torch_dtype")
     else:
         if config is not None:
             d = _load_json(config, "--config")

@@ -287,6 +287,20 @@ def _resolve_sizes(model, batch: Optional[int], seq: Optional[int], capacity: Op
     return _Dims(b, s, t), static_s
 
 
+def _check_input_memory(model, roles, B: int, S: int, T: int) -> None:
+    """The generated inputs (drawn in float64) against this machine's memory: a huge batch or
+    capacity is an error naming them, not a MemoryError inside numpy."""
+    need = 16 * B  # seq_lens / start_pos drafts (int64)
+    for name, _, dims in _graph_inputs(model):
+        sizes = [d if isinstance(d, int) and d > 0 else B if axis == 0 else T if roles.get(name) == "cache" else S
+                 for axis, d in enumerate(dims)]
+        need += 8 * math.prod(sizes)
+    have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > have // 2:
+        raise ValueError(f"batch={B}, seq={S}, capacity={T}: the generated inputs need {need / 2**30:.1f} GiB, more "
+                         f"than half of this machine's {have / 2**30:.1f} GiB of memory")
+
+
 def make_inputs(model: onnx.ModelProto, case: str, *, batch: int, seq: int, capacity: int,
                 rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Random, consistent feeds for ``case`` ('prefill' or 'decode'): float inputs ~ N(0, 1) in the
@@ -309,6 +323,7 @@ def make_inputs(model: onnx.ModelProto, case: str, *, batch: int, seq: int, capa
         start = np.array([rng.integers(0, l + 1) for l in lens])
         start[0] = 0
     roles = _roles(model)
+    _check_input_memory(model, roles, B, S, T)
     feeds: dict[str, np.ndarray] = {}
     for name, elem, dims in _graph_inputs(model):
         role = roles.get(name)
@@ -637,7 +652,10 @@ def _options(providers, plugins, engine, cases, seed, atol, rtol, ort_library=No
     if isinstance(providers, str):
         providers = [p for p in providers.split(",") if p]
     providers = list(providers)
-    resolved = [resolve_provider(p) for p in providers]  # fail early, naming the provider
+    try:
+        resolved = [resolve_provider(p) for p in providers]  # fail early, naming the provider
+    except ValueError as exc:
+        raise ValueError(f"providers: {exc}") from None
     if "cuda-dsattn" in resolved:
         from .ort_runtime import find_library
 
@@ -645,6 +663,9 @@ def _options(providers, plugins, engine, cases, seed, atol, rtol, ort_library=No
     if isinstance(plugins, (str, os.PathLike)):
         plugins = [plugins]
     plugins = [os.fspath(p) for p in plugins]
+    for what, f in [("engine", engine)] * (engine is not None) + [("plugins", p) for p in plugins]:
+        if not os.path.isfile(f):  # before minutes of other runtimes, not after
+            raise ValueError(f"{what}: {os.fspath(f)!r} does not exist")
     cases = [cases] if isinstance(cases, str) else list(cases)
     if not cases:
         raise ValueError(f"cases: none given; choose from {CASES}")

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 # validate()'s keyword names -> the CLI's options, so an error names what the user typed.
 _FLAGS = {"providers": "--providers", "cases": "--cases", "atol": "--atol", "rtol": "--rtol", "seed": "--seed",
           "save_inputs": "--save-inputs", "load_inputs": "--load-inputs", "model": "MODEL", "batch": "--batch",
-          "seq": "--seq", "capacity": "--capacity"}
+          "seq": "--seq", "capacity": "--capacity", "engine": "--engine", "plugins": "--plugins"}
 
 
 def _flagged(exc: BaseException) -> str:

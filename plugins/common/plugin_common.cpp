@@ -256,8 +256,9 @@ AttrValues AttrValues::parse(std::vector<AttrSpec> const& table, PluginFieldColl
   DSATTN_CHECK(fc->nbFields >= 0, op << ": PluginFieldCollection.nbFields=" << fc->nbFields << " is negative");
   DSATTN_CHECK(fc->nbFields == 0 || fc->fields != nullptr,
                op << ": PluginFieldCollection has nbFields=" << fc->nbFields << " but fields=nullptr");
-  // A node has at most one field per table row plus plugin_version/plugin_namespace; a larger
-  // count is a corrupt collection (and would make the duplicate check below quadratic).
+  // A collection has at most one field per table row plus plugin_version/plugin_namespace (which
+  // only callers other than TensorRT's ONNX parser send); a larger count is a corrupt collection
+  // (and would make the duplicate check below quadratic).
   int32_t const maxFields = static_cast<int32_t>(table.size()) + 2;
   DSATTN_CHECK(fc->nbFields <= maxFields,
                op << ": PluginFieldCollection has " << fc->nbFields << " fields; " << op << " has at most " << maxFields);

@@ -113,8 +113,10 @@ class AttrValues {
 
   // Parses a TensorRT field collection: every field checked (name, type, count, data pointer,
   // range); unknown fields, duplicates and missing required fields throw. `plugin_version` and
-  // `plugin_namespace` (kCHAR, as the ONNX parser passes STRING attributes) are accepted when
-  // their value names this library's version/namespace.
+  // `plugin_namespace` (kCHAR) are accepted when their value names this library's
+  // version/namespace: TensorRT's ONNX parser never sends them (it passes only the fields
+  // getFieldNames() lists, and uses these two attributes to find the creator), but a caller
+  // building the field collection from all of a node's attributes may.
   static AttrValues parse(std::vector<AttrSpec> const& table, nvinfer1::PluginFieldCollection const* fc,
                           char const* opName);
 
@@ -144,9 +146,11 @@ std::vector<nvinfer1::PluginField> fieldNamesFromTable(std::vector<AttrSpec> con
 
 // ---- plugin base -----------------------------------------------------------------------------
 
-// Tensor presence: an optional input is absent when it lies beyond nbInputs (the ONNX parser omits
-// trailing empty inputs) or when TensorRT hands an empty tensor (nbDims <= 0, or a [0] shape) at
-// its position (the parser turns a middle empty input name into a nullptr plugin input).
+// Tensor presence: an optional input is absent when it lies beyond nbInputs (the exporter leaves
+// trailing absent inputs out of the node; TensorRT's ONNX parser trims nothing) or when its tensor
+// is empty (nbDims <= 0, or a [0] shape): the exporter writes an absent input that precedes a
+// present one as a shape-[0] initializer, because the parser would turn an empty input name into a
+// null plugin input, whose handling by TensorRT is not defined (docs/OPS.md).
 bool isAbsent(int32_t index, int32_t nbInputs, nvinfer1::Dims const* dimsOrNull);
 bool isAbsentExpr(int32_t index, int32_t nbInputs, nvinfer1::DimsExprs const* inputs);
 

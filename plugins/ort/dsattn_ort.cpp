@@ -324,8 +324,11 @@ class KernelBase {
     return static_cast<cudaStream_t>(s);
   }
 
-  // Inputs 0..count-1 as TensorInfo (absent: beyond the node's inputs or an empty name) + data.
-  void inputs(OrtKernelContext* ctx, size_t count, std::vector<TensorInfo>* infos, std::vector<Input>* data) const {
+  // Inputs 0..count-1 as TensorInfo + data. Absent: beyond the node's inputs, an empty name, or an
+  // optional input (index >= firstOptional) that is a 1-D tensor of shape [0], which is how the
+  // exporter writes an absent input that precedes a present one (OPS.md).
+  void inputs(OrtKernelContext* ctx, size_t count, size_t firstOptional, std::vector<TensorInfo>* infos,
+              std::vector<Input>* data) const {
     size_t n = 0;
     check(mApi, mApi->KernelContext_GetInputCount(ctx, &n), "KernelContext_GetInputCount");
     infos->assign(count, TensorInfo{});
@@ -340,6 +343,10 @@ class KernelBase {
           ti, mApi->ReleaseTensorTypeAndShapeInfo);
       TensorInfo& t = (*infos)[i];
       readInfo(mApi, ti, &t.type, &t.dims);
+      if (i >= firstOptional && t.dims.size() == 1 && t.dims[0] == 0) {
+        t = TensorInfo{};
+        continue;
+      }
       t.present = true;
       (*data)[i].value = v;
       void const* p = nullptr;
@@ -394,7 +401,7 @@ class QKVGemmKernel final : public KernelBase {
   void compute(OrtKernelContext* ctx) override {
     std::vector<TensorInfo> in;
     std::vector<Input> d;
-    inputs(ctx, ops::kQKV_NUM_INPUTS, &in, &d);
+    inputs(ctx, ops::kQKV_NUM_INPUTS, ops::kQKV_BIAS, &in, &d);
     ops::QKVGemmShape const s = ops::checkQKVGemmInputs(mAttrs, in);
     dsattn_qkv_gemm_params p{};
     p.M = s.B * s.S;
@@ -437,7 +444,7 @@ class Int8MatMulKernel final : public KernelBase {
   void compute(OrtKernelContext* ctx) override {
     std::vector<TensorInfo> in;
     std::vector<Input> d;
-    inputs(ctx, ops::kI8_NUM_INPUTS, &in, &d);
+    inputs(ctx, ops::kI8_NUM_INPUTS, ops::kI8_BIAS, &in, &d);
     ops::Int8MatMulShape const s = ops::checkInt8MatMulInputs(mAttrs, in);
     dsattn_int8_matmul_params p{};
     p.M = s.M;
@@ -501,7 +508,7 @@ class SoftmaxContextKernel final : public KernelBase {
     //   context       T     [B, S, H*D]
     std::vector<TensorInfo> in;
     std::vector<Input> d;
-    inputs(ctx, ops::kSC_NUM_INPUTS, &in, &d);
+    inputs(ctx, ops::kSC_NUM_INPUTS, ops::kSC_START_POS, &in, &d);
     ops::SoftmaxContextShape const s = ops::checkSoftmaxContextInputs(mAttrs, in);
     size_t const tsize = ops::elemSize(s.T);
     void* const context = output(ctx, 0, {s.B, s.S, int64_t(mAttrs.num_heads) * mAttrs.head_size});
