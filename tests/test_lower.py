@@ -446,3 +446,20 @@ def test_guard_catches_size_mismatches(seed):
                 dict(past_value=feeds["past_value"][:, :, :6].copy())):
         with pytest.raises(Exception, match=GUARD_SUFFIX):
             run_session(sess, dict(feeds, **bad))
+
+
+@pytest.mark.parametrize("case", [SC_CASES[1], SC_CASES[4]], ids=lambda c: c.name)
+def test_empty_batch_gives_empty_outputs(case):
+    """A batch of 0 rows is valid (the reference returns empty outputs); the GQA regrouping must
+    not need ONNX Runtime to infer a -1 axis of an empty tensor."""
+    from ort_cases import reference
+
+    H, Hkv, D, T = case.H, case.Hkv, case.D, case.Tmax
+    model = sc_model(TP.FLOAT, case)
+    feeds = {"qkv": np.zeros((0, 1, (H + 2 * Hkv) * D), np.float32),
+             "past_key": np.zeros((0, Hkv, T, D), np.float32), "past_value": np.zeros((0, Hkv, T, D), np.float32),
+             "seq_lens": np.zeros(0, np.int32), "start_pos": np.zeros(0, np.int32)}
+    want = reference(model, feeds)
+    got = run_session(make_session(lower_for_ort(model), "CPUExecutionProvider"), feeds)
+    assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in want.items()}
+    assert got["context"].shape == (0, 1, H * D)

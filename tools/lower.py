@@ -542,9 +542,12 @@ def _sc_attention(e: _Emitter, q: str, present_k: str, present_v: str, kv_ok: st
     vals = e.to_f32(present_v, "vals_f32")
     nonfinite = e.op("Or", [e.op("IsNaN", [vals], "v_isnan"), e.op("IsInf", [vals], "v_isinf")], "v_nonfinite")
     vals_fin = e.op("Where", [nonfinite, e.f32(0.0, "v_zero"), vals], "vals_finite")
-    qg = e.reshape(q, [0, Hkv, -1, D], "q_groups")  # [B, Hkv, G*S, D]; head h = kv*G + g
+    # The head regrouping reads B and S from q's shape instead of a -1 axis: ONNX Runtime cannot infer
+    # a -1 axis of an empty tensor, and a batch of 0 rows is valid (empty outputs, as the reference).
+    qg = _reshape_dyn(e, q, [(q, 0, 1), Hkv, (q, 2, G), D], "q_groups")  # [B, Hkv, G*S, D]; h = kv*G + g
     scores = e.op("MatMul", [qg, e.op("Transpose", [keys], "keys_t", perm=[0, 1, 3, 2])], "qk")
-    scores = e.reshape(scores, [0, H, -1, 0], "qk_heads") if G > 1 else scores  # [B, H, S, Tmax]
+    if G > 1:  # [B, H, S, Tmax]
+        scores = _reshape_dyn(e, scores, [(q, 0, 1), H, (q, 2, 1), (scores, 3, 1)], "qk_heads")
     scores = e.op("Mul", [scores, e.f32(a["scale"], "scale")], "logits")
     if a["alibi_slopes"]:
         rel_j = e.op("Cast", [e.op("Sub", [j, start_b], "j_minus_start")], "alibi_dist",
@@ -561,18 +564,33 @@ def _sc_attention(e: _Emitter, q: str, present_k: str, present_v: str, kv_ok: st
     # all-zero numerators, so dividing by max(sum, 1) yields zeros there and is exact elsewhere.
     denom = e.op("Max", [e.reduce("ReduceSum", ex, [3], 1, "row_sum"), e.f32(1.0, "f_one")], "denom")
     probs = e.op("Div", [ex, denom], "probs")
-    probs = e.reshape(probs, [0, Hkv, -1, 0], "probs_groups") if G > 1 else probs
+    if G > 1:
+        probs = _reshape_dyn(e, probs, [(q, 0, 1), Hkv, (q, 2, G), (probs, 3, 1)], "probs_groups")
     ctx = e.op("MatMul", [probs, vals_fin], "pv")  # [B, Hkv, G*S, D]
     # Elements that a non-finite value of a visible key reaches: NaN. reach [B, Hkv, S or 1, D] counts
     # them (the mask is shared by the heads of a KV group), broadcast over the group's G heads.
     reach = e.op("MatMul", [e.op("Cast", [mask], "mask_f32", to=TensorProto.FLOAT),
                             e.op("Cast", [nonfinite], "v_nonfinite_f32", to=TensorProto.FLOAT)], "v_nonfinite_reach")
     reach = e.unsqueeze(e.op("Greater", [reach, e.f32(0.0, "reach_zero")], "v_nonfinite_reached"), [2], "reach_b_kv_1")
-    ctx = e.op("Where", [reach, e.f32(float("nan"), "nan"), e.reshape(ctx, [0, Hkv, G, -1, D], "ctx_kv_groups")],
+    ctx = e.op("Where", [reach, e.f32(float("nan"), "nan"), _reshape_dyn(e, ctx, [(q, 0, 1), Hkv, G, (q, 2, 1), D], "ctx_kv_groups")],
                "ctx_nonfinite")  # [B, Hkv, G, S, D]
-    ctx = e.reshape(ctx, [0, H, -1, D], "ctx_heads")
+    ctx = _reshape_dyn(e, ctx, [(q, 0, 1), H, (q, 2, 1), D], "ctx_heads")
     ctx = e.reshape(e.op("Transpose", [ctx], "ctx_bshd", perm=[0, 2, 1, 3]), [0, 0, H * D], "ctx_flat")
     e.to_t(ctx, "context", output=out or None)
+
+
+def _reshape_dyn(e: _Emitter, x: str, parts, hint: str) -> str:
+    """Reshape ``x`` to a shape whose entries are ints or (tensor, axis, factor): that tensor's
+    dimension times factor, read at run time, so no -1 axis is needed."""
+    pieces = []
+    for p in parts:
+        if isinstance(p, int):
+            pieces.append(e.i64([p], f"{hint}_dim"))
+            continue
+        t, axis, factor = p
+        d = e.op("Shape", [t], f"{hint}_dim", start=axis, end=axis + 1)
+        pieces.append(d if factor == 1 else e.op("Mul", [d, e.i64([factor], f"{hint}_factor")], f"{hint}_dim"))
+    return e.op("Reshape", [x, e.op("Concat", pieces, f"{hint}_shape", axis=0)], hint)
 
 
 def _lower_softmax_context(e: _Emitter, node, ti: _TypeInfo, a: dict[str, Any]) -> None:
