@@ -4,8 +4,8 @@
 # cases of every kernel path (scripts/sanitize_*.py) and of the plugin harness, then
 # `dsattn bench kernels` (BENCHMARKS.md).
 #   carry: .device/unpack.sh .device/trt-include.tgz .device/ort-include .whl [.device/ort/...]
-# Env: DSATTN_SKIP_TESTS=1, DSATTN_SANITIZE=0, DSATTN_SKIP_BENCH=1 leave parts out (to fit one call).
-# $OUT gets: summary.txt, pytest_gpu.log, BENCHMARKS.md, ort_cuda_errors.txt, logs.tgz (all logs).
+# Usage: bash scripts/gpu_all.sh [native] [ort] [bench]
+# $OUT gets: summary.txt, pytest_<part>.log, BENCHMARKS.md, logs.tgz (all logs).
 set -uo pipefail
 out="${OUT:-gpu-out}"; mkdir -p "$out"
 logs=/tmp/dsattn-logs; rm -rf "$logs"; mkdir -p "$logs"
@@ -31,27 +31,44 @@ ort_inc="${ONNXRUNTIME_INCLUDE_DIR:-$PWD/.device/ort-include}"
 step cmake 60 cmake -S plugins -B build/plugins -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CUDA_ARCHITECTURES=90a -DDSATTN_REQUIRE_CUBLASLT=ON -DTensorRT_INCLUDE_DIR="$trt" -DONNXRUNTIME_INCLUDE_DIR="$ort_inc"
 step build 240 cmake --build build/plugins -j16
-if [ "${DSATTN_SKIP_TESTS:-0}" != 1 ]; then
+# Parts (arguments; default all): native = ctest, the gpu tests that need no onnxruntime-gpu and the
+# kernel sanitizers; ort = the gpu tests on ONNX Runtime CUDA (lowered and libdsattn_ort.so) and the
+# README's main job on CUDA; bench = the kernel benchmarks. The onnxruntime-gpu wheel travels in parts
+# over several calls, so a lease can run `native` while it is still arriving.
+parts="${*:-native ort bench}"
+has() { case " $parts " in *" $1 "*) return 0 ;; esac; return 1; }
+gpu_pytest() { # gpu_pytest NAME TIMEOUT FILES...
+  local name="$1" to="$2"; shift 2
+  step "$name" "$to" python3 -m pytest -m gpu -q -rs -p no:cacheprovider --basetemp=/tmp/plugcases "$@"
+  cp "$logs/$name.log" "$out/$name.log"
+}
+cs="compute-sanitizer --tool memcheck --error-exitcode 7"
+if has native; then
   step ctest 60 ctest --test-dir build/plugins --output-on-failure
   rm -rf /tmp/plugcases
-  step pytest_gpu 420 python3 -m pytest -m gpu -q -rs -p no:cacheprovider --basetemp=/tmp/plugcases tests
-  cp "$logs/pytest_gpu.log" "$out/pytest_gpu.log"
-fi
-if [ "${DSATTN_SANITIZE:-1}" = 1 ]; then
-  cs="compute-sanitizer --tool memcheck --error-exitcode 7"
-  step memcheck_softmax_context 150 $cs python3 scripts/sanitize_softmax_context.py
-  step memcheck_qkv_gemm 150 $cs python3 scripts/sanitize_qkv_gemm.py
-  step memcheck_int8_matmul 150 $cs python3 scripts/sanitize_int8_matmul.py
+  gpu_pytest pytest_native 400 tests/test_kernels_softmax_context.py tests/test_kernels_qkv_gemm.py \
+    tests/test_kernels_int8_matmul.py tests/test_nan_contract_gpu.py tests/test_plugins_harness.py \
+    tests/test_engines.py tests/test_whole_model_gpu.py
+  step memcheck_softmax_context 90 $cs python3 scripts/sanitize_softmax_context.py
+  step memcheck_qkv_gemm 90 $cs python3 scripts/sanitize_qkv_gemm.py
+  step memcheck_int8_matmul 90 $cs python3 scripts/sanitize_int8_matmul.py
   small=$(find /tmp/plugcases -name manifest.txt -printf '%h\n' 2>/dev/null | sort \
     | grep -E 'attn_(bloom|decode_fp32|overflow)|qkv_bfloat16_B1S1|int8_float16_2x3' | tr '\n' ' ')
-  [ -n "$small" ] && step memcheck_plugins 200 $cs --leak-check full \
+  [ -n "$small" ] && step memcheck_plugins 120 $cs --leak-check full \
     build/plugins/dsattn_plugin_harness build/plugins/libdsattn_plugins.so $small
 fi
-if [ "${DSATTN_SKIP_BENCH:-0}" != 1 ]; then
+if has ort; then
+  gpu_pytest pytest_ort 420 tests/test_ort_gpu.py tests/test_ort_dsattn_gpu.py tests/test_nan_contract.py \
+    tests/test_whole_model_gpu.py
+  step memcheck_ort_dsattn 120 $cs python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_ort_dsattn_gpu.py \
+    -k "(test_softmax_context and float16 and (decode_ragged_gqa or prefill_leftpad)) or (test_in_place_under_io_binding and float16)"
+  step export_cuda 120 python3 -m dsattn.tools.cli export --providers cpu,cuda --out /tmp/export-main
+fi
+if has bench; then
   step bench 300 python3 -m dsattn.tools.cli bench kernels --out "$out/BENCHMARKS.md"
   tail -60 "$logs/bench.log"
 fi
 echo; echo "== summary =="; printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
-tail -3 "$logs/pytest_gpu.log" | tee -a "$out/summary.txt"
+for f in "$logs"/pytest_*.log; do [ -f "$f" ] && tail -1 "$f" | sed "s|^|$(basename "$f" .log): |"; done | tee -a "$out/summary.txt"
 grep -h "ERROR SUMMARY" "$logs"/memcheck_*.log 2>/dev/null | tee -a "$out/summary.txt"
 tar -C "$logs" -czf "$out/logs.tgz" .
