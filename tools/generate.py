@@ -245,7 +245,10 @@ class OrtRuntime(Runtime):
                 for _ in range(s.num_layers)]
 
     def _bind(self, binding, name, t: torch.Tensor, output: bool) -> None:
-        t = t.contiguous()
+        # ONNX Runtime reads and writes the tensor's own memory: a contiguous copy made here would
+        # be freed before the run (and an output written into it lost).
+        if not t.is_contiguous():
+            raise ValueError(f"runtime ort: {name} must be a contiguous tensor")
         dev = "cuda" if t.is_cuda else "cpu"
         idx = t.device.index or 0
         fn = binding.bind_output if output else binding.bind_input
