@@ -436,3 +436,64 @@ def test_ort_runtime_lowers_in_memory_when_the_folder_is_not_writable(exported, 
     a = generate(em, input_ids=[[4, 5, 6]], runtime="ort", max_new_tokens=4, eos_token_id=[])
     b = generate(em, input_ids=[[4, 5, 6]], runtime="torch", max_new_tokens=4, eos_token_id=[])
     assert a.tokens == b.tokens
+
+
+def test_ort_runtime_updates_the_bound_caches_in_place(exported):
+    _, out, _ = exported("mistral")
+    rt = OrtRuntime(ExportedModel.open(out))
+    cache = rt.new_cache(2)
+    ptrs = [t.data_ptr() for kv in cache for t in kv]
+    rt.forward(torch.tensor([[5, 6, 7], [0, 8, 9]]), torch.zeros(2, dtype=torch.int32),
+               torch.tensor([0, 1], dtype=torch.int32), cache)
+    assert [t.data_ptr() for kv in cache for t in kv] == ptrs
+    for k, v in cache:
+        assert k[:, :, :3].abs().sum() > 0 and v[:, :, :3].abs().sum() > 0  # positions 0..2 written
+        assert not k[:, :, 3:].any() and not v[:, :, 3:].any()  # the rest untouched (zeros)
+
+
+def test_trt_runtime_binds_presents_to_their_past_buffers(exported):
+    """The binding logic of the TensorRT runtime, against a stand-in for the engine's context (no
+    TensorRT here): every present_* gets the address of the past_* buffer it aliases, the logits a
+    fresh buffer, every input its shape."""
+    from dsattn.tools.generate import TrtRuntime
+
+    _, out, _ = exported("llama")
+    em = ExportedModel.open(out)
+
+    class Ctx:
+        def __init__(self):
+            self.shapes, self.addr = {}, {}
+
+        def set_input_shape(self, name, shape):
+            self.shapes[name] = shape
+            return True
+
+        def set_tensor_address(self, name, ptr):
+            self.addr[name] = ptr
+
+    class Runner:
+        input_names = ["input_ids", "seq_lens", "start_pos", "past_key.0", "past_value.0", "past_key.1",
+                       "past_value.1"]
+        output_names = ["logits", "present_key.0", "present_value.0", "present_key.1", "present_value.1"]
+        aliases = {o: o.replace("present_", "past_") for o in output_names[1:]}
+
+        def __init__(self):
+            self._context = Ctx()
+            self.ran = 0
+
+        def _execute(self):
+            self.ran += 1
+
+    rt = TrtRuntime.__new__(TrtRuntime)
+    rt.runner, rt.model, rt.device = Runner(), em, torch.device("cpu")
+    rt.capacity, rt.vocab_size = em.capacity, em.spec.vocab_size
+    cache = rt.new_cache(2)
+    logits = rt.forward(torch.tensor([[1, 2, 3], [4, 5, 6]]), torch.zeros(2, dtype=torch.int32),
+                        torch.zeros(2, dtype=torch.int32), cache)
+    ctx = rt.runner._context
+    assert rt.runner.ran == 1 and logits.shape == (2, 128)
+    assert ctx.shapes["input_ids"] == (2, 3) and ctx.shapes["past_key.1"] == (2, 2, 64, 16)
+    for i, (k, v) in enumerate(cache):
+        assert ctx.addr[f"present_key.{i}"] == ctx.addr[f"past_key.{i}"] == k.data_ptr()
+        assert ctx.addr[f"present_value.{i}"] == ctx.addr[f"past_value.{i}"] == v.data_ptr()
+    assert ctx.addr["logits"] not in {t.data_ptr() for kv in cache for t in kv}
