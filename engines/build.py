@@ -89,7 +89,30 @@ def _plugin_paths(plugins) -> list[Path]:
 def resolve_profile(onnx_path, profiles: Profile | None = None, *, batch=None, seq=None, capacity=None) -> Profile:
     """`profiles` as given (checked against the model) or derived from the model's dynamic dims."""
     model = load_onnx(onnx_path, "ONNX model", load_external_data=False)  # one-line errors for bad files
+    check_dsattn_nodes(model, str(onnx_path))
     return derive_profile(model, batch=batch, seq=seq, capacity=capacity, overrides=profiles)
+
+
+def check_dsattn_nodes(model, where: str) -> None:
+    """Every dsattn node's attributes against the op contract before TensorRT sees them: its ONNX
+    parser reads INT attributes as int32 (a larger value would arrive truncated) and passes only the
+    fields the plugin's creator lists, so what it would silently change is rejected here, naming
+    the node."""
+    from dsattn.export import opspec
+
+    def nodes(g):
+        for n in g.node:
+            yield n
+            for a in n.attribute:
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    yield from nodes(sub)
+
+    for n in nodes(model.graph):
+        if n.domain == opspec.DOMAIN:
+            label = f"{where}: {n.domain}::{n.op_type} node {n.name or '<unnamed>'!r}"
+            if n.op_type not in opspec.OPS:
+                raise ValueError(f"{label}: unknown dsattn op (known: {sorted(opspec.OPS)})")
+            opspec.resolve(n.op_type, opspec.node_attributes(n, label), label)
 
 
 def trtexec_command(onnx_path, plugins, out, profiles: Profile | None = None, *, batch=None, seq=None,

@@ -37,6 +37,12 @@ def files(tmp_path_factory):
     fileio.save_onnx_atomic(onnx.load(model), d / "ext.onnx", external_data=True)
     (d / "ext.onnx.data").rename(d / "moved.data")  # ext.onnx now points at a missing file
     fileio.save_onnx_atomic(onnx.load(model), d / "withdata.onnx", external_data=True)
+    big = onnx.load(model)  # an INT attribute past int32, which TensorRT's parser would truncate
+    sc = next(n for n in big.graph.node if n.op_type == "SoftmaxContext")
+    next(a for a in sc.attribute if a.name == "local_window").i = 2**33 + 3
+    onnx.save(big, d / "bigattr.onnx")
+    (d / "bigwin.json").write_text(json.dumps(dict(hidden_size=64, heads=4, local_attention=True,
+                                                   window_size=2**40)))
     (d / "folder").mkdir()
     (d / "lib.so").write_bytes(b"")
     (d / "inputs.json").write_text("[not json")
@@ -44,7 +50,7 @@ def files(tmp_path_factory):
               num_hidden_layers=1, vocab_size=16)
     for name, cfg in HF_CONFIGS.items():
         (d / f"hf_{name}.json").write_text(json.dumps({**hf, **cfg}))
-    return {"model": model, "dir": str(d), **{f"hf_{k}": str(d / f"hf_{k}.json") for k in HF_CONFIGS}, **{k: str(d / f"{k}.onnx") for k in ("empty", "text", "trunc", "ext",
+    return {"model": model, "dir": str(d), "bigattr": str(d / "bigattr.onnx"), "bigwin": str(d / "bigwin.json"), **{f"hf_{k}": str(d / f"hf_{k}.json") for k in HF_CONFIGS}, **{k: str(d / f"{k}.onnx") for k in ("empty", "text", "trunc", "ext",
                                                                                  "withdata")},
             "folder": str(d / "folder"), "lib": str(d / "lib.so"), "badjson": str(d / "inputs.json")}
 
@@ -122,6 +128,12 @@ TABLE = [
     (["validate", "{model}", "--engine", "{dir}/none.plan"], 2, r"--engine: '.*none.plan' does not exist"),
     (["validate", "{model}", "--plugins", "{dir}/none.so"], 2, r"--plugins: '.*none.so' does not exist"),
     (["build-engine", "", "--plugins", "l.so", "--print-trtexec"], 2, r"MODEL and -o/--output must not be empty"),
+    # INT attributes past int32: rejected by every command, never truncated
+    *[([cmd, "{bigattr}", *extra], 2, r"SoftmaxContext node .*: attribute local_window=8589934595 does not fit int32")
+      for cmd, extra in (("lower", ["-o", "{dir}/big.ort.onnx"]), ("validate", []),
+                         ("build-engine", ["--plugins", "l.so", "--print-trtexec"]))],
+    (["export", "--out", "{dir}/o", "--config", "{bigwin}"], 2,
+     r"--config '.*bigwin.json': AttentionConfig.window_size=1099511627776 does not fit int32"),
     # sizes and numbers
     (["validate", "{model}", "--batch", str(2**31 - 1)], 2,
      r"--batch 2147483647, seq=7, capacity=16: the generated inputs need .* GiB, more than half"),

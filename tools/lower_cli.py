@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             lowered = lower_for_ort(model)
     except ValueError as exc:
         print(f"dsattn lower: error: MODEL {args.model!r}: {exc}", file=sys.stderr)
-        return 1
+        return 2  # the model's dsattn nodes are invalid: a bad input, as in validate and build-engine
     for w in caught:
         print(f"dsattn lower: warning: {w.message}", file=sys.stderr)
     n_before = sum(1 for n in model.graph.node if n.domain == "dsattn")
