@@ -167,29 +167,41 @@ bool tryStatus(OrtApi const* api, OrtStatus* st) {
   return false;
 }
 
-AttrProbe probeAttr(OrtApi const* api, OrtKernelInfo const* info, char const* name) {
-  AttrProbe p;
-  if (tryStatus(api, api->KernelInfoGetAttribute_int64(info, name, &p.i))) {
-    p.kind = AttrProbe::kINT;
-    return p;
-  }
-  if (tryStatus(api, api->KernelInfoGetAttribute_float(info, name, &p.f))) {
-    p.kind = AttrProbe::kFLOAT;
-    return p;
-  }
+// The array and string getters do not reject every other kind (ONNX Runtime's array getter reads a
+// STRING attribute as an empty FLOATS), so the kind the table expects is tried first and the others
+// only name a mismatch.
+bool probeAs(OrtApi const* api, OrtKernelInfo const* info, char const* name, AttrProbe::Kind kind, AttrProbe& p) {
   size_t n = 0;
-  if (tryStatus(api, api->KernelInfoGetAttributeArray_float(info, name, nullptr, &n))) {
-    p.fs.resize(n);
-    if (n) check(api, api->KernelInfoGetAttributeArray_float(info, name, p.fs.data(), &n), name);
-    p.kind = AttrProbe::kFLOATS;
-    return p;
+  switch (kind) {
+    case AttrProbe::kINT:
+      if (!tryStatus(api, api->KernelInfoGetAttribute_int64(info, name, &p.i))) return false;
+      break;
+    case AttrProbe::kFLOAT:
+      if (!tryStatus(api, api->KernelInfoGetAttribute_float(info, name, &p.f))) return false;
+      break;
+    case AttrProbe::kFLOATS:
+      if (!tryStatus(api, api->KernelInfoGetAttributeArray_float(info, name, nullptr, &n))) return false;
+      p.fs.resize(n);
+      if (n) check(api, api->KernelInfoGetAttributeArray_float(info, name, p.fs.data(), &n), name);
+      break;
+    case AttrProbe::kSTRING:
+      if (!tryStatus(api, api->KernelInfoGetAttribute_string(info, name, nullptr, &n))) return false;
+      p.s.assign(n, '\0');
+      if (n) check(api, api->KernelInfoGetAttribute_string(info, name, &p.s[0], &n), name);
+      while (!p.s.empty() && p.s.back() == '\0') p.s.pop_back();
+      break;
+    case AttrProbe::kABSENT:
+      return false;
   }
-  n = 0;
-  if (tryStatus(api, api->KernelInfoGetAttribute_string(info, name, nullptr, &n))) {
-    p.s.assign(n, '\0');
-    if (n) check(api, api->KernelInfoGetAttribute_string(info, name, &p.s[0], &n), name);
-    while (!p.s.empty() && p.s.back() == '\0') p.s.pop_back();
-    p.kind = AttrProbe::kSTRING;
+  p.kind = kind;
+  return true;
+}
+
+AttrProbe probeAttr(OrtApi const* api, OrtKernelInfo const* info, char const* name, AttrProbe::Kind expected) {
+  AttrProbe p;
+  if (probeAs(api, info, name, expected, p)) return p;
+  for (AttrProbe::Kind k : {AttrProbe::kINT, AttrProbe::kFLOAT, AttrProbe::kSTRING, AttrProbe::kFLOATS}) {
+    if (k != expected && probeAs(api, info, name, k, p)) return p;
   }
   return p;
 }
@@ -213,7 +225,10 @@ class NodeAttrs {
     for (size_t k = 0; k < table.size(); ++k) {
       ops::AttrSpec const& spec = table[k];
       Value& v = mValues[k];
-      AttrProbe const p = probeAttr(api, info, spec.name);
+      AttrProbe::Kind const want = spec.kind == ops::AttrKind::kINT     ? AttrProbe::kINT
+                                   : spec.kind == ops::AttrKind::kFLOAT ? AttrProbe::kFLOAT
+                                                                        : AttrProbe::kFLOATS;
+      AttrProbe const p = probeAttr(api, info, spec.name, want);
       if (p.kind == AttrProbe::kABSENT) {
         if (spec.required) throw ops::AttrError(std::string("required attribute '") + spec.name + "' is missing");
         v.set = spec.hasDefault;
@@ -221,9 +236,6 @@ class NodeAttrs {
         v.f = static_cast<float>(spec.defaultValue);
         continue;
       }
-      AttrProbe::Kind const want = spec.kind == ops::AttrKind::kINT     ? AttrProbe::kINT
-                                   : spec.kind == ops::AttrKind::kFLOAT ? AttrProbe::kFLOAT
-                                                                        : AttrProbe::kFLOATS;
       if (p.kind != want) {
         throw ops::AttrError(std::string("attribute ") + spec.name + " is " + probeKindName(p.kind) + ", expected " +
                              ops::attrKindName(spec.kind));
@@ -238,7 +250,7 @@ class NodeAttrs {
     }
     // OPS.md: every node carries these two strings; when present they must name this library.
     for (char const* name : {"plugin_version", "plugin_namespace"}) {
-      AttrProbe const p = probeAttr(api, info, name);
+      AttrProbe const p = probeAttr(api, info, name, AttrProbe::kSTRING);
       if (p.kind == AttrProbe::kABSENT) continue;
       if (p.kind != AttrProbe::kSTRING) {
         throw ops::AttrError(std::string("attribute ") + name + " is " + probeKindName(p.kind) + ", expected STRING");
