@@ -190,6 +190,9 @@ def load_onnx(path: PathLike, what: str = "model", *, load_external_data: bool =
         raise ValueError(f"{what} {p!r} is not an ONNX model (cannot be parsed: another format, or truncated)") from None
     except OSError as exc:
         raise ValueError(f"{what} {p!r}: cannot read ({_reason(exc)})") from None
+    except Exception as exc:  # onnx.load reads .json/.txt names as text formats: their parse errors
+        msg = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise ValueError(f"{what} {p!r} is not an ONNX model (cannot be parsed: {msg})") from None
     if model.ir_version <= 0 or not model.HasField("graph"):
         raise ValueError(f"{what} {p!r} is not an ONNX model (no IR version or graph)")
     missing = [f for f in external_data_files(model, os.path.dirname(p)) if not os.path.isfile(f)]

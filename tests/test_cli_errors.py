@@ -249,3 +249,10 @@ def test_hf_config_torch_dtype_is_used(files, tmp_path, capsys):
     assert "dtype float16 from its torch_dtype" in out
     m = onnx.load(tmp_path / "dsattn_attention.onnx", load_external_data=False)
     assert {i.name: i.type.tensor_type.elem_type for i in m.graph.input}["hidden_states"] == TensorProto.FLOAT16
+
+
+def test_json_named_file_is_not_a_model(tmp_path, capsys):
+    """onnx.load reads a .json name as ONNX's JSON text format: its parse error is one line too."""
+    (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    rc, _, err = run_cli(["lower", tmp_path / "config.json"], capsys)
+    assert rc == 2 and "is not an ONNX model (cannot be parsed" in err and err.count("\n") == 1

@@ -578,6 +578,8 @@ def load_tokenizer(folder):
 # ------------------------------------------------------------------------------------------------
 
 def _ids_arg(text: str) -> list[int]:
+    if any(not t.strip() for t in text.split(",")) and text.strip():  # "1,,2": a lost id, not a separator
+        raise argparse.ArgumentTypeError(f"empty entry in {text!r}")
     try:
         ids = [int(t) for t in text.replace(",", " ").split()]
     except ValueError:
@@ -629,6 +631,8 @@ def run(args: argparse.Namespace) -> int:
         parser.error("--temperature/--top-k/--top-p/--seed need --sample")
     if args.runtime != "trt" and (args.engine or args.plugins):
         parser.error("--engine/--plugins are for --runtime trt")
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        parser.error(f"argument --seed: {args.seed} must be in [0, 2**63)")
     kw = {"engine": args.engine, "plugins": args.plugins} if args.runtime == "trt" else {}
     tok_cache: dict = {}
     texts: dict[int, str] = {}
