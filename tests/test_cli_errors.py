@@ -256,3 +256,28 @@ def test_json_named_file_is_not_a_model(tmp_path, capsys):
     (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
     rc, _, err = run_cli(["lower", tmp_path / "config.json"], capsys)
     assert rc == 2 and "is not an ONNX model (cannot be parsed" in err and err.count("\n") == 1
+
+
+def test_head_size_zero_and_empty_gqa_batch(tmp_path, capsys):
+    """head_size=0 is an attribute error naming it (not a ZeroDivisionError); a batch of 0 rows on a
+    GQA model validates (empty outputs on every runtime), instead of failing inside ONNX Runtime."""
+    import numpy as np
+    from onnx import TensorProto as TP
+    from polygraphy.json import save_json
+
+    from ort_cases import SC_CASES, sc_model
+
+    c = SC_CASES[1]  # GQA: 4 query heads on 2 KV heads
+    bad = sc_model(TP.FLOAT, c)
+    next(a for a in bad.graph.node[0].attribute if a.name == "head_size").i = 0
+    onnx.save(bad, tmp_path / "hs0.onnx")
+    for cmd in (["lower", tmp_path / "hs0.onnx", "-o", tmp_path / "x.onnx"], ["validate", tmp_path / "hs0.onnx"]):
+        rc, _, err = run_cli(cmd, capsys)
+        assert rc == 2 and "attribute head_size must be an int in [1, 65536], got 0" in err and err.count("\n") == 1
+    onnx.save(sc_model(TP.FLOAT, c), tmp_path / "gqa.onnx")
+    H, Hkv, D, T = c.H, c.Hkv, c.D, c.Tmax
+    save_json([{"qkv": np.zeros((0, 1, (H + 2 * Hkv) * D), np.float32),
+                "past_key": np.zeros((0, Hkv, T, D), np.float32), "past_value": np.zeros((0, Hkv, T, D), np.float32),
+                "seq_lens": np.zeros(0, np.int32), "start_pos": np.zeros(0, np.int32)}], str(tmp_path / "b0.json"))
+    rc, out, err = run_cli(["validate", tmp_path / "gqa.onnx", "--load-inputs", tmp_path / "b0.json"], capsys)
+    assert rc == 0 and "PASSED" in out, err
