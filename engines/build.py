@@ -20,8 +20,8 @@ deserializes only where the runtime allows host code (``setEngineHostCodeAllowed
 always run with the plugin library loaded first: ``EngineRunner(plan, plugins=LIB)``,
 ``dsattn validate --engine PLAN --plugins LIB``, ``trtexec --loadEngine=PLAN --dynamicPlugins=LIB``.
 
-Status: none of the TensorRT calls here has run: TensorRT cannot be installed in this workplace
-(DESIGN.md). The pure logic (profiles, command lines, argument checks) is unit-tested.
+Status: none of the TensorRT calls here has run: TensorRT could not be installed where this project is tested
+(docs/DESIGN.md, "Verification"). The pure logic (profiles, command lines, argument checks) is unit-tested.
 """
 from __future__ import annotations
 

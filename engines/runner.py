@@ -16,7 +16,7 @@ output aliases). Each such output is bound to its input's buffer, as trtexec doe
 is always a private copy of the caller's array: ``tensor.to("cuda")`` returns the caller's own
 tensor when it is already there, and the engine would then overwrite the caller's cache.
 
-Status: never run (no TensorRT in this workplace); TensorRT is imported lazily. The binding logic
+Status: never run (TensorRT could not be installed where this project is tested); TensorRT is imported lazily. The binding logic
 is tested on the CPU against a stand-in engine (tests/test_engines.py).
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """AttentionConfig: the DeepSpeed-inference config fields that matter for attention.
 
 Field names and defaults follow DeepSpeed's ``DeepSpeedInferenceConfig``
-(``ops/transformer/inference/config.py``; see reference/deepspeed_attention.md §9), with the
+(``ops/transformer/inference/config.py`` in the DeepSpeed repository), with the
 attention-relevant extras made explicit (``qkv_bias``, ``attn_out_bias``, ``layer_id``,
 ``scale_attn_by_inverse_layer_idx``, ``mp_rank``). Everything is validated on construction;
 errors name the field and its value.

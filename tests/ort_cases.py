@@ -1,5 +1,5 @@
 """Shared by test_lower.py (ONNX Runtime CPU) and test_ort_gpu.py (ONNX Runtime CUDA): single-node
-dsattn models built with onnx.helper, random feeds, and the accuracy check of DESIGN.md against the
+dsattn models built with onnx.helper, random feeds, and the accuracy check of docs/DESIGN.md against the
 fp32 reference (dsattn.export.ops.reference_evaluator on the custom-op graph)."""
 from __future__ import annotations
 

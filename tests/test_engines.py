@@ -2,7 +2,7 @@
 command line, clear errors when TensorRT is missing or too old, the build-engine CLI.
 
 The TensorRT calls themselves (build_engine's builder/parser/config, EngineRunner) cannot run here:
-no TensorRT is installable in this workplace (DESIGN.md).
+no TensorRT is installable where this project is tested (docs/DESIGN.md).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Int8MatMul CUDA kernels (libdsattn_kernels.so through tools/kernels/int8_matmul.py) against the fp32
-reference dsattn.export.ops.int8_matmul, with the accuracy rule of DESIGN.md.
+reference dsattn.export.ops.int8_matmul, with the accuracy rule of docs/DESIGN.md.
 
 Accuracy rule: max |ours - ref| <= max(2 * max |torch_T - ref|, floor), where ref is the fp32
 reference on the same inputs, torch_T is PyTorch computing the same in precision T (weight

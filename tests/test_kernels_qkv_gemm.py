@@ -1,5 +1,5 @@
 """QKVGemm CUDA kernels (libdsattn_kernels.so through tools/kernels/qkv_gemm.py) against the fp32
-reference dsattn.export.ops.qkv_gemm, with the accuracy rule of DESIGN.md.
+reference dsattn.export.ops.qkv_gemm, with the accuracy rule of docs/DESIGN.md.
 
 Accuracy rule: max |ours - ref| <= max(2 * max |torch_T - ref|, floor), where torch_T is PyTorch
 computing the same unfused sequence in precision T (LayerNorm/RMSNorm in T, matmul in T, + bias in

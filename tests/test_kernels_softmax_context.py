@@ -1,6 +1,6 @@
 """SoftmaxContext CUDA kernels (plugins/kernels/softmax_context*.cu) against the fp32 reference.
 
-Reference: dsattn.export.ops.softmax_context (fp32). Accuracy rule (DESIGN.md): the kernel's max
+Reference: dsattn.export.ops.softmax_context (fp32). Accuracy rule (docs/DESIGN.md): the kernel's max
 error is at most 2x the error of PyTorch computing the same op in precision T (`_torch_in_t`
 below), with a floor of 1e-3 (fp16) / 8e-3 (bf16) / 1e-4 (fp32). Outputs are poisoned (NaN) before
 each run; cache rows outside [seq_lens[b], seq_lens[b] + S) must come back bit-identical.

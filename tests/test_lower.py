@@ -1,4 +1,4 @@
-"""lower_for_ort: the lowered graph on ONNX Runtime CPU against the fp32 reference (DESIGN.md rule),
+"""lower_for_ort: the lowered graph on ONNX Runtime CPU against the fp32 reference (docs/DESIGN.md rule),
 structural promises (checker, IR, graph I/O), cache semantics and bad input."""
 from __future__ import annotations
 
@@ -369,7 +369,7 @@ _MODULES = {
 def test_exported_module_lowered_matches_torch(name, tmp_path, seed):
     """Prefill with left padding, then one decode step on the returned cache: ORT (lowered) against
     the torch module. fp32: 1e-5; 16-bit: |ort - module| <= 2 x |module - fp32 reference| + floor
-    (both sides within the DESIGN.md rule of the fp32 reference)."""
+    (both sides within the docs/DESIGN.md rule of the fp32 reference)."""
     import torch
 
     from dsattn import export as E

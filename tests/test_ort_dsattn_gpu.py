@@ -2,7 +2,7 @@
 the very model that goes to TensorRT, on the TensorRT plugins' kernels.
 
 - every case of the ORT-CUDA lowered grid (ort_cases.py) and of the plugin harness grid, in
-  float32, float16 and bfloat16, against the fp32 reference by the accuracy rule (DESIGN.md);
+  float32, float16 and bfloat16, against the fp32 reference by the accuracy rule (docs/DESIGN.md);
 - cache rows outside [seq_lens, seq_lens + S) bitwise untouched;
 - the KV cache in place under I/O binding (the present_* output buffer *is* the past_* input);
 - a 32-step decode loop through the cache equals one long prefill;

@@ -1,5 +1,5 @@
 """The lowered graph on ONNX Runtime CUDAExecutionProvider: the CPU grid of test_lower.py in float32,
-float16 and bfloat16 against the fp32 reference (DESIGN.md rule), cache semantics and node placement.
+float16 and bfloat16 against the fp32 reference (docs/DESIGN.md rule), cache semantics and node placement.
 
 Run on the GPU machine with onnxruntime-gpu (see DEVICE.md):
     pip install --no-deps --no-build-isolation -e .   # or PYTHONPATH=<repo root's parent layout>

@@ -7,7 +7,7 @@ writes each case (inputs, attributes, float32 reference outputs and tolerances) 
 runs the harness on it.
 
 Reference: ``dsattn.export.ops.run_node`` on the inputs upcast to float32 (the fp32 oracle).
-Tolerance (DESIGN.md): max error <= max(2 * error of PyTorch computing the same in T, floor), floor
+Tolerance (docs/DESIGN.md): max error <= max(2 * error of PyTorch computing the same in T, floor), floor
 1e-3 fp16 / 8e-3 bf16 / 1e-4 fp32; PyTorch-in-T is the plain unfused sequence below. NaN never
 passes; the harness poisons every output with NaN first. Fresh random data every run (seed printed).
 

@@ -4,7 +4,7 @@ dim / style, ALiBi, causal, window, scale, qkv layout, norm, int8 weights and gr
 seq_lens, start_pos, cache capacity, masked cache rows holding NaN). Three implementations agree:
 the reference ops called directly (torch), the ONNX reference evaluator on the custom-op graph
 (bit for bit: same math, different entry point) and the lowered graph on ONNX Runtime CPU (the
-accuracy rule of DESIGN.md, same NaN positions).
+accuracy rule of docs/DESIGN.md, same NaN positions).
 
 The profile is deterministic for CI: derandomized (examples derived from the test itself), no
 example database, no deadline, a bounded number of examples (about a minute on a slow machine)."""

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from dsattn.tools import validate
 
-# dsattn.tools.validate is the function (DESIGN.md); the module behind it:
+# dsattn.tools.validate is the function (docs/DESIGN.md); the module behind it:
 V = importlib.import_module("dsattn.tools.validate")
 from dsattn.tools.lower import lower_for_ort
 

@@ -3,7 +3,7 @@
 ``lower_for_ort(model)`` replaces every ``dsattn::QKVGemm``, ``dsattn::SoftmaxContext`` and
 ``dsattn::Int8MatMul`` node by a subgraph of standard ONNX ops (opset >= 17) with the same inputs and
 outputs, so the lowered model runs on any ONNX Runtime execution provider (CPU and CUDA are tested)
-without a custom-op library. It is the independent second runtime of DESIGN.md, not the fast path.
+without a custom-op library. It is the independent second runtime of docs/DESIGN.md, not the fast path.
 
 Numerics: every subgraph casts its T inputs (float16 / bfloat16 / float32) to float32, computes norm,
 GEMM, rotary, softmax and the attention products in float32, and casts the outputs back to T once,

@@ -17,7 +17,7 @@ runs
 and compares every runtime's outputs with the fp32 reference through Polygraphy's ``Comparator``
 (``CompareFunc.simple``, per-output atol/rtol, max error statistic).
 
-Accuracy rule (DESIGN.md). For an output of type T the default tolerance is
+Accuracy rule (docs/DESIGN.md). For an output of type T the default tolerance is
 
     atol = max(2 x max|reference in T - reference in fp32|, floor_T),  rtol = 0 (16-bit T)
 
@@ -64,7 +64,7 @@ PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
     "trt": "TensorrtExecutionProvider",
 }
-# Floors of the accuracy rule (DESIGN.md) and the fp32 choice documented above.
+# Floors of the accuracy rule (docs/DESIGN.md) and the fp32 choice documented above.
 ATOL_FLOOR = {TensorProto.FLOAT16: 1e-3, TensorProto.BFLOAT16: 8e-3, TensorProto.FLOAT: 1e-5}
 RTOL_DEFAULT = {TensorProto.FLOAT16: 0.0, TensorProto.BFLOAT16: 0.0, TensorProto.FLOAT: 1e-5}
 _LOW_PRECISION = (TensorProto.FLOAT16, TensorProto.BFLOAT16)

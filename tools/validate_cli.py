@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TensorRT plugin libraries to load (repeatable)")
     parser.add_argument("--engine", metavar="PLAN", default=None, help="TensorRT engine to run as well")
     parser.add_argument("--atol", nargs="+", default=None, metavar="[NAME:]VALUE",
-                        help="absolute tolerance for all outputs and/or per output (default: DESIGN.md rule)")
+                        help="absolute tolerance for all outputs and/or per output (default: docs/DESIGN.md rule)")
     parser.add_argument("--rtol", nargs="+", default=None, metavar="[NAME:]VALUE",
                         help="relative tolerance for all outputs and/or per output")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the model's, else 3)")

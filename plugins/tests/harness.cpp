@@ -1,5 +1,5 @@
 // Host harness for libdsattn_plugins.so: drives each plugin through the calls TensorRT makes, without
-// TensorRT (which cannot be installed here; DESIGN.md "Verification without TensorRT").
+// TensorRT (which could not be installed where this project is tested; docs/DESIGN.md, "Verification").
 //
 //   dsattn_plugin_harness --selftest LIB          creator fields, malformed field collections and
 //                                                 shape / type negotiation (CPU only, no GPU)
