@@ -59,7 +59,21 @@ def make_checkpoint(folder: Path, log: Callable[[str], None]) -> Path:
     model.save_pretrained(folder, safe_serialization=True)
     del model
     torch.cuda.empty_cache()
+    _word_tokenizer(cfg.vocab_size).save_pretrained(folder)
     return folder
+
+
+def _word_tokenizer(vocab_size: int):
+    """A word-level tokenizer over the whole vocabulary: onnxruntime-genai's model builder reads the
+    checkpoint's tokenizer, and a random checkpoint has none (nothing may be downloaded)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"w{i}": i for i in range(3, vocab_size)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
 def export(ckpt: Path, out: Path, capacity: int, log) -> Path:
