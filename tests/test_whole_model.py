@@ -497,3 +497,11 @@ def test_trt_runtime_binds_presents_to_their_past_buffers(exported):
         assert ctx.addr[f"present_key.{i}"] == ctx.addr[f"past_key.{i}"] == k.data_ptr()
         assert ctx.addr[f"present_value.{i}"] == ctx.addr[f"past_value.{i}"] == v.data_ptr()
     assert ctx.addr["logits"] not in {t.data_ptr() for kv in cache for t in kv}
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("inf"), float("nan")])
+def test_sampling_temperature_must_be_finite_and_positive(temperature):
+    from dsattn.tools.generate import generate
+
+    with pytest.raises(ValueError, match=r"temperature must be a finite number > 0"):
+        generate(None, input_ids=[[5, 6, 7]], do_sample=True, temperature=temperature)

@@ -31,6 +31,7 @@ carrying what was generated so far); nothing is written into any row's cache by 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -463,8 +464,9 @@ def generate(model, prompts: Optional[Sequence[str]] = None, *, input_ids: Optio
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if do_sample:
-        if not (isinstance(temperature, (int, float)) and temperature > 0):
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        # inf would flatten every distribution to uniform without a word: finite values only.
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
         if not (isinstance(top_k, int) and top_k >= 0):
             raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
         if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
