@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from buildtools import find_tool
+
 REPO = Path(__file__).resolve().parents[1]
 KERNELS = REPO / "plugins" / "kernels"
 README_BUILD = "cmake -S plugins -B build/plugins -G Ninja && cmake --build build/plugins"
@@ -53,11 +55,6 @@ def cublaslt_root() -> str | None:
     return None
 
 
-def _tool(name):
-    p = shutil.which(name)
-    if p is None:
-        pytest.skip(f"{name} not found on PATH: cannot build the CUDA kernels here")
-    return p
 
 
 def readme_build_commands(build_dir: Path) -> list[list[str]]:
@@ -95,10 +92,10 @@ def test_no_build_time_switches_or_test_hooks():
 
 
 def test_kernels_library_builds_with_readme_command(tmp_path):
-    _tool("nvcc")
-    _tool("cmake")
-    _tool("ninja")
-    nm = _tool("nm")
+    find_tool("nvcc")
+    find_tool("cmake")
+    find_tool("ninja")
+    nm = find_tool("nm")
     build = tmp_path / "build"
     configure, build_cmd = readme_build_commands(build)
     # Where the toolkit has no cuBLAS, the README's documented root for pip's nvidia-cublas.

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
+from buildtools import find_tool
 from onnx import TensorProto as TP
 from onnx import helper as oh
 
@@ -26,18 +28,13 @@ REPO = Path(__file__).resolve().parents[1]
 ORT_INCLUDE = Path(os.environ.get("DSATTN_ORT_INCLUDE", REPO / ".deps" / "ort-include"))
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/local/cuda/bin/{name}" if Path(f"/usr/local/cuda/bin/{name}").exists() else None)
-    if path is None:
-        pytest.skip(f"{name} not found")
-    return path
 
 
 @pytest.fixture(scope="module")
 def ort_lib(tmp_path_factory) -> Path:
     if not (ORT_INCLUDE / "onnxruntime_c_api.h").exists():
         pytest.skip(f"ONNX Runtime C API headers not found in {ORT_INCLUDE} (CI has none; nothing to compile against)")
-    nvcc, cmake = _tool("nvcc"), _tool("cmake")
+    nvcc, cmake = find_tool("nvcc"), find_tool("cmake")
     build = tmp_path_factory.mktemp("ort-build")
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
     cfg = subprocess.run(
@@ -54,8 +51,8 @@ def ort_lib(tmp_path_factory) -> Path:
 
 def test_configure_skips_without_headers(tmp_path):
     """Without the headers the configure succeeds and says it skips the library (what CI sees)."""
-    _tool("nvcc")
-    cmake = _tool("cmake")
+    find_tool("nvcc")
+    cmake = find_tool("cmake")
     r = subprocess.run([cmake, "-S", str(REPO / "plugins"), "-B", str(tmp_path / "b"), "-DCMAKE_CUDA_ARCHITECTURES=90a",
                         f"-DONNXRUNTIME_INCLUDE_DIR={tmp_path / 'nowhere'}"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

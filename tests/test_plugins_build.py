@@ -14,23 +14,20 @@ from pathlib import Path
 
 import pytest
 
+from buildtools import find_tool
+
 REPO = Path(__file__).resolve().parents[1]
 TRT_INCLUDE = REPO / ".deps" / "include"
 
 
-def _tool(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/local/cuda/bin/{name}" if Path(f"/usr/local/cuda/bin/{name}").exists() else None)
-    if path is None:
-        pytest.skip(f"{name} not found")
-    return path
 
 
 @pytest.fixture(scope="module")
 def plugin_build(tmp_path_factory):
     if not (TRT_INCLUDE / "NvInfer.h").exists():
         pytest.skip(f"TensorRT headers not found in {TRT_INCLUDE} (CI has none; nothing to compile against)")
-    nvcc = _tool("nvcc")
-    cmake = _tool("cmake")
+    nvcc = find_tool("nvcc")
+    cmake = find_tool("cmake")
     build = tmp_path_factory.mktemp("plugins-build")
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
     cfg = subprocess.run(
@@ -75,7 +72,7 @@ def test_harness_selftest(plugin_build):
 
 
 def test_ctest_registers_selftest(plugin_build):
-    ctest = _tool("ctest")
+    ctest = find_tool("ctest")
     r = subprocess.run([ctest, "--test-dir", str(plugin_build), "-N"], capture_output=True, text=True, timeout=60)
     assert "dsattn_plugin_harness_selftest" in r.stdout, r.stdout
 

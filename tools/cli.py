@@ -31,6 +31,27 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# argparse types shared by the subcommands (each error names the value; argparse adds the option).
+def positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
+    return v
+
+
 def _load(name: str):
     module_name, _ = SUBCOMMANDS[name]
     return importlib.import_module(module_name)

@@ -6,27 +6,9 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from .cli import nonneg_int, positive_int
+
 __all__ = ["add_arguments", "run", "main"]
-
-
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
-
-
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
-    return v
 
 
 def _existing_file(s: str) -> str:
@@ -54,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "with its real weights to OUT/model.onnx (--out; graph I/O input_ids, seq_lens, start_pos, "
                           "past_key.{i}/past_value.{i} -> logits, present_key.{i}/present_value.{i}), copy its "
                           "tokenizer files beside it and check the lowered model on ONNX Runtime")
-    parser.add_argument("--layer", type=_nonneg_int, default=None, metavar="N",
+    parser.add_argument("--layer", type=nonneg_int, default=None, metavar="N",
                         help="with --hf-model: export only layer N's attention (the single-layer job, real weights)")
     parser.add_argument("--logits", choices=["all", "last"], default="all",
                         help="with --hf-model: logits of every position [B,S,V] (default) or of the last one "
@@ -64,15 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                         help="activation/weight dtype (default: the config's; built-in: float16)")
     parser.add_argument("--int8", action="store_true", help="int8 weight-only quantization (quantize_int8)")
-    parser.add_argument("--group-size", type=_nonneg_int, default=0, metavar="N",
+    parser.add_argument("--group-size", type=nonneg_int, default=0, metavar="N",
                         help="int8 K-group size (0 = per output channel; needs --int8)")
-    parser.add_argument("--batch", type=_positive_int, default=2, help="batch size of the checks (default 2)")
-    parser.add_argument("--seq", type=_positive_int, default=8, help="prompt length of the prefill check (default 8)")
-    parser.add_argument("--capacity", type=_positive_int, default=None,
+    parser.add_argument("--batch", type=positive_int, default=2, help="batch size of the checks (default 2)")
+    parser.add_argument("--seq", type=positive_int, default=8, help="prompt length of the prefill check (default 8)")
+    parser.add_argument("--capacity", type=positive_int, default=None,
                         help="KV-cache capacity Tmax (default 32; with --hf-model: the config's max positions, "
                              "at most 4096)")
     parser.add_argument("--out", default="build", metavar="DIR", help="output folder (default ./build)")
-    parser.add_argument("--seed", type=_nonneg_int, default=None, help="random seed (default: fresh, printed)")
+    parser.add_argument("--seed", type=nonneg_int, default=None, help="random seed (default: fresh, printed)")
     parser.add_argument("--providers", default=None, metavar="LIST",
                         help="ONNX Runtime providers that validate the lowered model at the end (default cpu; "
                              "e.g. cpu,cuda)")

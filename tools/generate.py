@@ -39,6 +39,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
+from .cli import positive_int
+
 __all__ = ["ExportedModel", "Runtime", "TorchRuntime", "OrtRuntime", "OrtDsattnRuntime", "TrtRuntime", "RUNTIMES",
            "register_runtime", "make_runtime", "GenerationResult", "CapacityError", "generate", "left_pad",
            "add_arguments", "run"]
@@ -591,16 +593,6 @@ def _ids_arg(text: str) -> list[int]:
     return ids
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = ("Generate text with a whole decoder exported by `dsattn export --hf-model`: prompts are "
                           "left-padded into one batch, greedy unless --sample; tokens stream as they come.")
@@ -609,7 +601,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeat for a batch)")
     src.add_argument("--input-ids", action="append", type=_ids_arg, metavar="IDS",
                      help="a prompt as token ids, e.g. '1,15,27' (repeat for a batch; no tokenizer needed)")
-    parser.add_argument("--max-new-tokens", type=_positive, default=32, metavar="N", help="default 32")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=32, metavar="N", help="default 32")
     parser.add_argument("--runtime", default="torch", help=f"one of {', '.join(RUNTIMES)} (default torch)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default cpu")
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
