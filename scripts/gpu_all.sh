@@ -3,7 +3,8 @@
 # every `gpu` pytest (kernels, plugin harness, ONNX Runtime CUDA), compute-sanitizer memcheck on small
 # cases of every kernel path (scripts/sanitize_*.py) and of the plugin harness, then
 # `dsattn bench kernels` (BENCHMARKS.md).
-#   carry: .device/unpack.sh .device/trt-include.tgz .device/ort-include .whl [.device/ort/...]
+#   carry: .device/unpack.sh .device/trt-include.tgz .device/ort-include .device/flashinfer-data.tgz .whl
+#          [.device/ort/...]
 # Usage: bash scripts/gpu_all.sh [native] [ort] [bench]
 # $OUT gets: summary.txt, pytest_<part>.log, BENCHMARKS.md, logs.tgz (all logs).
 set -uo pipefail
@@ -27,9 +28,15 @@ step install 120 python3 -m pip install -q --no-deps --no-build-isolation -e .
 trt="${TENSORRT_INCLUDE_DIR:-/opt/dsattn/trt/include}"
 # ONNX Runtime's C API headers (never committed) travel in .device/ort-include for libdsattn_ort.so.
 ort_inc="${ONNXRUNTIME_INCLUDE_DIR:-$PWD/.device/ort-include}"
+# FlashInfer / CUTLASS / CCCL headers of the sm_90a library paths (the machine has no network):
+# .device/flashinfer-data.tgz, made by `tar -C .deps/flashinfer-python-0.7.4 -czf .device/flashinfer-data.tgz flashinfer/data`
+# after a local configure filled the cache.
+fi_root=/opt/dsattn/flashinfer
+if [ -f .device/flashinfer-data.tgz ]; then mkdir -p "$fi_root" && tar -xzf .device/flashinfer-data.tgz -C "$fi_root"; fi
 # sm_90a only: the card is an H100, and one architecture halves the build inside the call.
 step cmake 60 cmake -S plugins -B build/plugins -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_CUDA_ARCHITECTURES=90a -DDSATTN_REQUIRE_CUBLASLT=ON -DTensorRT_INCLUDE_DIR="$trt" -DONNXRUNTIME_INCLUDE_DIR="$ort_inc"
+  -DCMAKE_CUDA_ARCHITECTURES=90a -DDSATTN_REQUIRE_CUBLASLT=ON \
+  -DDSATTN_REQUIRE_SM90_LIBS=ON -DDSATTN_FLASHINFER_DATA="$fi_root/flashinfer/data" -DTensorRT_INCLUDE_DIR="$trt" -DONNXRUNTIME_INCLUDE_DIR="$ort_inc"
 step build 240 cmake --build build/plugins -j16
 # Parts (arguments; default all): native = ctest, the gpu tests that need no onnxruntime-gpu and the
 # kernel sanitizers; ort = the gpu tests on ONNX Runtime CUDA (lowered and libdsattn_ort.so) and the
