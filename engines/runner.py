@@ -136,6 +136,28 @@ class EngineRunner:
         self._execute()
         return {n: _to_numpy(t) for n, t in outputs.items()}
 
+    def run_bound(self, inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
+        """Run on caller-owned device tensors, bound as they are (no copies): ``inputs`` must hold
+        every engine input and ``outputs`` every output. An aliased output (``self.aliases``) may be
+        bound to the buffer of the input it aliases, so the engine updates that tensor in place
+        (KV caches that persist across calls). Shapes are checked against what the engine infers."""
+        missing = sorted(set(self.input_names) - set(inputs)) + sorted(set(self.output_names) - set(outputs))
+        if missing:
+            raise ValueError(f"run_bound: no tensor bound for {missing}")
+        for name in self.input_names:
+            t = inputs[name]
+            if not self._context.set_input_shape(name, tuple(t.shape)):
+                raise ValueError(f"input {name!r} shape {tuple(t.shape)} is outside the engine's profile")
+            self._context.set_tensor_address(name, t.data_ptr())
+        for name in self.output_names:
+            t = outputs[name]
+            shape = tuple(self._context.get_tensor_shape(name))
+            if tuple(t.shape) != shape:
+                raise ValueError(f"output {name!r}: bound tensor has shape {tuple(t.shape)}, the engine "
+                                 f"computes {shape}")
+            self._context.set_tensor_address(name, t.data_ptr())
+        self._execute()
+
     def _execute(self) -> None:
         import torch
 

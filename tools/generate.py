@@ -338,7 +338,6 @@ class TrtRuntime(Runtime):
 
     def forward(self, input_ids, seq_lens, start_pos, cache):
         r = self.runner
-        ctx = r._context  # bound here to buffers that outlive one call (see the class docstring)
         d = self.device
         B, S = input_ids.shape
         tensors = {"input_ids": input_ids.to(d, torch.int64).contiguous(),
@@ -346,20 +345,13 @@ class TrtRuntime(Runtime):
                    "start_pos": start_pos.to(d, torch.int32).contiguous()}
         for i, (k, v) in enumerate(cache):
             tensors[f"past_key.{i}"], tensors[f"past_value.{i}"] = k, v
-        for name in r.input_names:
-            t = tensors[name]
-            if not ctx.set_input_shape(name, tuple(t.shape)):
-                raise ValueError(f"runtime trt: input {name!r} shape {tuple(t.shape)} is outside the engine's profile")
-            ctx.set_tensor_address(name, t.data_ptr())
         logits = torch.empty((B, S if self.model.logits == "all" else 1, self.vocab_size), dtype=self.model.dtype,
                              device=d)
+        outputs = {"logits": logits}
         for name in r.output_names:
-            if name == "logits":
-                ctx.set_tensor_address(name, logits.data_ptr())
-            else:  # present_*.i writes into past_*.i
-                src = r.aliases.get(name, name.replace("present_", "past_", 1))
-                ctx.set_tensor_address(name, tensors[src].data_ptr())
-        r._execute()
+            if name != "logits":  # present_*.i writes into past_*.i
+                outputs[name] = tensors[r.aliases.get(name, name.replace("present_", "past_", 1))]
+        r.run_bound({n: tensors[n] for n in r.input_names}, outputs)
         return logits[:, -1].float().cpu()
 
 
