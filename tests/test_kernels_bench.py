@@ -67,3 +67,46 @@ def test_cli_only_takes_op_names():
         assert e.code == 2
     else:
         raise AssertionError("--only attention was accepted")
+
+
+def test_profiler_sums_device_records_only_per_call():
+    from types import SimpleNamespace as E
+
+    cpu, cuda = "CPU", "CUDA"
+    events = [E(name="aten::scaled_dot_product_attention", device_type=cpu, device_time_total=300.0),
+              E(name="cudnn_sdpa_fprop", device_type=cuda, device_time_total=100.0),
+              E(name="cudnn_sdpa_fprop", device_type=cuda, device_time_total=140.0),
+              E(name="append_kernel", device_type=cuda, device_time_total=20.0)]
+    recs = bench_harness.device_records(events, cuda)
+    assert [n for n, _ in recs] == ["cudnn_sdpa_fprop", "cudnn_sdpa_fprop", "append_kernel"]
+    per = bench_harness.per_call_us(recs, 2)
+    assert per == {"cudnn_sdpa_fprop": 120.0, "append_kernel": 10.0}
+    assert bench_harness.kernels_us(per) == 130.0
+    assert bench_harness.kernels_us(per, include=("append",)) == 10.0
+    assert bench_harness.kernels_us(per, exclude=("append",)) == 120.0
+
+
+def test_targets_are_the_kernel_table():
+    from dsattn.tools import bench_qkv_gemm as q
+    from dsattn.tools import bench_softmax_context as sc
+
+    assert sc.decode_target(1, 13.9, 18.0, 1800)[1] is True
+    assert sc.decode_target(1, 14.2, 30.0, 1800)[1] is False  # absolute: <= 14 us incl. append
+    assert sc.decode_target(8, 90.0, 91.0, 2950)[1] is True
+    assert sc.decode_target(8, 92.0, 91.0, 2950)[1] is False  # slower than cuDNN
+    assert sc.decode_target(8, 90.0, 91.0, 2890)[1] is False  # below 2.9 TB/s
+    assert sc.decode_target(64, 690.0, 680.0, 3100) == (None, None)
+    assert sc.prefill_attention_met(100.0, 95.0) and not sc.prefill_attention_met(100.0, 94.9)
+    assert sc.prefill_whole_met(100.0, 85.0) and not sc.prefill_whole_met(100.0, 84.9)
+    assert not sc.prefill_attention_met(None, 95.0) and not sc.prefill_whole_met(100.0, None)
+    assert q.qkv_gemm_target(1.05)[1] and not q.qkv_gemm_target(1.051)[1]
+
+
+def test_prefill_rows_split_append_from_attention():
+    """Our attention time is every kernel of the op except the cache write, whatever the attention
+    kernels are called; the baselines' time is every kernel of their call."""
+    from dsattn.tools import bench_softmax_context as sc
+
+    ours = {"append_kernel(Args, int)": 25.0, "prefill_kernel_sm90(Args)": 150.0}
+    assert bench_harness.kernels_us(ours, exclude=sc.APPEND_KERNELS) == 150.0
+    assert bench_harness.kernels_us(ours) == 175.0

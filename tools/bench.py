@@ -63,7 +63,10 @@ def markdown(rows: list[dict], ceilings: dict, env: dict, notes: list[str]) -> s
         f"fp16 **{ceilings['gemm_rate']['fp16'] / 1e12:.0f} TFLOP/s**, bf16 "
         f"**{ceilings['gemm_rate']['bf16'] / 1e12:.0f} TFLOP/s**. Floor = max(bytes / copy bandwidth, "
         "FLOPs / GEMM rate); % of floor = floor / ours. Ratio = baseline / ours (> 1: ours faster). "
-        "Medians of CUDA-event timings; small cases as CUDA-graph replays; inputs rotated past L2.",
+        "Medians of CUDA-event timings; small cases as CUDA-graph replays; inputs rotated past L2. "
+        "Prefill attention rows: per-kernel device time from the CUDA profiler on both sides (ours and "
+        "the SDPA baselines); decode rows: CUDA-graph replays on both sides, the kernels' profiler times "
+        "in the note.",
         "",
         "The targets, which are missed and what limits each (measured): [docs/PERFORMANCE.md](docs/PERFORMANCE.md).",
         "",
@@ -149,5 +152,5 @@ def run(args: argparse.Namespace) -> int:
     write_text_atomic(out, text)  # a failed write keeps the previous BENCHMARKS.md
     print()
     print(text)
-    print(f"wrote {out}")
+    print(f"wrote {out} (card: {env['card']})")
     return 0 if rows else 1

@@ -4,8 +4,10 @@ Method: ceilings measured once per process (device-to-device copy bandwidth, byt
 cuBLAS fp16 / bf16 GEMM rate at 8192^3); every case and its baselines in the same process; CUDA
 events; warm-up; medians; inputs rotated through copies whose total exceeds the 50 MB L2 (each
 call then reads from HBM, as in a model); small cases timed as CUDA-graph replays of several
-back-to-back calls (launch gaps out of the numbers); per-kernel device times from the CUDA profiler
-where a row needs one kernel of several. The floor of a case is max(bytes / copy bandwidth,
+back-to-back calls (launch gaps out of the numbers). Where a row compares kernels (prefill
+attention), both sides are per-kernel device times from the CUDA profiler (kernel_profile_us),
+never our profiler time against a baseline's eager CUDA-event time: eager events include the
+host work of the baseline's launch path and made a slower kernel look faster. The floor of a case is max(bytes / copy bandwidth,
 FLOPs / GEMM rate); "% of floor" = floor / ours.
 
 A benchmark row (what the op modules return and `dsattn.tools.bench` writes) is a dict:
@@ -86,10 +88,17 @@ def try_graph_time_us(calls, *, replays: int = 20) -> float | None:
         return None
 
 
-def kernel_times_us(fn, names, *, iters: int = 5) -> dict[str, float]:
-    """Average device time per call of ``fn()`` of the kernels whose name contains each of
-    ``names`` (CUDA profiler activity records), over ``iters`` calls after one warm-up call."""
+def kernel_profile_us(fn, *, calls: int = 1, iters: int = 5) -> dict[str, float]:
+    """Device microseconds per op call of every kernel (and memset/memcpy) that ``fn()`` launches,
+    keyed by kernel name, from the CUDA profiler's activity records: ``fn()`` makes ``calls`` op
+    calls (e.g. one per rotated input set) and runs ``iters`` times after one warm-up run.
+
+    This is the one method for comparing an op's kernels with a baseline's: device time only, so a
+    baseline's host work (cuDNN's eager graph lookup, PyTorch dispatch) and launch gaps count on
+    neither side. Only device-side records are summed; the host-side ops (aten::...) carry their
+    children's device time and would count it twice."""
     import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -98,12 +107,28 @@ def kernel_times_us(fn, names, *, iters: int = 5) -> dict[str, float]:
         for _ in range(iters):
             fn()
         torch.cuda.synchronize()
-    tot = {n: 0.0 for n in names}
-    for ev in prof.events():
-        for n in names:
-            if n in ev.name:
-                tot[n] += ev.device_time if hasattr(ev, "device_time") else ev.cuda_time
-    return {n: tot[n] / iters for n in names}
+    return per_call_us(device_records(prof.events(), DeviceType.CUDA), iters * calls)
+
+
+def device_records(events, device_type) -> list[tuple[str, float]]:
+    """(name, microseconds) of the profiler events that ran on ``device_type`` (kernels, memsets,
+    copies), leaving out host-side ops, whose device time is the sum of their children's."""
+    return [(ev.name, ev.device_time_total) for ev in events if ev.device_type == device_type]
+
+
+def per_call_us(records, calls: int) -> dict[str, float]:
+    """Sum (name, microseconds) records by name and divide by the number of op calls profiled."""
+    tot: dict[str, float] = {}
+    for name, us in records:
+        tot[name] = tot.get(name, 0.0) + float(us)
+    return {k: v / calls for k, v in tot.items()}
+
+
+def kernels_us(times: dict[str, float], include=None, exclude=()) -> float:
+    """Sum of the per-call times of the kernels whose name contains any of ``include`` (all when
+    None) and none of ``exclude``."""
+    return sum(us for name, us in times.items()
+               if (include is None or any(i in name for i in include)) and not any(x in name for x in exclude))
 
 
 def rotation_count(bytes_per_set: int, minimum: int = 2) -> int:
