@@ -21,6 +21,9 @@ def test_sections_are_the_ops_and_share_one_signature():
         assert modname.endswith(f"bench_{name}")
         params = inspect.signature(mod.rows).parameters
         assert list(params) == ["lib", "dtypes", "quick", "ceilings"], (modname, list(params))
+    assert list(bench.BASELINE_SECTIONS) == ["deepspeed"]
+    mod = importlib.import_module(bench.BASELINE_SECTIONS["deepspeed"])
+    assert list(inspect.signature(mod.rows).parameters) == ["lib", "dtypes", "quick", "ceilings"]
 
 
 def test_timing_lives_in_the_harness_only():
@@ -61,6 +64,7 @@ def test_cli_only_takes_op_names():
     bench.add_arguments(p)
     assert p.parse_args(["kernels", "--only", "softmax_context", "int8_matmul"]).only == [
         "softmax_context", "int8_matmul"]
+    assert p.parse_args(["kernels", "--only", "deepspeed"]).only == ["deepspeed"]
     try:
         p.parse_args(["kernels", "--only", "attention"])
     except SystemExit as e:
@@ -110,3 +114,111 @@ def test_prefill_rows_split_append_from_attention():
     ours = {"append_kernel(Args, int)": 25.0, "prefill_kernel_sm90(Args)": 150.0}
     assert bench_harness.kernels_us(ours, exclude=sc.APPEND_KERNELS) == 150.0
     assert bench_harness.kernels_us(ours) == 175.0
+
+
+# ------------------------------------------------------------------------------------------------
+# The DeepSpeed baseline (tools/bench_deepspeed.py): what can be checked without a GPU.
+
+NVCC_LOG = """[1/10] /usr/local/cuda/bin/nvcc --generate-dependencies-with-compile -c softmax.cu -o softmax.cuda.o
+FAILED: softmax.cuda.o
+/usr/local/cuda/bin/nvcc -c softmax.cu -o softmax.cuda.o
+csrc/transformer/inference/csrc/softmax.cu(12): warning #177-D: variable "x" was declared but never referenced
+csrc/transformer/inference/csrc/softmax.cu(44): error: identifier "cub::Sum" is undefined
+csrc/transformer/inference/csrc/softmax.cu(90): error: namespace "cub" has no member "Max"
+2 errors detected in the compilation of "softmax.cu".
+ninja: build stopped: subcommand failed.
+Traceback (most recent call last):
+  File "<string>", line 2, in <module>
+RuntimeError: Error building extension 'transformer_inference'
+"""
+
+
+def test_deepspeed_build_reason_is_the_first_compiler_error():
+    from dsattn.tools import bench_deepspeed as ds
+
+    assert ds.first_error_line(NVCC_LOG) == ('csrc/transformer/inference/csrc/softmax.cu(44): error: identifier '
+                                             '"cub::Sum" is undefined')
+    gcc = "pt_binding.cpp:12:10: fatal error: cublas_v2.h: No such file or directory\ncompilation terminated."
+    assert ds.first_error_line(gcc).startswith("pt_binding.cpp:12:10: fatal error: cublas_v2.h")
+    ld = "[10/10] c++ -shared\nFAILED: transformer_inference.so\nld: pt_binding.o: undefined reference to `curandCreateGenerator'"
+    assert "undefined reference to `curandCreateGenerator'" in ds.first_error_line(ld)
+    assert ds.first_error_line("[1/2] nvcc x\nFAILED: x.o\nninja: build stopped") == "FAILED: x.o"
+    py = ("Traceback (most recent call last):\n  File \"<string>\", line 2\n"
+          "deepspeed.ops.op_builder.builder.CUDAMismatchException: >- DeepSpeed Op Builder: Installed CUDA 13.0 ...\n")
+    assert ds.first_error_line(py).startswith("deepspeed.ops.op_builder.builder.CUDAMismatchException: >- DeepSpeed")
+    assert ds.first_error_line("") == "(empty build log)"
+
+
+def test_deepspeed_build_environment(monkeypatch, tmp_path):
+    from dsattn.tools import bench_deepspeed as ds
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert ds.extensions_dir() == tmp_path
+    env = ds.build_env("9.0", tmp_path)
+    assert env["TORCH_CUDA_ARCH_LIST"] == "9.0" and env["TORCH_EXTENSIONS_DIR"] == str(tmp_path)
+    assert env["DS_ACCELERATOR"] == "cuda" and int(env["MAX_JOBS"]) >= 1
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
+    assert ds.extensions_dir().name == "deepspeed_extensions"
+
+
+def test_deepspeed_row_says_why_when_not_installed(monkeypatch):
+    """Without deepspeed the section still writes its row, with the reason, and nothing else runs."""
+    import sys
+
+    from dsattn.tools import bench_deepspeed as ds
+
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # import deepspeed -> ModuleNotFoundError
+    monkeypatch.setenv("DS_ACCELERATOR", "cuda")  # load() names the accelerator; keep it out of later tests
+    rows = ds.rows(None, dtypes=(), quick=True, ceilings={})
+    assert len(rows) == 1 and rows[0]["ours_us"] is None
+    assert rows[0]["case"].startswith("DeepSpeed transformer_inference ops")
+    assert rows[0]["note"].startswith("not run: deepspeed not importable: ModuleNotFoundError")
+    ceil = {"copy_bw": 3e12, "gemm_rate": {"fp16": 7.7e14, "bf16": 8e14}}
+    env = {"card": "CARD", "sms": 132, "torch": "t", "cuda": "c", "cudnn": 1, "date": "d"}
+    assert "not run: deepspeed not importable" in bench.markdown(rows, ceil, env, [])
+
+
+def test_deepspeed_int8_group_rows_state_why():
+    from dsattn.tools import bench_deepspeed as ds
+
+    assert "groups must divide N" in ds.INT8_GROUP_REASON
+
+
+def test_deepspeed_failed_build_row_carries_the_compiler_error(monkeypatch, tmp_path):
+    """A failing JIT build (a child process printing an nvcc error and exiting 1) ends in a row whose
+    note is the first compiler error, and the whole log is kept beside the extension folder."""
+    import sys
+    import types
+
+    import torch
+
+    from dsattn.tools import bench_deepspeed as ds
+
+    monkeypatch.setitem(sys.modules, "deepspeed", types.SimpleNamespace(__version__="0.0-test"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setenv("DS_ACCELERATOR", "cuda")
+    monkeypatch.setattr(ds, "BUILD_SNIPPET", "import sys, os\n"
+                        "print('[1/2] nvcc -c softmax.cu arch', os.environ['TORCH_CUDA_ARCH_LIST'])\n"
+                        "print('softmax.cu(44): error: identifier \"cub::Sum\" is undefined')\n"
+                        "sys.exit(1)\n")
+    rows = ds.rows(None, dtypes=(), quick=True, ceilings={})
+    assert len(rows) == 1
+    note = rows[0]["note"]
+    assert note.startswith("not run: JIT build of InferenceBuilder failed (deepspeed 0.0-test")
+    assert "TORCH_CUDA_ARCH_LIST=9.0" in note
+    assert note.endswith('softmax.cu(44): error: identifier "cub::Sum" is undefined')
+    assert "arch 9.0" in (tmp_path / "build.log").read_text()
+
+
+def test_install_deepspeed_script_refuses_an_empty_wheel_folder(tmp_path):
+    import subprocess
+
+    script = TOOLS.parent / "scripts" / "install_deepspeed.sh"
+    r = subprocess.run(["bash", str(script), str(tmp_path), str(tmp_path / "t")], capture_output=True, text=True)
+    assert r.returncode == 2 and f"no wheels in {tmp_path}" in r.stderr
+    (tmp_path / "einops-0.8.2-py3-none-any.whl").write_bytes(b"")
+    r = subprocess.run(["bash", str(script), str(tmp_path), str(tmp_path / "t")], capture_output=True, text=True)
+    assert r.returncode == 2 and "no deepspeed-*.whl" in r.stderr
+    r = subprocess.run(["bash", str(script), "--env", "/opt/x"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip().startswith("export PYTHONPATH=/opt/x") and "/opt/x/bin:" in r.stdout

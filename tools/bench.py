@@ -3,8 +3,9 @@
 
 One section per op (dsattn.tools.bench_qkv_gemm, bench_softmax_context, bench_int8_matmul), each a
 ``rows(lib, *, dtypes, quick, ceilings) -> list[dict]`` timed with the one harness
-(dsattn.tools.bench_harness: method, ceilings and the row format are described there). A section
-that fails is reported in the output's notes and the others still run.
+(dsattn.tools.bench_harness: method, ceilings and the row format are described there), then the
+baseline sections (dsattn.tools.bench_deepspeed: DeepSpeed-Inference's own ops, JIT-built on this
+machine). A section that fails is reported in the output's notes and the others still run.
 """
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ SECTIONS = {
     "softmax_context": "dsattn.tools.bench_softmax_context",
     "int8_matmul": "dsattn.tools.bench_int8_matmul",
 }
+# Baselines that are whole libraries of their own, run after the op sections (a library that
+# corrupts the CUDA context cannot take our rows with it); same rows(...) signature. The DeepSpeed
+# section writes a row saying why when deepspeed is not installed or its ops do not build.
+BASELINE_SECTIONS = {
+    "deepspeed": "dsattn.tools.bench_deepspeed",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,8 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="element types (default: fp16 bf16)")
     parser.add_argument("--quick", action="store_true", help="fewer cases and repetitions")
     parser.add_argument("--lib", default=None, help="path of libdsattn_kernels.so (default: build/plugins/kernels)")
-    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=None,
-                        help="run only these ops' sections")
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS) + list(BASELINE_SECTIONS), default=None,
+                        help="run only these sections (the ops', and deepspeed: DeepSpeed's own ops, "
+                             "JIT-built here, on the same shapes)")
     from . import bench_generate
 
     bench_generate.add_arguments(parser.add_argument_group("generate"))
@@ -93,7 +101,7 @@ def markdown(rows: list[dict], ceilings: dict, env: dict, notes: list[str]) -> s
 
 def _section(name: str, lib, dtypes, quick, ceilings, notes) -> list[dict]:
     try:
-        mod = importlib.import_module(SECTIONS[name])
+        mod = importlib.import_module({**SECTIONS, **BASELINE_SECTIONS}[name])
         out = list(mod.rows(lib, dtypes=dtypes, quick=quick, ceilings=ceilings))
         print(f"{name}: {len(out)} rows", flush=True)
         return out
@@ -145,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     rows: list[dict] = []
     notes: list[str] = []
-    for name in SECTIONS:
+    for name in [*SECTIONS, *BASELINE_SECTIONS]:
         if args.only is None or name in args.only:
             rows += _section(name, lib, dtypes, args.quick, ceilings, notes)
     text = markdown(rows, ceilings, env, notes)
