@@ -90,6 +90,14 @@ def test_profiler_sums_device_records_only_per_call():
     assert bench_harness.kernels_us(per, exclude=("append",)) == 120.0
 
 
+def test_short_kernel_names():
+    short = bench_harness.short_kernel_name
+    assert short("void dsattn::(anonymous namespace)::decode_kernel<__half, 128>(Args, float*, int)") == "decode_kernel"
+    assert short("append_kernel(Args, int)") == "append_kernel"
+    assert short("cudnn_generated_fort_native_sdpa_sm90_knob_3") == "cudnn_generated_fort_native_sdpa_sm90_knob_3"
+    assert short("Memset (Device)") == "Memset"
+
+
 def test_targets_are_the_kernel_table():
     from dsattn.tools import bench_qkv_gemm as q
     from dsattn.tools import bench_softmax_context as sc

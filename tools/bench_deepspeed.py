@@ -172,8 +172,11 @@ def _allocate(module, dname, batch, layers, max_tokens):
 def _row(case, ours_k, ds_k, note=""):
     ours = h.kernels_us(ours_k) if ours_k else None
     ds = h.kernels_us(ds_k) if ds_k else None
+    top = sorted((ds_k or {}).items(), key=lambda kv: -kv[1])[:4]  # where DeepSpeed's time goes
+    split = ", ".join(f"{h.short_kernel_name(k)} {v:.1f}" for k, v in top)
     return {"case": case, "ours_us": ours, "baselines": {f"{NAME} (built here)": ds},
-            "note": ("profiler kernel time, both sides" + (f"; {note}" if note else ""))}
+            "note": "profiler kernel time, both sides" + (f"; {note}" if note else "")
+                    + (f"; {NAME} kernels (us): {split}" if split else "")}
 
 
 def _failed(case, e):
@@ -183,12 +186,16 @@ def _failed(case, e):
             "note": f"{NAME} call failed: {msg}"}
 
 
+_EMPTY = {}
+
+
 def _softmax_args(qkv, layer_id, num_layers):
-    """ds_softmax_context's arguments (pt_binding.cpp): no mask, no alibi, rotate_half rotary over
-    the whole head, causal, scale 1/sqrt(D) (it squares norm_factor), RoPE theta 10000."""
+    """ds_softmax_context's arguments (pt_binding.cpp): no mask and no alibi (1-element tensors),
+    rotate_half rotary over the whole head, causal, scale 1/sqrt(D) (it squares norm_factor),
+    RoPE theta 10000."""
     import torch
 
-    empty = torch.empty(1, device="cuda", dtype=qkv.dtype)
+    empty = _EMPTY.setdefault(qkv.dtype, torch.empty(1, device="cuda", dtype=qkv.dtype))
     return (qkv, empty, D, True, False, H, -1, D ** -0.25, True, False, 1, True, layer_id, num_layers,
             empty, 10000.0, qkv.shape[1] > 1, None, None)
 

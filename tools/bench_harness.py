@@ -131,6 +131,14 @@ def kernels_us(times: dict[str, float], include=None, exclude=()) -> float:
                if (include is None or any(i in name for i in include)) and not any(x in name for x in exclude))
 
 
+def short_kernel_name(name: str) -> str:
+    """A profiler kernel name without return type, namespaces, template and call arguments
+    ("void ns::(anonymous namespace)::decode_kernel<__half, 128>(Args, int)" -> "decode_kernel")."""
+    n = name.replace("(anonymous namespace)", "").removeprefix("void ").strip()
+    cut = min((i for i in (n.find("<"), n.find("(")) if i > 0), default=len(n))
+    return n[:cut].split("::")[-1].strip() or name
+
+
 def rotation_count(bytes_per_set: int, minimum: int = 2) -> int:
     """Input sets so that one sweep exceeds 2x L2 (each call then reads from HBM)."""
     return max(minimum, -(-2 * L2_BYTES // max(1, bytes_per_set)))

@@ -126,7 +126,7 @@ def decode_rows(lib, dt, dname, ceil, quick):
         note += "; kernel device time (profiler, both sides): " + ", ".join(
             f"{k} {h.kernels_us(v):.1f} us" for k, v in kt.items() if v is not None)
         if kt["ours"] is not None:
-            note += " (ours: " + " + ".join(f"{k} {v:.1f}" for k, v in sorted(kt["ours"].items())) + ")"
+            note += " (ours: " + " + ".join(f"{h.short_kernel_name(k)} {v:.1f}" for k, v in sorted(kt["ours"].items())) + ")"
         row = {"case": f"softmax_context decode B={B} past={PAST} H={H} D={D} rope {dname}",
                "ours_us": ours_t, "baselines": {k: v for k, v in t.items() if k != "ours"},
                "floor_us": fl, "note": note}
@@ -184,7 +184,7 @@ def prefill_rows(lib, dt, dname, ceil, quick):
         tf = lambda us: flops / (us * 1e-6) / 1e12 if us else float("nan")  # noqa: E731
         cud = base["cuDNN SDPA"]
         tfs = ", ".join(f"{n} {tf(us):.0f} TF/s" for n, us in base.items() if us)
-        kernels = " + ".join(f"{n} {us:.1f}" for n, us in sorted(ours_k.items()))
+        kernels = " + ".join(f"{h.short_kernel_name(n)} {us:.1f}" for n, us in sorted(ours_k.items()))
         shape = f"B={B} S={S} causal H={H} D={D}"
         met_a = prefill_attention_met(att, cud)
         rows.append({"case": f"softmax_context prefill attention {shape} rope {dname}",
