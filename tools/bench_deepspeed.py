@@ -195,7 +195,9 @@ def _softmax_args(qkv, layer_id, num_layers):
     RoPE theta 10000."""
     import torch
 
-    empty = _EMPTY.setdefault(qkv.dtype, torch.empty(1, device="cuda", dtype=qkv.dtype))
+    if qkv.dtype not in _EMPTY:  # made once: no allocation inside the profiled calls
+        _EMPTY[qkv.dtype] = torch.empty(1, device="cuda", dtype=qkv.dtype)
+    empty = _EMPTY[qkv.dtype]
     return (qkv, empty, D, True, False, H, -1, D ** -0.25, True, False, 1, True, layer_id, num_layers,
             empty, 10000.0, qkv.shape[1] > 1, None, None)
 
