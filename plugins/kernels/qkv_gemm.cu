@@ -6,6 +6,7 @@
 //                  descriptors and algorithm cached per shape in the context.
 //   quantized = 1  the norm kernel, then dsattn_int8_matmul (int8_matmul.h).
 #include "qkv_gemm.h"
+#include "pdl.cuh"
 
 #ifndef DSATTN_HAVE_CUBLASLT
 #define DSATTN_HAVE_CUBLASLT 1
@@ -237,6 +238,100 @@ __device__ void warp_norm_row(const T* __restrict__ x, const T* __restrict__ gam
   }
 }
 
+// Small M: one CTA per row holding the whole row in registers (R 16-byte vectors per thread), so
+// the row is read once and gamma / beta are loaded while the reductions run: one load round trip
+// and two block reductions instead of the three passes of norm_rows_kernel. Launched with PDL on
+// sm_90 (at small M the launch is a large share of the kernel's time). Needs K % VEC == 0,
+// K <= kNormThreads * VEC * R and 16-byte aligned pointers (launch_norm checks).
+template <typename T, int R>
+__global__ void __launch_bounds__(kNormThreads)
+norm_rows_reg_kernel(const T* __restrict__ x, const T* __restrict__ gamma, const T* __restrict__ beta,
+                     T* __restrict__ out, int K, int norm_type, float eps) {
+  constexpr int VEC = 16 / sizeof(T);
+  __shared__ float red[kNormThreads / 32];
+  dsattn::pdl_wait();
+  const int nvec = K / VEC;
+  const float inv_k = 1.0f / static_cast<float>(K);
+  const uint4* xr = reinterpret_cast<const uint4*>(x + (int64_t)blockIdx.x * K);
+  uint4 buf[R], g[R], b[R];
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    const int c = threadIdx.x + i * kNormThreads;
+    if (c < nvec) {
+      buf[i] = __ldg(xr + c);
+      if (norm_type != DSATTN_NORM_NONE) g[i] = __ldg(reinterpret_cast<const uint4*>(gamma) + c);
+      if (norm_type == DSATTN_NORM_LAYERNORM) b[i] = __ldg(reinterpret_cast<const uint4*>(beta) + c);
+    }
+  }
+  float mean = 0.f;
+  if (norm_type == DSATTN_NORM_LAYERNORM) {
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      if (threadIdx.x + i * kNormThreads < nvec) {
+        float f[VEC];
+        unpack<T>(buf[i], f);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) s += f[j];
+      }
+    }
+    mean = block_sum(s, red) * inv_k;
+  }
+  float ss = 0.f;  // two-pass variance on the registers: exact in fp32 when |mean| >> std
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    if (threadIdx.x + i * kNormThreads < nvec) {
+      float f[VEC];
+      unpack<T>(buf[i], f);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        const float d = f[j] - mean;
+        ss = fmaf(d, d, ss);
+      }
+    }
+  }
+  const float rstd = 1.0f / sqrtf(block_sum(ss, red) * inv_k + eps);
+  uint4* orow = reinterpret_cast<uint4*>(out + (int64_t)blockIdx.x * K);
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    const int c = threadIdx.x + i * kNormThreads;
+    if (c < nvec) {
+      float f[VEC], gf[VEC], bf[VEC];
+      unpack<T>(buf[i], f);
+      if (norm_type != DSATTN_NORM_NONE) unpack<T>(g[i], gf);
+      if (norm_type == DSATTN_NORM_LAYERNORM) unpack<T>(b[i], bf);
+      uint4 o;
+      T* oe = reinterpret_cast<T*>(&o);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        float y = f[j];
+        if (norm_type == DSATTN_NORM_LAYERNORM) y = fmaf((f[j] - mean) * rstd, gf[j], bf[j]);
+        else if (norm_type == DSATTN_NORM_RMSNORM) y = (f[j] * rstd) * gf[j];
+        oe[j] = from_f<T>(y);
+      }
+      orow[c] = o;
+    }
+  }
+}
+
+template <typename T, int R>
+cudaError_t launch_norm_reg(const T* x, const T* gamma, const T* beta, T* out, int64_t M, int K,
+                            int norm_type, float eps, cudaStream_t s) {
+  static const bool pdl = dsattn::pdl_ok(reinterpret_cast<const void*>(norm_rows_reg_kernel<T, R>));
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((unsigned)M);
+  cfg.blockDim = dim3(kNormThreads);
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  if (pdl) {
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  return cudaLaunchKernelEx(&cfg, norm_rows_reg_kernel<T, R>, x, gamma, beta, out, K, norm_type, eps);
+}
+
 // Copies gamma (and beta) [K] into shared memory with 16-byte vectors (K % VEC == 0, aligned),
 // all loads in flight at once. Caller synchronizes.
 template <typename T>
@@ -273,13 +368,22 @@ cudaError_t launch_norm(const void* x, const void* gamma, const void* beta, void
   const bool vec = (K % VEC == 0) && aligned(x, 16) && aligned(out, 16) &&
                    (norm_type == DSATTN_NORM_NONE || aligned(gamma, 16)) &&
                    (norm_type != DSATTN_NORM_LAYERNORM || aligned(beta, 16));
-  // Measured on H100 (K 4096, in a CUDA graph before a GEMM): the CTA-per-row kernel costs ~4 us
-  // at M <= 128, the warp-per-row kernel ~6-8 us there (its gamma/beta staging adds a dependent
-  // round trip) but ~5-12 us vs ~13 us at M = 2048. Hence the split at M = kWarpNormMinM.
+  // Measured on H100 (K 4096, in a CUDA graph before a GEMM): the three-pass CTA-per-row kernel
+  // costs ~4 us at M <= 128, the warp-per-row kernel ~6-8 us there (its gamma/beta staging adds a
+  // dependent round trip) but ~5-12 us vs ~13 us at M = 2048. Hence the warp kernel from M =
+  // kWarpNormMinM on; below it the register-resident CTA-per-row kernel (one read of the row), and
+  // the three-pass kernel only for rows too long for registers or unaligned data.
   if (vec && sizeof(T) == 2 && K <= 32 * VEC * kRowVecs && M >= kWarpNormMinM) {  // row in registers
     norm_rows_warp_kernel<T><<<(unsigned)((M + 7) / 8), 256, 2 * K * sizeof(T), s>>>(
         (const T*)x, (const T*)gamma, (const T*)beta, (T*)out, M, (int)K, norm_type, eps);
     return cudaGetLastError();
+  }
+  if (vec && M < kWarpNormMinM) {  // small M: the row in registers, one read
+    const int64_t per_thread = (K / VEC + kNormThreads - 1) / kNormThreads;
+    const T *xt = (const T*)x, *gt = (const T*)gamma, *bt = (const T*)beta;
+    if (per_thread <= 1) return launch_norm_reg<T, 1>(xt, gt, bt, (T*)out, M, (int)K, norm_type, eps, s);
+    if (per_thread <= 2) return launch_norm_reg<T, 2>(xt, gt, bt, (T*)out, M, (int)K, norm_type, eps, s);
+    if (per_thread <= 4) return launch_norm_reg<T, 4>(xt, gt, bt, (T*)out, M, (int)K, norm_type, eps, s);
   }
   const int threads = K >= 2048 ? kNormThreads : (K >= 512 ? 128 : 64);
   const dim3 grid((unsigned)M);
