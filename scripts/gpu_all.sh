@@ -38,7 +38,7 @@ step cmake 60 cmake -S plugins -B build/plugins -G Ninja -DCMAKE_BUILD_TYPE=Rele
   -DCMAKE_CUDA_ARCHITECTURES=90a -DDSATTN_REQUIRE_CUBLASLT=ON \
   -DDSATTN_REQUIRE_SM90_LIBS=ON -DDSATTN_FLASHINFER_DATA="$fi_root/flashinfer/data" -DTensorRT_INCLUDE_DIR="$trt" -DONNXRUNTIME_INCLUDE_DIR="$ort_inc"
 step build 240 cmake --build build/plugins -j16
-# Parts (arguments; default all): native = ctest, the gpu tests that need no onnxruntime-gpu and the
+# Parts (arguments; default all but kernels): kernels = the kernel tests and sanitizers only; native = ctest, the gpu tests that need no onnxruntime-gpu and the
 # kernel sanitizers; ort = the gpu tests on ONNX Runtime CUDA (lowered and libdsattn_ort.so) and the
 # README's main job on CUDA; bench = the kernel benchmarks. The onnxruntime-gpu wheel travels in parts
 # over several calls, so a lease can run `native` while it is still arriving.
@@ -50,6 +50,13 @@ gpu_pytest() { # gpu_pytest NAME TIMEOUT FILES...
   cp "$logs/$name.log" "$out/$name.log"
 }
 cs="compute-sanitizer --tool memcheck --error-exitcode 7"
+if has kernels; then  # the kernel tests and sanitizers alone (a quicker call while kernels change)
+  gpu_pytest pytest_kernels 400 tests/test_kernels_softmax_context.py tests/test_kernels_qkv_gemm.py \
+    tests/test_kernels_int8_matmul.py tests/test_nan_contract_gpu.py
+  step memcheck_softmax_context 120 $cs python3 scripts/sanitize_softmax_context.py
+  step memcheck_qkv_gemm 90 $cs python3 scripts/sanitize_qkv_gemm.py
+  step memcheck_int8_matmul 120 $cs python3 scripts/sanitize_int8_matmul.py
+fi
 if has native; then
   step ctest 60 ctest --test-dir build/plugins --output-on-failure
   rm -rf /tmp/plugcases
@@ -72,7 +79,8 @@ if has ort; then
   step export_cuda 120 python3 -m dsattn.tools.cli export --providers cpu,cuda --out /tmp/export-main
 fi
 if has bench; then
-  step bench 300 python3 -m dsattn.tools.cli bench kernels --out "$out/BENCHMARKS.md"
+  # BENCH_ARGS (e.g. "--only softmax_context --quick") narrows the run.
+  step bench 300 python3 -m dsattn.tools.cli bench kernels --out "$out/BENCHMARKS.md" ${BENCH_ARGS:-}
   tail -60 "$logs/bench.log"
 fi
 echo; echo "== summary =="; printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
