@@ -17,6 +17,9 @@ step() { # step NAME TIMEOUT CMD...: run, log to $logs/NAME.log, record the resu
   if timeout "$to" "$@" >"$logs/$name.log" 2>&1; then summary+=("PASS  $name ($((SECONDS-t0)) s)")
   else summary+=("FAIL  $name ($((SECONDS-t0)) s): $(tail -3 "$logs/$name.log" | tr '\n' ' ' | cut -c1-300)"); fi
 }
+# KEEP_BUILD=1: the build tree lives in /opt/dsattn/build (kept while the machine stays warm; the
+# repository's ignored folders are not), so the next call of a chain rebuilds incrementally.
+if [ "${KEEP_BUILD:-0}" = 1 ]; then mkdir -p /opt/dsattn/build && rm -rf build && ln -s /opt/dsattn/build build; fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$logs/card.txt"
 if [ -f .device/unpack.sh ]; then bash .device/unpack.sh >"$logs/unpack.log" 2>&1; eval "$(bash .device/unpack.sh | tail -1)"; fi
 export PYTHONPATH="${PYTHONPATH:-}"
