@@ -164,7 +164,7 @@ def qkv_v(qkv, b, S, H, Hkv, D, layout):
 
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 CASES = {
-    # decode (S * group <= 8: fused split-KV kernel + combine)
+    # decode (S * group <= 8: fused split-KV kernel, chunks merged by the last CTA of each row)
     "decode_f16_mha_ragged_rope": dict(dtype=F16, B=4, S=1, H=5, Hkv=5, D=128, lens=[0, 96, 1024, 4098],
                                        Tmax=4101, rd=128, style=0, theta=10000.0),
     "decode_bf16_gqa4_alibi_gptj_leftpad": dict(dtype=BF16, B=4, S=1, H=12, Hkv=3, D=128, lens=[4098, 96, 1024, 0],
@@ -181,10 +181,9 @@ CASES = {
                                                Tmax=1030, rd=128),
     "decode_f16_all_masked_row": dict(dtype=F16, B=2, S=1, H=3, Hkv=3, D=128, lens=[96, 40], Tmax=100,
                                       starts=[97, 0], window=8),
-    # decode split counts on both sides of the cluster-merge limit (sm_90: rows cut into <= 8 chunks
-    # merge inside a thread-block cluster, more through the combine kernel), empty chunks of short
-    # rows; split counts as decode_splits derives them for 132 SMs: 16 (B*Hkv 32), 11 (48),
-    # 3 (S=2 x GQA 4 rows), 2 (256), and 8 in the CUDA-graph test below
+    # decode split counts (each merged in the launch by the last CTA of its (row, kv head)), empty
+    # chunks of short rows; split counts as decode_splits derives them for 132 SMs: 16 (B*Hkv 32),
+    # 11 (48), 3 (S=2 x GQA 4 rows), 2 (256), and 8 in the CUDA-graph test below
     "decode_bf16_b1_h32_past2048_split16": dict(dtype=BF16, B=1, S=1, H=32, Hkv=32, D=128, lens=[2048], Tmax=2049,
                                                  rd=128),
     "decode_f16_split16_ragged_short_rows": dict(dtype=F16, B=2, S=1, H=16, Hkv=16, D=128, lens=[2047, 97],
@@ -198,6 +197,18 @@ CASES = {
                                         lens=[1500, 3, 700, 1, 1200, 0, 64, 999], Tmax=1600, rd=128),
     "decode_f32_split16_d64": dict(dtype=F32, B=4, S=1, H=8, Hkv=8, D=64, lens=[1090, 0, 333, 64], Tmax=1100,
                                    rd=64, style=1),
+    # chunk counts at the boundaries of the in-launch merge (132 SMs): 64 = kMaxSplits, chunks past
+    # the row's end empty, four merge batches of 16; 47 chunks of 8 GQA rows (4 dims per thread,
+    # two passes over the 8 x 128 outputs, a partial last batch); 25 chunks at D = 256 (2 dims per
+    # thread); several waves of chunks (B=8 x 32 heads, Tmax 2049: 8 chunks, 2048 CTAs)
+    "decode_f16_b1_h1_split64_empty_tail": dict(dtype=F16, B=1, S=1, H=1, Hkv=1, D=128, lens=[5000], Tmax=5001,
+                                                 rd=128),
+    "decode_bf16_gqa8_split47": dict(dtype=BF16, B=1, S=1, H=8, Hkv=1, D=128, lens=[3000], Tmax=3001, rd=128,
+                                     alibi=True),
+    "decode_f16_d256_split25": dict(dtype=F16, B=1, S=1, H=2, Hkv=2, D=256, lens=[1500], Tmax=1600, rd=64),
+    "decode_bf16_b8_h32_waves_ragged": dict(dtype=BF16, B=8, S=1, H=32, Hkv=32, D=128,
+                                            lens=[2048, 2000, 1, 0, 1500, 2047, 700, 1024], Tmax=2049, rd=128,
+                                            starts=[0, 0, 0, 0, 3, 0, 0, 1000]),
     # prefill (append kernel + tensor-core flash attention)
     "prefill_f16_ragged_rope": dict(dtype=F16, B=3, S=97, H=5, Hkv=5, D=128, lens=[0, 1000, 4002], Tmax=4099,
                                     rd=128, style=0),
@@ -339,8 +350,8 @@ def test_bad_arguments_raise():
 @pytest.mark.gpu
 @pytest.mark.parametrize("S", [1, 97])
 def test_cuda_graph_capture_and_replay(S, seed):
-    """The whole op (incl. the programmatic-dependent combine launch) captures into a CUDA graph;
-    replays with new inputs give the eager result."""
+    """The whole op (the programmatic-dependent decode launch) captures into a CUDA graph; replays
+    with new inputs give the eager result."""
     from dsattn.export import ops
 
     B, H, D, Tmax = 2, 32, 128, 2200
@@ -377,7 +388,7 @@ def test_cuda_graph_capture_and_replay(S, seed):
 def test_decode_workspace_covers_smaller_batches(H, Hkv, S, D):
     """The TensorRT plugin sizes the workspace at the profile's largest batch and runs smaller
     batches with it: the decode workspace must be an upper bound over every batch' <= batch (the
-    split count, so the partials, grows as the batch shrinks)."""
+    split count, so the partials, depends on the batch, and not monotonically)."""
     NB = 40
     qkv = torch.empty(NB, S, (H + 2 * Hkv) * D, device="cuda", dtype=F16)
     pk = torch.empty(NB, Hkv, 4100, D, device="cuda", dtype=F16)
@@ -395,3 +406,160 @@ def test_decode_workspace_covers_smaller_batches(H, Hkv, S, D):
     assert max(sizes) > 0, f"no decode split needs partials here: {sizes}"
     for B in range(1, NB + 1):
         assert sizes[B - 1] >= max(sizes[:B]), f"B={B}: {sizes[B - 1]} < max over smaller batches {max(sizes[:B])}"
+
+
+# ------------------------------------------------------------------------------------------------
+# The decode split merges in the same launch: the last CTA of each (row, kv head) to finish merges
+# the chunks, counted on an arrival word in the workspace. The workspace is scratch (a TensorRT
+# engine shares it with other layers), so nothing may depend on what it holds on entry.
+
+# What a workspace may hold between calls: garbage, zeros, all ones, and arrival words in every
+# state the protocol must read as "nobody arrived" (decode_arrive in softmax_context.cu): clean,
+# tagged with a count >= the split count, tagged one below the tag (the first add carries into a
+# clean word), and the word one launch leaves while its last CTA resets it.
+_TAG = 0x7FA5C3D1E29B << 16
+WS_FILLS = {"random": None, "zeros": 0, "ones": -1, "tag_clean": _TAG, "tag_count_ffff": _TAG | 0xFFFF,
+            "below_tag": _TAG - 1, "tag_count_64": _TAG | 64}
+
+# (name, B, S, H, Hkv, D, Tmax): split counts for 132 SMs in the comments
+WS_SHAPES = [
+    ("b1_h32_split16", 1, 1, 32, 32, 128, 2049),
+    ("b8_h32_waves", 8, 1, 32, 32, 128, 2049),     # 8 chunks, 2048 CTAs
+    ("b3_h16_split11", 3, 1, 16, 16, 128, 1500),
+    ("gqa4_s2_split15", 4, 2, 16, 4, 64, 900),  # 8 query rows per CTA
+]
+
+
+def _ws_case(shape, dtype, seed):
+    name, B, S, H, Hkv, D, Tmax = shape
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    qkv = torch.randn(B, S, (H + 2 * Hkv) * D, generator=g, device="cuda").to(dtype)
+    pk = torch.randn(B, Hkv, Tmax, D, generator=g, device="cuda").to(dtype)
+    pv = torch.randn(B, Hkv, Tmax, D, generator=g, device="cuda").to(dtype)
+    lens = torch.randint(0, Tmax - S + 1, (B,), generator=g, device="cuda", dtype=torch.int32)
+    lens[0] = Tmax - S
+    kw = dict(num_heads=H, num_kv_heads=Hkv, head_size=D, rotary_dim=D)
+    return qkv, pk, pv, lens, kw
+
+
+def _ws_run(case, ws, out=None, stream=None):
+    qkv, pk, pv, lens, kw = case
+    k, v = pk.clone(), pv.clone()
+    B, S = qkv.shape[:2]
+    out = torch.full((B, S, kw["num_heads"] * kw["head_size"]), float("nan"), dtype=qkv.dtype,
+                     device="cuda") if out is None else out
+    status = torch.empty(1, dtype=torch.int32, device="cuda")
+    softmax_context.softmax_context(qkv, k, v, lens, out=out, status=status, workspace=ws, check=False, **kw)
+    return out, k, v, status
+
+
+def _fill(ws, how, gen):
+    if how == "random":
+        ws.copy_(torch.randint(0, 256, ws.shape, generator=gen, device="cuda", dtype=torch.int32).to(torch.uint8))
+    else:
+        ws.view(torch.int64).fill_(how)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["fp16", "bf16"])
+def test_decode_merge_does_not_depend_on_workspace_contents(dtype, seed):
+    """Every call gives the bits of a call on a fresh workspace, whatever the workspace held on entry
+    (WS_FILLS), after calls of other shapes on the same workspace (their partials and arrival words
+    overlap this call's at other offsets), and repeated back to back without a refill."""
+    cases = [_ws_case(sh, dtype, seed + i) for i, sh in enumerate(WS_SHAPES)]
+    ws = torch.empty(1 << 24, dtype=torch.uint8, device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    base = []
+    for c in cases:
+        ws.zero_()
+        out, k, v, st = _ws_run(c, ws)
+        torch.cuda.synchronize()
+        assert int(st.item()) == 0 and not torch.isnan(out).any()
+        base.append((out, k, v))
+    for how in WS_FILLS.values():
+        for i, c in enumerate(cases):
+            _fill(ws, how, gen)
+            out, k, v, _ = _ws_run(c, ws)
+            torch.cuda.synchronize()
+            assert torch.equal(out, base[i][0]), f"{WS_SHAPES[i][0]}, workspace filled with {how}"
+            assert torch.equal(k, base[i][1]) and torch.equal(v, base[i][2])
+    # shapes interleaved on one workspace, no refill: each sees the others' leftovers
+    _fill(ws, "random", gen)
+    for rnd in range(3):
+        for i in ([0, 1, 2, 3] if rnd % 2 == 0 else [3, 1, 0, 0, 2]):
+            out, _, _, _ = _ws_run(cases[i], ws)
+            torch.cuda.synchronize()
+            assert torch.equal(out, base[i][0]), f"{WS_SHAPES[i][0]} after other calls on the same workspace"
+
+
+@pytest.mark.gpu
+def test_decode_merge_on_two_streams(seed):
+    """Calls on two streams at once, each with its own workspace (the header's concurrency rule),
+    give the bits of serial calls."""
+    a = _ws_case(WS_SHAPES[0], F16, seed)
+    b = _ws_case(WS_SHAPES[1], F16, seed + 1)
+    wa = torch.empty(1 << 24, dtype=torch.uint8, device="cuda")
+    wb = torch.empty(1 << 24, dtype=torch.uint8, device="cuda")
+    ref_a = _ws_run(a, wa)[0].clone()
+    ref_b = _ws_run(b, wb)[0].clone()
+    torch.cuda.synchronize()
+    s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
+    s1.wait_stream(torch.cuda.current_stream())
+    s2.wait_stream(torch.cuda.current_stream())
+    outs = []
+    for _ in range(8):
+        with torch.cuda.stream(s1):
+            oa = _ws_run(a, wa)[0]
+            oa2 = _ws_run(a, wa)[0]
+        with torch.cuda.stream(s2):
+            ob = _ws_run(b, wb)[0]
+        outs.append((oa, oa2, ob))
+    torch.cuda.synchronize()
+    for oa, oa2, ob in outs:
+        assert torch.equal(oa, ref_a) and torch.equal(oa2, ref_a) and torch.equal(ob, ref_b)
+
+
+@pytest.mark.gpu
+def test_decode_merge_in_graph_replays_with_a_shared_scratch(seed):
+    """Two decode calls of different shapes share one workspace inside a CUDA graph, with another
+    kernel scribbling over it between them (as other layers do with a TensorRT workspace); replays,
+    with the workspace refilled or left as the last replay left it, give the eager bits."""
+    a = _ws_case(WS_SHAPES[0], F16, seed)
+    b = _ws_case(WS_SHAPES[1], F16, seed + 1)
+    ws = torch.empty(1 << 24, dtype=torch.uint8, device="cuda")
+    ref_a = _ws_run(a, ws)[0].clone()
+    ref_b = _ws_run(b, ws)[0].clone()
+    oa = torch.empty_like(ref_a)
+    ob = torch.empty_like(ref_b)
+    junk = torch.randint(0, 256, ws.shape, dtype=torch.int32, device="cuda").to(torch.uint8)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(s):
+        _ws_run(a, ws, oa)  # warm-up outside the capture
+        with torch.cuda.graph(g, stream=s):
+            _ws_run(a, ws, oa)
+            ws.copy_(junk)
+            _ws_run(b, ws, ob)
+            _ws_run(a, ws, oa)  # right after b: b's arrival words, a's offsets
+    torch.cuda.current_stream().wait_stream(s)
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    for rep in range(6):
+        oa.fill_(float("nan"))
+        ob.fill_(float("nan"))
+        if rep % 2:
+            _fill(ws, list(WS_FILLS.values())[rep % len(WS_FILLS)], gen)
+        g.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(oa, ref_a) and torch.equal(ob, ref_b), f"replay {rep}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,Hkv", [(1, 32), (2, 32), (3, 32), (4, 32), (5, 32), (8, 32), (12, 32), (16, 32),
+                                   (17, 32), (32, 32), (33, 32), (64, 32), (32, 8)])
+def test_decode_batches_past_2048(B, Hkv, seed):
+    """The bench shape (32 heads x 128, past up to 2048) at every batch from 1 to 64: one wave of
+    chunks (B <= 5), several waves (B = 8..33; GQA 4 at B = 32), no split (B = 64), ragged rows."""
+    lens = torch.randint(0, 2049, (B,), generator=torch.Generator().manual_seed(seed)).tolist()
+    lens[0] = 2048
+    _check_case(seed, F16 if B % 2 else BF16, B=B, S=1, H=32, Hkv=Hkv, D=128, lens=lens, Tmax=2049, rd=128)

@@ -1,7 +1,7 @@
 """The SoftmaxContext CUDA kernels under the numeric contract (OPS.md "Non-finite values"), fp16 and
-bf16, on every path: single-token decode (split-KV merged in a thread-block cluster and through the
-combine kernel), multi-row decode (GQA x tokens), the Hopper wgmma prefill, the mma.sync prefill
-(forced) and the generic kernel.
+bf16, on every path: single-token decode (split-KV, the chunks merged in the launch by the last CTA
+of each row; one wave of chunks and several), multi-row decode (GQA x tokens), the Hopper wgmma
+prefill, the mma.sync prefill (forced) and the generic kernel.
 
 - NaN / inf in every cache row that no new token of the row sees (left padding, windowed out,
   past seq_lens + S): the context is bit-identical to the run with zeros there.
@@ -25,12 +25,15 @@ F16, BF16 = torch.float16, torch.bfloat16
 AUTO, MMA = kern.PATH_AUTO, kern.PATH_PREFILL_MMA
 
 # name: sizes, masks and the path. Split counts as decode_splits derives them for 132 SMs:
-# B * Hkv = 64 -> 8 chunks (cluster merge on sm_90), 16 -> 33 chunks (combine kernel).
+# B * Hkv = 64 -> 8 chunks, 16 -> 33 chunks, 256 at Tmax 2049 -> 8 chunks in 4 waves of CTAs.
 CASES = {
-    "decode_cluster_window_leftpad": dict(B=2, S=1, H=32, Hkv=32, D=128, lens=[2000, 1500], Tmax=2100,
+    "decode_split8_window_leftpad": dict(B=2, S=1, H=32, Hkv=32, D=128, lens=[2000, 1500], Tmax=2100,
                                           starts=[37, 0], window=300, rd=128),
-    "decode_combine_window": dict(B=1, S=1, H=16, Hkv=16, D=128, lens=[2090], Tmax=2100, starts=[100],
+    "decode_split33_window": dict(B=1, S=1, H=16, Hkv=16, D=128, lens=[2090], Tmax=2100, starts=[100],
                                   window=500, alibi=True),
+    "decode_waves_window_leftpad": dict(B=8, S=1, H=32, Hkv=32, D=128,
+                                        lens=[2048, 2000, 1900, 1000, 2047, 1500, 100, 1700], Tmax=2049,
+                                        starts=[0, 37, 0, 5, 0, 100, 0, 9], window=1200, rd=128),
     "decode_gqa4_s1_d64": dict(B=2, S=1, H=8, Hkv=2, D=64, lens=[700, 64], Tmax=800, starts=[5, 60], window=40),
     "decode_gqa4_s2_window": dict(B=3, S=2, H=8, Hkv=2, D=128, lens=[95, 1023, 600], Tmax=1100,
                                   starts=[3, 0, 200], window=50, rd=64),

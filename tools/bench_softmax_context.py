@@ -2,7 +2,7 @@
 
 Cases (LLaMA-7B / BLOOM-7b1 attention: 32 heads x 128, MHA, rotate_half rotary):
   - decode, past 2048, batch 1 / 8 / 64: ours = the whole op (rotary + KV append + split-KV attention
-    [+ combine]); the SDPA baselines attend over the same cache length WITHOUT appending (their
+    and the merge of the chunks, one kernel); the SDPA baselines attend over the same cache length WITHOUT appending (their
     q/k/v are ready-made BHSD tensors). Both sides are CUDA-graph replays over the same rotated
     caches; the note adds the per-kernel device times of both sides from the CUDA profiler.
     Reported as achieved GB/s over the bytes the op must move (KV read + append + qkv row + context).
@@ -28,7 +28,7 @@ DECODE_B = (1, 8, 64)
 PREFILL_B = (1, 8)
 # Our kernels whose name contains this write the cache (rotary + append); every other kernel of the
 # op is attention. Matching the append side keeps the split right whatever the attention kernels
-# are called (the portable and the sm_90a prefill kernels, split-KV decode + combine).
+# are called (the portable and the sm_90a prefill kernels, the split-KV decode kernel).
 APPEND_KERNELS = ("append_kernel",)
 SDPA_BACKENDS = ("cuDNN SDPA", "flash SDPA")
 

@@ -1,4 +1,4 @@
-// dsattn::SoftmaxContext: host API, append kernel, fused decode (split-KV) kernel, combine kernel,
+// dsattn::SoftmaxContext: host API, append kernel, fused decode kernel (split-KV, merged in-launch),
 // generic CUDA-core attention kernel. The tensor-core prefill lives in softmax_context_prefill.cu.
 #include <stdarg.h>
 #include <stdio.h>
@@ -13,19 +13,36 @@ namespace dsattn {
 namespace attn {
 namespace {
 
-// Decode split-KV: chunks per row, keys per thread in flight, thread-block cluster sizes.
+// Decode split-KV: chunks per row, keys per thread in flight, waves of chunks.
 constexpr int kMaxSplits = 64;      // decode split-KV: upper bound on chunks per row
 constexpr int kMinSplitKeys = 64;   // never cut a row into chunks shorter than this
 constexpr int kDecodeMaxRows = 8;   // decode path: S * (H / Hkv) query rows per CTA at most
 // Keys per thread in flight per step at one query row (more rows: 2). 8 measured worse on H100
 // (192 registers, 2 CTAs per SM).
 constexpr int kDecodeUnrollOneRow = 4;
-// A row cut into 2..kMaxClusterSplits chunks runs its chunks as one thread-block cluster (sm_90)
-// that merges the partial results through distributed shared memory in the same launch (no
-// combine kernel, no fp32 partials in global memory); rows cut into more chunks use the combine
-// kernel. 16-CTA clusters made batch 1 1.5x slower on the H100 (27 vs 18 us): the non-portable
-// size limits how many clusters the GPCs hold at once.
-constexpr int kMaxClusterSplits = 8;
+// Waves of chunks when chunks stay long (decode_splits): with one wave of long chunks the CTAs
+// stream at unequal rates (batch 8 on the H100: identical chunks end between 67 and 92 us) and the
+// fast SMs idle at the tail; with several waves the block scheduler hands the later chunks to
+// the SMs that finish first. 3-4 waves took the batch-8 decode kernel from ~96 to 92 us on the
+// H100 (when a combine launch still ate the gain). Decided by the batch-8 decode rows of
+// `dsattn bench kernels` with 1, 3 and 4 here.
+constexpr int kDecodeWaves = 4;
+// Several waves only while every chunk keeps at least this many keys (Tmax / chunks): a chunk has
+// a fixed cost of roughly 2 us (prologue, slot merge, partial write, arrival), and batch 1's one-wave
+// chunks of 128 keys would shrink to 32 (two waves at batch 1 measured 1.5x slower with the combine
+// kernel). Batch 8 at past 2048 (Tmax 2049: 256 keys per chunk) takes kDecodeWaves waves, batch 4
+// (128) one. Decided with kDecodeWaves by the batch 4 / 8 decode rows.
+constexpr int kDecodeWaveMinKeys = 192;
+// Chunks the merging CTA reads per round trip (decode_kernel's epilogue): batch 1 (16 chunks)
+// merges in one round trip.
+constexpr int kMergeBatch = 16;
+// Arrival word of one (b, kv head) in the workspace (decode_arrive): the top 48 bits hold this
+// tag, the low 16 bits the CTAs of the current launch that have arrived. The word's top 32 bits
+// are a signalling NaN in fp32 and its top 16 bits a non-canonical NaN in fp16 / bf16, patterns
+// that no arithmetic produces: data other kernels leave in the scratch workspace does not look
+// like an arrival word.
+constexpr unsigned long long kArriveTag = 0x7FA5C3D1E29Bull << 16;
+constexpr unsigned long long kArriveCountMask = 0xffffull;
 
 // ---------------------------------------------------------------------------------------------
 // Append: one block per new token (b, s). Rotates k (and q when write_q), cos/sin table of this
@@ -120,7 +137,8 @@ __global__ void __launch_bounds__(256) append_kernel(Args a, int write_q) {
 // the new tokens (j >= seq_lens[b]) are taken from qkv (rotated), never from the cache, so the
 // split-0 CTA can write the new cache rows in the same launch without a race. Online softmax in
 // fp32 (log2 domain), merged across the CTA's key slots in shared memory, then either written to
-// the context (one chunk) or as (normalized partial o, log2-sum-exp) for the combine kernel.
+// the context (one chunk) or as (normalized partial o, log2-sum-exp) to the workspace, where the
+// last CTA of the (b, hk) group to finish merges the chunks (decode_arrive).
 __device__ __forceinline__ uint4 ld_stream(const void* p) {
   // Streaming loads: K/V are read once per call. __ldg and ld.lu measured the same at batch 8 / 64
   // and slower at batch 1 on the H100.
@@ -152,28 +170,69 @@ __device__ __forceinline__ void pdl_trigger() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-// Thread-block cluster (sm_90): barrier with release/acquire semantics for shared memory, and the
-// address of `p` (this CTA's shared memory) in the CTA of cluster rank `rank`.
-__device__ __forceinline__ void cluster_sync() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ const float* cluster_peer(const float* p, int rank) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  uint64_t r;
-  asm volatile("mapa.u64 %0, %1, %2;" : "=l"(r) : "l"(p), "r"(rank));
-  return reinterpret_cast<const float*>(r);
-#else
-  return p;
-#endif
+// Split merge in the decode launch: which CTA of a (b, hk) group arrives last. One arrival word per
+// group in the workspace, which is scratch: between two calls the caller (a TensorRT engine) may
+// have written anything there. Invariant: at the start of every call each arrival word is either
+// (kArriveTag, 0) -- the last CTA of the previous call that used the word left it so -- or not
+// tagged (anything else); both read as "no CTA of this launch has arrived". Every CTA of the group
+// arrives exactly once (rejected calls return before arriving, uniformly), so the counts of one
+// launch run 1..nsplit and the CTA that counts nsplit is the last; it resets the word to
+// (kArriveTag, 0) before the launch ends. The next call on the same workspace starts after this
+// launch has completed (stream order; a PDL-launched successor waits in pdl_wait before any
+// access), so it sees either that state or whatever another user wrote since. Only data holding
+// the tag in its top 48 bits with a count below nsplit would be miscounted; the tag is a NaN
+// pattern that arithmetic never produces.
+// The common case, an untouched word, costs one atomic add. Any other state takes a CAS loop that
+// treats an untagged word, or a tagged one whose count is out of range, as zero arrivals (the first
+// add may already have bumped such a word: it still counts for nothing).
+// Called by one thread after a __threadfence() that releases the CTA's partial results.
+__device__ __forceinline__ bool decode_arrive(unsigned long long* w, int nsplit) {
+  const unsigned long long n = (unsigned long long)nsplit;
+  auto counted = [&](unsigned long long v) {
+    return (v & ~kArriveCountMask) == kArriveTag && (v & kArriveCountMask) < n;
+  };
+  unsigned long long old = atomicAdd(w, 1ull), cnt;
+  if (counted(old)) {
+    cnt = (old & kArriveCountMask) + 1;
+  } else {
+    unsigned long long cur = old + 1;  // the value the add left, unless another CTA moved it since
+    for (;;) {
+      const unsigned long long next = counted(cur) ? cur + 1 : (kArriveTag | 1ull);
+      const unsigned long long got = atomicCAS(w, cur, next);
+      if (got == cur) {
+        cnt = next & kArriveCountMask;
+        break;
+      }
+      cur = got;
+    }
+  }
+  if (cnt != n) return false;
+  atomicExch(w, kArriveTag);  // every CTA of this launch has arrived: leave the word clean
+  return true;
 }
 
-// Decode kernel modes: `merge` 0 = one chunk (write the context), 1 = fp32 partials for the
-// combine kernel, 2 = the grid's x dimension is one thread-block cluster of nsplit CTAs that
-// merge through distributed shared memory (sm_90 only; host checks).
+// Partial results of VM consecutive dims (fp32, L2 only: written by other CTAs of this launch).
+template <int VM> struct PartVec { float v[VM]; };
+template <int VM>
+__device__ __forceinline__ PartVec<VM> ld_part(const float* p) {
+  PartVec<VM> r;
+  if constexpr (VM == 4) {
+    const float4 x = __ldcg(reinterpret_cast<const float4*>(p));
+    r.v[0] = x.x; r.v[1] = x.y; r.v[2] = x.z; r.v[3] = x.w;
+  } else if constexpr (VM == 2) {
+    const float2 x = __ldcg(reinterpret_cast<const float2*>(p));
+    r.v[0] = x.x; r.v[1] = x.y;
+  } else {
+    r.v[0] = __ldcg(p);
+  }
+  return r;
+}
+
+// nsplit == 1: the CTA writes the context. nsplit > 1: the CTA writes its (o, lse) partials to
+// part_o / part_lse and arrives on arrive[b * Hkv + hk]; the last CTA of the group merges.
 template <typename T, int D, int RMAX>
-__global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, float* part_lse, int nsplit, int merge) {
+__global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, float* part_lse,
+                                                     unsigned long long* arrive, int nsplit) {
   constexpr int VEC = 16 / sizeof(T);
   constexpr int TX = D / VEC;
   static_assert(TX <= 32 && 32 % TX == 0, "head size must map onto a warp");
@@ -185,7 +244,7 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
   __shared__ float s_q[RMAX * D];
   __shared__ float s_m[KSTEP][RMAX], s_l[KSTEP][RMAX];
   __shared__ float s_acc[KSTEP][RMAX][D];
-  __shared__ float s_lse[RMAX];
+  __shared__ int s_last;
   // This call's new tokens (S <= RMAX of them), rotated k and v, for the CTA whose chunk holds
   // them: filled in the prologue so the epilogue (on the critical path of the last chunk) reads
   // shared memory instead of recomputing the key rotary per element. v only where it fits the
@@ -251,7 +310,7 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
 
   const int bad = first_bad_row(a, &s_flag);
   if (split == 0 && hk == 0 && b == 0 && threadIdx.x == 0) *a.status = bad < 0 ? 0 : bad + 1;
-  if (bad >= 0) return;  // uniform over the grid (and so over every cluster)
+  if (bad >= 0) return;  // uniform over the grid: no CTA arrives, no arrival word is touched
 
   // q rows r = s * g + gi, rotated; the rows with gi == 0 also rotate token s's key with the same
   // cos / sin (one powf + sincosf per element for q and k together): split 0 appends the new rows
@@ -404,87 +463,75 @@ __global__ void __launch_bounds__(128) decode_kernel(Args a, float* part_o, floa
     }
     o = lsum == 0.f ? 0.f : o / lsum;
     const int64_t orow = ((int64_t)b * a.S + s) * a.H + h;
-    const float lse = lsum == 0.f ? -INFINITY : Ms + log2f(lsum);
-    if (merge == 0) {
+    if (nsplit == 1) {
       static_cast<T*>(a.ctx)[orow * D + d] = from_f<T>(o);
-    } else if (merge == 1) {
-      part_o[(orow * nsplit + split) * D + d] = o;
-      if (d == 0) part_lse[orow * nsplit + split] = lse;
     } else {
-      s_acc[0][r][d] = o;  // only this thread reads / writes element (r, d) of slot 0 here
-      if (d == 0) s_lse[r] = lse;
+      part_o[(orow * nsplit + split) * D + d] = o;
+      if (d == 0) part_lse[orow * nsplit + split] = lsum == 0.f ? -INFINITY : Ms + log2f(lsum);
     }
   }
-  if (merge == 2) {
-    // Cluster merge: every CTA of the cluster (the nsplit chunks of this (b, hk)) published its
-    // (o, lse) in shared memory; CTA `split` finishes elements split, split + nsplit, ... of the
-    // R x D outputs by reading all of them, weights 2^(lse_i - max lse) (zeros when no key).
-    constexpr int MAXC = kMaxClusterSplits;
-    cluster_sync();
-    for (int e = threadIdx.x * nsplit + split; e < R * D; e += blockDim.x * nsplit) {
-      const int r = e / D, d = e % D, s = r / g, h = hk * g + r % g;
-      float li[MAXC], M = -INFINITY;
-#pragma unroll
-      for (int i = 0; i < MAXC; ++i) {
-        li[i] = i < nsplit ? *cluster_peer(&s_lse[r], i) : -INFINITY;
-        M = fmaxf(M, li[i]);
-      }
-      // As in the slot merge: shift by 0 when no chunk has a key; a NaN lse (NaN logit) propagates.
-      const float Ms = M == -INFINITY ? 0.f : M;
-      float o = 0.f, sum = 0.f;
-#pragma unroll
-      for (int i = 0; i < MAXC; ++i) {
-        if (i < nsplit) {
-          const float w = fast_exp2(li[i] - Ms);
-          sum += w;
-          o = fmaf(w, *cluster_peer(&s_acc[0][r][d], i), o);
-        }
-      }
-      o = sum == 0.f ? 0.f : o / sum;
-      static_cast<T*>(a.ctx)[(((int64_t)b * a.S + s) * a.H + h) * D + d] = from_f<T>(o);
-    }
-    cluster_sync();  // no CTA leaves while a peer may still read its shared memory
-  }
-}
+  if (nsplit == 1) return;
 
-// Combine the chunks of one (b, s, h) row: weights 2^(lse_i - max lse). Zeros when no key.
-template <typename T>
-__global__ void __launch_bounds__(128) combine_kernel(Args a, const float* part_o, const float* part_lse, int nsplit) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  // Launched with programmatic stream serialization (Hopper): the grid may start while the decode
-  // grid drains; wait here until its results are complete and visible.
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-  __shared__ int s_flag;
-  __shared__ float s_w[kMaxSplits];
-  if (first_bad_row(a, &s_flag) >= 0) return;
-  const int64_t row = blockIdx.x;
-  if (threadIdx.x < 32) {  // weights 2^(lse_i - max) / sum, nsplit <= 64: two per lane
-    const int i0 = threadIdx.x, i1 = threadIdx.x + 32;
-    const float* lse = part_lse + row * nsplit;
-    const float l0 = i0 < nsplit ? lse[i0] : -INFINITY;
-    const float l1 = i1 < nsplit ? lse[i1] : -INFINITY;
-    float M = fmaxf(l0, l1);
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
-    // No key anywhere: shift by 0, weights 0, zeros. A NaN lse (NaN logit) makes every weight NaN.
-    const float Ms = M == -INFINITY ? 0.f : M;
-    const float w0 = fast_exp2(l0 - Ms);
-    const float w1 = fast_exp2(l1 - Ms);
-    float sum = w0 + w1;
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    const float inv = sum == 0.f ? 0.f : 1.f / sum;
-    if (i0 < nsplit) s_w[i0] = w0 * inv;
-    if (i1 < nsplit) s_w[i1] = w1 * inv;
+  // Split merge in this launch (no combine kernel): the last CTA of (b, hk) to finish reads every
+  // chunk's partials. Release (fence after the CTA's writes) / acquire (fence after the arrival)
+  // by thread 0 around the barrier, as a grid-wide barrier does.
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    const bool last = decode_arrive(arrive + (int64_t)b * a.Hkv + hk, nsplit);
+    if (last) __threadfence();
+    s_last = last;
   }
   __syncthreads();
-  const float* po = part_o + row * nsplit * a.D;
-  for (int d = threadIdx.x; d < a.D; d += blockDim.x) {
-    float o = 0.f;  // every split wrote its partial (zeros for an empty chunk)
-#pragma unroll 8
-    for (int i = 0; i < nsplit; ++i) o = fmaf(s_w[i], po[(int64_t)i * a.D + d], o);
-    static_cast<T*>(a.ctx)[row * a.D + d] = from_f<T>(o);
+  if (!s_last) return;
+  // VM consecutive dims per thread, so that the R x D outputs take one pass of the CTA where they
+  // can (a pass costs a round trip to L2); chunk weights 2^(lse_i - max lse), zeros when no chunk
+  // has a key, kMergeBatch chunks per round trip with an online rescale across batches.
+  constexpr int VM = RMAX * D >= 512 ? 4 : (RMAX * D >= 256 ? 2 : 1);
+  for (int e = threadIdx.x * VM; e < R * D; e += blockDim.x * VM) {
+    const int r = e / D, d = e % D, s = r / g, h = hk * g + r % g;
+    const int64_t orow = ((int64_t)b * a.S + s) * a.H + h;
+    const float* pl = part_lse + orow * nsplit;
+    const float* po = part_o + orow * nsplit * D + d;
+    float M = -INFINITY, sum = 0.f, o[VM];
+#pragma unroll
+    for (int v = 0; v < VM; ++v) o[v] = 0.f;
+    for (int i0 = 0; i0 < nsplit; i0 += kMergeBatch) {
+      float li[kMergeBatch];
+      PartVec<VM> oi[kMergeBatch];
+#pragma unroll
+      for (int k = 0; k < kMergeBatch; ++k) {
+        const int i = i0 + k;
+        li[k] = i < nsplit ? __ldcg(pl + i) : -INFINITY;
+        if (i < nsplit) {
+          oi[k] = ld_part<VM>(po + (int64_t)i * D);
+        } else {
+#pragma unroll
+          for (int v = 0; v < VM; ++v) oi[k].v[v] = 0.f;
+        }
+      }
+      float mc = M;
+#pragma unroll
+      for (int k = 0; k < kMergeBatch; ++k) mc = fmaxf(mc, li[k]);
+      // As in the slot merge: shift by 0 while no chunk has a key; a NaN lse (NaN logit) or a NaN
+      // partial propagates through the sums.
+      const float ms = mc == -INFINITY ? 0.f : mc;
+      const float c = fast_exp2(M - ms);
+      sum *= c;
+#pragma unroll
+      for (int v = 0; v < VM; ++v) o[v] *= c;
+#pragma unroll
+      for (int k = 0; k < kMergeBatch; ++k) {
+        const float w = fast_exp2(li[k] - ms);
+        sum += w;
+#pragma unroll
+        for (int v = 0; v < VM; ++v) o[v] = fmaf(w, oi[k].v[v], o[v]);
+      }
+      M = mc;
+    }
+    T* out = static_cast<T*>(a.ctx) + orow * D + d;
+#pragma unroll
+    for (int v = 0; v < VM; ++v) out[v] = from_f<T>(sum == 0.f ? 0.f : o[v] / sum);
   }
 }
 
@@ -581,19 +628,27 @@ bool decode_supported(const dsattn_softmax_context_params& p) {
   return p.head_size == 64 || p.head_size == 128 || p.head_size == 256;
 }
 
-// Chunks per row for the decode split: as many as fit one wave of resident CTAs (ptxas: 128
-// registers x 128 threads at RMAX 1 -> 4 CTAs per SM, ~155 at RMAX 4 -> 3, ~230 at RMAX 8 -> 2),
-// chunks >= kMinSplitKeys keys (bounded by Tmax: the real lengths live on the device). Rounded
-// down: a second, partial wave would cost a whole chunk's time.
-int decode_splits(const dsattn_softmax_context_params& p) {
+// Resident decode CTAs per SM (ptxas: <= 128 registers x 128 threads at RMAX 1 -> 4 CTAs per SM,
+// ~155 at RMAX 4 -> 3, ~240 at RMAX 8 -> 2).
+constexpr int kDecodeMaxCtasPerSm = 4;
+int64_t decode_slots(const dsattn_softmax_context_params& p) {
   const int64_t rows = p.seq_len * (p.num_heads / p.num_kv_heads);
-  const int64_t per_sm = rows <= 1 ? 4 : (rows <= 4 ? 3 : 2);
+  const int64_t per_sm = rows <= 1 ? kDecodeMaxCtasPerSm : (rows <= 4 ? 3 : 2);
+  return per_sm * sm_count();
+}
+
+// Chunks per row for the decode split. By default as many as fit one wave of resident CTAs,
+// rounded down (a second, partial wave of equal chunks would cost a whole chunk's time). When
+// kDecodeWaves waves of chunks still give every chunk kDecodeWaveMinKeys keys, kDecodeWaves waves
+// (batch 8 at past 2048: 8 chunks of 264 keys, 2048 CTAs): the block scheduler then evens out SMs
+// that stream at unequal rates. Always chunks >= kMinSplitKeys keys and at most kMaxSplits
+// (bounded by Tmax: the real lengths live on the device).
+int decode_splits(const dsattn_softmax_context_params& p) {
   const int64_t ctas = p.batch * p.num_kv_heads;
-  const int64_t slots = per_sm * sm_count();
-  // More than one wave of chunks (finer chunks, so the block scheduler evens out CTAs that stream
-  // at unequal rates) measured slower at batch 8 on the H100: +8..11 us with cluster merges,
-  // +1..1.5 us with the combine kernel.
+  const int64_t slots = decode_slots(p);
   int64_t n = slots / ctas;
+  const int64_t nw = kDecodeWaves * slots / ctas;
+  if (nw > std::max<int64_t>(n, 1) && p.max_seq_len / nw >= kDecodeWaveMinKeys) n = nw;
   n = std::min<int64_t>(n, (p.max_seq_len + kMinSplitKeys - 1) / kMinSplitKeys);
   n = std::min<int64_t>(n, kMaxSplits);
   return (int)std::max<int64_t>(n, 1);
@@ -601,10 +656,25 @@ int decode_splits(const dsattn_softmax_context_params& p) {
 
 size_t align256(size_t x) { return (x + 255) / 256 * 256; }
 
+// Decode workspace (nsplit > 1): fp32 partial o [B, S, H, nsplit, D], partial log2-sum-exp
+// [B, S, H, nsplit], arrival words uint64 [B, Hkv] (decode_arrive), each 256-byte aligned.
+struct DecodeWs {
+  size_t o_bytes, lse_bytes, arrive_bytes;
+};
+struct DecodeBufs {
+  float* o;
+  float* lse;
+  unsigned long long* arrive;
+};
+DecodeWs decode_ws_layout(const dsattn_softmax_context_params& p, int nsplit) {
+  const size_t rows = (size_t)p.batch * p.seq_len * p.num_heads * nsplit;
+  return {align256(rows * p.head_size * sizeof(float)), align256(rows * sizeof(float)),
+          align256((size_t)p.batch * p.num_kv_heads * sizeof(unsigned long long))};
+}
 size_t decode_ws_bytes(const dsattn_softmax_context_params& p, int nsplit) {
   if (nsplit <= 1) return 0;
-  const size_t rows = (size_t)p.batch * p.seq_len * p.num_heads * nsplit;
-  return align256(rows * p.head_size * sizeof(float)) + align256(rows * sizeof(float));
+  const DecodeWs l = decode_ws_layout(p, nsplit);
+  return l.o_bytes + l.lse_bytes + l.arrive_bytes;
 }
 
 cudaError_t fail(char* msg, size_t n, const char* fmt, ...) {
@@ -678,14 +748,14 @@ size_t workspace_bytes(const dsattn_softmax_context_params& p) {
   if (decode_supported(p)) {
     // Maximum over every batch' <= batch: callers (the TensorRT plugin) size the workspace once at
     // the profile's largest batch and run smaller ones with it, and the split count (so the fp32
-    // partials) grows as the batch shrinks. Splits never grow with the batch, so stop at 1.
+    // partials) depends on the batch, not monotonically (several waves switch on as the batch
+    // grows). Past kDecodeWaves waves of one CTA per (b, kv head) every batch gets one chunk.
     size_t ws = 0;
     dsattn_softmax_context_params q = p;
-    for (int64_t b = 1; b <= p.batch; ++b) {
+    const int64_t last_split = kDecodeWaves * decode_slots(p) / p.num_kv_heads;
+    for (int64_t b = 1; b <= std::min<int64_t>(p.batch, last_split); ++b) {
       q.batch = b;
-      const int n = decode_splits(q);
-      ws = std::max(ws, decode_ws_bytes(q, n));
-      if (n <= 1) break;
+      ws = std::max(ws, decode_ws_bytes(q, decode_splits(q)));
     }
     return ws;
   }
@@ -712,105 +782,56 @@ bool decode_sm90_code() {
   return ok;
 }
 
-// Whether nsplit CTAs per cluster fit on this device (cached per device and cluster size: the
-// occupancy query is a host call).
 template <typename T, int D, int RMAX>
-bool decode_cluster_ok(int nsplit, const dim3& grid) {
-  static int cached[64][kMaxClusterSplits + 1] = {};  // 0 unknown, 1 no, 2 yes
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
-  if (cached[dev][nsplit]) return cached[dev][nsplit] == 2;
+cudaError_t launch_decode_t(const Args& a, const DecodeBufs& w, int nsplit, cudaStream_t st) {
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(128);
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = nsplit;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  int n = 0;
-  const bool ok = cudaOccupancyMaxActiveClusters(&n, decode_kernel<T, D, RMAX>, &cfg) == cudaSuccess && n >= 1;
-  cudaGetLastError();  // a refused query must not leak into the caller's error state
-  cached[dev][nsplit] = ok ? 2 : 1;
-  return ok;
-}
-
-template <typename T, int D, int RMAX>
-cudaError_t launch_decode_t(const Args& a, float* po, float* pl, int nsplit, cudaStream_t st) {
-  const dim3 grid(nsplit, a.Hkv, a.B);
-  auto kern = decode_kernel<T, D, RMAX>;
-  cudaError_t e;
-  // PDL waits and cluster instructions exist only in code compiled for sm_90+ (the library may
-  // also carry sm_80 code, which a newer GPU could JIT): check the code that will run.
-  const bool cc9 = pdl_supported() && decode_sm90_code<T, D, RMAX>();
-  const bool cluster = cc9 && nsplit > 1 && nsplit <= kMaxClusterSplits &&
-                       decode_cluster_ok<T, D, RMAX>(nsplit, grid);
-  const int merge = nsplit == 1 ? 0 : (cluster ? 2 : 1);
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
+  cfg.gridDim = dim3(nsplit, a.Hkv, a.B);
   cfg.blockDim = dim3(128);
   cfg.stream = st;
-  cudaLaunchAttribute attr[2];
-  int na = 0;
-  if (cc9) {  // the kernel waits (griddepcontrol.wait) before any access
-    attr[na].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[na].val.programmaticStreamSerializationAllowed = 1;
-    ++na;
-  }
-  if (merge == 2) {
-    attr[na].id = cudaLaunchAttributeClusterDimension;
-    attr[na].val.clusterDim.x = nsplit;
-    attr[na].val.clusterDim.y = 1;
-    attr[na].val.clusterDim.z = 1;
-    ++na;
-  }
-  cfg.attrs = attr;
-  cfg.numAttrs = na;
-  e = cudaLaunchKernelEx(&cfg, kern, a, po, pl, nsplit, merge);
-  if (e != cudaSuccess || merge != 1) return e;
-  cfg.gridDim = dim3((unsigned)((int64_t)a.B * a.S * a.H));
-  cfg.numAttrs = 0;
-  if (cc9) {  // hide the combine launch behind the decode grid's tail
+  cudaLaunchAttribute attr[1];
+  // PDL waits exist only in code compiled for sm_90+ (the library may also carry sm_80 code, which
+  // a newer GPU could JIT): check the code that will run. The kernel waits (griddepcontrol.wait)
+  // before any access.
+  if (pdl_supported() && decode_sm90_code<T, D, RMAX>()) {
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
     cfg.numAttrs = 1;
   }
-  return cudaLaunchKernelEx(&cfg, combine_kernel<T>, a, (const float*)po, (const float*)pl, nsplit);
+  return cudaLaunchKernelEx(&cfg, decode_kernel<T, D, RMAX>, a, w.o, w.lse, w.arrive, nsplit);
 }
 
 template <typename T, int D>
-cudaError_t launch_decode_d(const Args& a, float* po, float* pl, int nsplit, cudaStream_t st) {
+cudaError_t launch_decode_d(const Args& a, const DecodeBufs& w, int nsplit, cudaStream_t st) {
   const int rows = a.group * a.S;
-  if (rows <= 1) return launch_decode_t<T, D, 1>(a, po, pl, nsplit, st);
-  if (rows <= 4) return launch_decode_t<T, D, 4>(a, po, pl, nsplit, st);
-  return launch_decode_t<T, D, 8>(a, po, pl, nsplit, st);
+  if (rows <= 1) return launch_decode_t<T, D, 1>(a, w, nsplit, st);
+  if (rows <= 4) return launch_decode_t<T, D, 4>(a, w, nsplit, st);
+  return launch_decode_t<T, D, 8>(a, w, nsplit, st);
 }
 
 template <typename T>
-cudaError_t launch_decode(const Args& a, float* po, float* pl, int nsplit, cudaStream_t st) {
+cudaError_t launch_decode(const Args& a, const DecodeBufs& w, int nsplit, cudaStream_t st) {
   switch (a.D) {
-    case 64: return launch_decode_d<T, 64>(a, po, pl, nsplit, st);
-    case 128: return launch_decode_d<T, 128>(a, po, pl, nsplit, st);
+    case 64: return launch_decode_d<T, 64>(a, w, nsplit, st);
+    case 128: return launch_decode_d<T, 128>(a, w, nsplit, st);
     default: return cudaErrorNotSupported;
   }
 }
 template <>
-cudaError_t launch_decode<__half>(const Args& a, float* po, float* pl, int nsplit, cudaStream_t st) {
+cudaError_t launch_decode<__half>(const Args& a, const DecodeBufs& w, int nsplit, cudaStream_t st) {
   switch (a.D) {
-    case 64: return launch_decode_d<__half, 64>(a, po, pl, nsplit, st);
-    case 128: return launch_decode_d<__half, 128>(a, po, pl, nsplit, st);
-    case 256: return launch_decode_d<__half, 256>(a, po, pl, nsplit, st);
+    case 64: return launch_decode_d<__half, 64>(a, w, nsplit, st);
+    case 128: return launch_decode_d<__half, 128>(a, w, nsplit, st);
+    case 256: return launch_decode_d<__half, 256>(a, w, nsplit, st);
     default: return cudaErrorNotSupported;
   }
 }
 template <>
-cudaError_t launch_decode<__nv_bfloat16>(const Args& a, float* po, float* pl, int nsplit, cudaStream_t st) {
+cudaError_t launch_decode<__nv_bfloat16>(const Args& a, const DecodeBufs& w, int nsplit, cudaStream_t st) {
   switch (a.D) {
-    case 64: return launch_decode_d<__nv_bfloat16, 64>(a, po, pl, nsplit, st);
-    case 128: return launch_decode_d<__nv_bfloat16, 128>(a, po, pl, nsplit, st);
-    case 256: return launch_decode_d<__nv_bfloat16, 256>(a, po, pl, nsplit, st);
+    case 64: return launch_decode_d<__nv_bfloat16, 64>(a, w, nsplit, st);
+    case 128: return launch_decode_d<__nv_bfloat16, 128>(a, w, nsplit, st);
+    case 256: return launch_decode_d<__nv_bfloat16, 256>(a, w, nsplit, st);
     default: return cudaErrorNotSupported;
   }
 }
@@ -876,17 +897,18 @@ extern "C" cudaError_t dsattn_softmax_context(const dsattn_softmax_context_param
 
   if (decode_supported(*p)) {
     const int nsplit = decode_splits(*p);
-    float* po = nullptr;
-    float* pl = nullptr;
+    DecodeBufs w = {nullptr, nullptr, nullptr};
     if (nsplit > 1) {
-      const size_t rows = (size_t)p->batch * p->seq_len * p->num_heads * nsplit;
-      po = static_cast<float*>(workspace);
-      pl = reinterpret_cast<float*>(static_cast<char*>(workspace) + align256(rows * p->head_size * sizeof(float)));
+      const DecodeWs l = decode_ws_layout(*p, nsplit);
+      char* base = static_cast<char*>(workspace);
+      w.o = reinterpret_cast<float*>(base);
+      w.lse = reinterpret_cast<float*>(base + l.o_bytes);
+      w.arrive = reinterpret_cast<unsigned long long*>(base + l.o_bytes + l.lse_bytes);
     }
     switch (p->dtype) {
-      case DSATTN_FLOAT16: return launch_decode<__half>(a, po, pl, nsplit, stream);
-      case DSATTN_BFLOAT16: return launch_decode<__nv_bfloat16>(a, po, pl, nsplit, stream);
-      default: return launch_decode<float>(a, po, pl, nsplit, stream);
+      case DSATTN_FLOAT16: return launch_decode<__half>(a, w, nsplit, stream);
+      case DSATTN_BFLOAT16: return launch_decode<__nv_bfloat16>(a, w, nsplit, stream);
+      default: return launch_decode<float>(a, w, nsplit, stream);
     }
   }
   switch (p->dtype) {

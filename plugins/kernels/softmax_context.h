@@ -14,9 +14,10 @@
 //   - decode (S * H/Hkv <= 8, fp16/bf16 with D in {64, 128, 256}, fp32 with D in {64, 128}): one
 //     kernel does rotary + append + split-KV attention (flash-decoding: the key range of a row is
 //     cut into chunks so that even batch 1 fills the GPU; the query heads of a GQA group share one
-//     pass over K/V). On sm_90, the 2..8 chunks of a row run as one thread-block cluster and merge
-//     through distributed shared memory in the same launch; rows cut into more chunks (and other
-//     architectures) use a combine kernel that merges the chunks' partial results;
+//     pass over K/V). The chunks merge in the same launch: each writes its partial result to the
+//     workspace and the last CTA of the row to finish merges them (an arrival word per (b, kv
+//     head) in the workspace; it needs no particular workspace contents on entry, see
+//     decode_arrive in softmax_context.cu);
 //   - prefill (fp16/bf16 with D in {64, 128}): an append kernel (rotary + cache write), then a
 //     tensor-core flash-attention kernel: on sm_90a builds running on CC 9.0 with D = 128, a wgmma
 //     kernel that reads q from qkv and rotates it itself (cos/sin table from the append kernel);
@@ -36,8 +37,9 @@
 //
 // CUDA headers only: no TensorRT, no PyTorch. Thread-safety: the functions keep no state beyond a
 // per-device cache of the SM count and compute capability; calls on different streams may run
-// concurrently provided they share no workspace, status, cache or context buffer. On sm_90 the
-// decode and combine kernels are launched with programmatic dependent launch (stream-capture safe;
+// concurrently provided they share no workspace, status, cache or context buffer. The workspace
+// is scratch: its contents between calls do not matter (other users may overwrite it). On sm_90
+// the decode kernel is launched with programmatic dependent launch (stream-capture safe;
 // verified in a CUDA graph). The prefill path sets its kernel's dynamic shared-memory limit on every call.
 #pragma once
 #include "dsattn_common.h"
