@@ -454,7 +454,8 @@ def _ws_run(case, ws, out=None, stream=None):
 
 
 def _fill(ws, how, gen):
-    if how == "random":
+    """Fill the workspace with WS_FILLS value ``how`` (None: random bytes)."""
+    if how is None:
         ws.copy_(torch.randint(0, 256, ws.shape, generator=gen, device="cuda", dtype=torch.int32).to(torch.uint8))
     else:
         ws.view(torch.int64).fill_(how)
