@@ -485,7 +485,7 @@ def test_decode_merge_does_not_depend_on_workspace_contents(dtype, seed):
             assert torch.equal(out, base[i][0]), f"{WS_SHAPES[i][0]}, workspace filled with {how}"
             assert torch.equal(k, base[i][1]) and torch.equal(v, base[i][2])
     # shapes interleaved on one workspace, no refill: each sees the others' leftovers
-    _fill(ws, "random", gen)
+    _fill(ws, None, gen)
     for rnd in range(3):
         for i in ([0, 1, 2, 3] if rnd % 2 == 0 else [3, 1, 0, 0, 2]):
             out, _, _, _ = _ws_run(cases[i], ws)
