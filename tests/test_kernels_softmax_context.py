@@ -200,13 +200,13 @@ CASES = {
     # chunk counts at the boundaries of the in-launch merge (132 SMs): 64 = kMaxSplits, chunks past
     # the row's end empty, four merge batches of 16; 47 chunks of 8 GQA rows (4 dims per thread,
     # two passes over the 8 x 128 outputs, a partial last batch); 25 chunks at D = 256 (2 dims per
-    # thread); several waves of chunks (B=8 x 32 heads, Tmax 2049: 8 chunks, 2048 CTAs)
+    # thread); B=8 x 32 heads, Tmax 2049, ragged rows: 2 chunks, 512 CTAs
     "decode_f16_b1_h1_split64_empty_tail": dict(dtype=F16, B=1, S=1, H=1, Hkv=1, D=128, lens=[5000], Tmax=5001,
                                                  rd=128),
     "decode_bf16_gqa8_split47": dict(dtype=BF16, B=1, S=1, H=8, Hkv=1, D=128, lens=[3000], Tmax=3001, rd=128,
                                      alibi=True),
     "decode_f16_d256_split25": dict(dtype=F16, B=1, S=1, H=2, Hkv=2, D=256, lens=[1500], Tmax=1600, rd=64),
-    "decode_bf16_b8_h32_waves_ragged": dict(dtype=BF16, B=8, S=1, H=32, Hkv=32, D=128,
+    "decode_bf16_b8_h32_split2_ragged": dict(dtype=BF16, B=8, S=1, H=32, Hkv=32, D=128,
                                             lens=[2048, 2000, 1, 0, 1500, 2047, 700, 1024], Tmax=2049, rd=128,
                                             starts=[0, 0, 0, 0, 3, 0, 0, 1000]),
     # prefill (append kernel + tensor-core flash attention)
@@ -424,7 +424,7 @@ WS_FILLS = {"random": None, "zeros": 0, "ones": -1, "tag_clean": _TAG, "tag_coun
 # (name, B, S, H, Hkv, D, Tmax): split counts for 132 SMs in the comments
 WS_SHAPES = [
     ("b1_h32_split16", 1, 1, 32, 32, 128, 2049),
-    ("b8_h32_waves", 8, 1, 32, 32, 128, 2049),     # 8 chunks, 2048 CTAs
+    ("b8_h32_split2", 8, 1, 32, 32, 128, 2049),    # 2 chunks, 512 CTAs
     ("b3_h16_split11", 3, 1, 16, 16, 128, 1500),
     ("gqa4_s2_split15", 4, 2, 16, 4, 64, 900),  # 8 query rows per CTA
 ]
@@ -559,8 +559,8 @@ def test_decode_merge_in_graph_replays_with_a_shared_scratch(seed):
 @pytest.mark.parametrize("B,Hkv", [(1, 32), (2, 32), (3, 32), (4, 32), (5, 32), (8, 32), (12, 32), (16, 32),
                                    (17, 32), (32, 32), (33, 32), (64, 32), (32, 8)])
 def test_decode_batches_past_2048(B, Hkv, seed):
-    """The bench shape (32 heads x 128, past up to 2048) at every batch from 1 to 64: one wave of
-    chunks (B <= 5), several waves (B = 8..33; GQA 4 at B = 32), no split (B = 64), ragged rows."""
+    """The bench shape (32 heads x 128, past up to 2048) at batches from 1 to 64 (16 chunks at B = 1
+    down to no split from B = 17; GQA 4 at B = 32), ragged rows."""
     lens = torch.randint(0, 2049, (B,), generator=torch.Generator().manual_seed(seed)).tolist()
     lens[0] = 2048
     _check_case(seed, F16 if B % 2 else BF16, B=B, S=1, H=32, Hkv=Hkv, D=128, lens=lens, Tmax=2049, rd=128)

@@ -25,13 +25,13 @@ F16, BF16 = torch.float16, torch.bfloat16
 AUTO, MMA = kern.PATH_AUTO, kern.PATH_PREFILL_MMA
 
 # name: sizes, masks and the path. Split counts as decode_splits derives them for 132 SMs:
-# B * Hkv = 64 -> 8 chunks, 16 -> 33 chunks, 256 at Tmax 2049 -> 8 chunks in 4 waves of CTAs.
+# B * Hkv = 64 -> 8 chunks, 16 -> 33 chunks, 256 at Tmax 2049 -> 2 chunks.
 CASES = {
     "decode_split8_window_leftpad": dict(B=2, S=1, H=32, Hkv=32, D=128, lens=[2000, 1500], Tmax=2100,
                                           starts=[37, 0], window=300, rd=128),
     "decode_split33_window": dict(B=1, S=1, H=16, Hkv=16, D=128, lens=[2090], Tmax=2100, starts=[100],
                                   window=500, alibi=True),
-    "decode_waves_window_leftpad": dict(B=8, S=1, H=32, Hkv=32, D=128,
+    "decode_b8_split2_window_leftpad": dict(B=8, S=1, H=32, Hkv=32, D=128,
                                         lens=[2048, 2000, 1900, 1000, 2047, 1500, 100, 1700], Tmax=2049,
                                         starts=[0, 37, 0, 5, 0, 100, 0, 9], window=1200, rd=128),
     "decode_gqa4_s1_d64": dict(B=2, S=1, H=8, Hkv=2, D=64, lens=[700, 64], Tmax=800, starts=[5, 60], window=40),

@@ -20,19 +20,10 @@ constexpr int kDecodeMaxRows = 8;   // decode path: S * (H / Hkv) query rows per
 // Keys per thread in flight per step at one query row (more rows: 2). 8 measured worse on H100
 // (192 registers, 2 CTAs per SM).
 constexpr int kDecodeUnrollOneRow = 4;
-// Waves of chunks when chunks stay long (decode_splits): with one wave of long chunks the CTAs
-// stream at unequal rates (batch 8 on the H100: identical chunks end between 67 and 92 us) and the
-// fast SMs idle at the tail; with several waves the block scheduler hands the later chunks to
-// the SMs that finish first. 3-4 waves took the batch-8 decode kernel from ~96 to 92 us on the
-// H100 (when a combine launch still ate the gain). Decided by the batch-8 decode rows of
-// `dsattn bench kernels` with 1, 3 and 4 here.
-constexpr int kDecodeWaves = 4;
-// Several waves only while every chunk keeps at least this many keys (Tmax / chunks): a chunk has
-// a fixed cost of roughly 2 us (prologue, slot merge, partial write, arrival), and batch 1's one-wave
-// chunks of 128 keys would shrink to 32 (two waves at batch 1 measured 1.5x slower with the combine
-// kernel). Batch 8 at past 2048 (Tmax 2049: 256 keys per chunk) takes kDecodeWaves waves, batch 4
-// (128) one. Decided with kDecodeWaves by the batch 4 / 8 decode rows.
-constexpr int kDecodeWaveMinKeys = 192;
+// One wave of chunks (decode_splits). Several waves of shorter chunks, so that the block scheduler
+// hands later chunks to the SMs that finish first, measured slower at batch 8 on the H100 with the
+// in-launch merge too (past 2048: 1 wave 95.0 us, 2 waves 96.3, 4 waves 97.0; batch 1 and 64
+// unchanged).
 // Chunks the merging CTA reads per round trip (decode_kernel's epilogue): batch 1 (16 chunks)
 // merges in one round trip.
 constexpr int kMergeBatch = 16;
@@ -637,18 +628,13 @@ int64_t decode_slots(const dsattn_softmax_context_params& p) {
   return per_sm * sm_count();
 }
 
-// Chunks per row for the decode split. By default as many as fit one wave of resident CTAs,
-// rounded down (a second, partial wave of equal chunks would cost a whole chunk's time). When
-// kDecodeWaves waves of chunks still give every chunk kDecodeWaveMinKeys keys, kDecodeWaves waves
-// (batch 8 at past 2048: 8 chunks of 264 keys, 2048 CTAs): the block scheduler then evens out SMs
-// that stream at unequal rates. Always chunks >= kMinSplitKeys keys and at most kMaxSplits
-// (bounded by Tmax: the real lengths live on the device).
+// Chunks per row for the decode split: as many as fit one wave of resident CTAs, rounded down (a
+// second, partial wave of equal chunks would cost a whole chunk's time); chunks >= kMinSplitKeys
+// keys and at most kMaxSplits (bounded by Tmax: the real lengths live on the device).
 int decode_splits(const dsattn_softmax_context_params& p) {
   const int64_t ctas = p.batch * p.num_kv_heads;
   const int64_t slots = decode_slots(p);
   int64_t n = slots / ctas;
-  const int64_t nw = kDecodeWaves * slots / ctas;
-  if (nw > std::max<int64_t>(n, 1) && p.max_seq_len / nw >= kDecodeWaveMinKeys) n = nw;
   n = std::min<int64_t>(n, (p.max_seq_len + kMinSplitKeys - 1) / kMinSplitKeys);
   n = std::min<int64_t>(n, kMaxSplits);
   return (int)std::max<int64_t>(n, 1);
@@ -748,11 +734,11 @@ size_t workspace_bytes(const dsattn_softmax_context_params& p) {
   if (decode_supported(p)) {
     // Maximum over every batch' <= batch: callers (the TensorRT plugin) size the workspace once at
     // the profile's largest batch and run smaller ones with it, and the split count (so the fp32
-    // partials) depends on the batch, not monotonically (several waves switch on as the batch
-    // grows). Past kDecodeWaves waves of one CTA per (b, kv head) every batch gets one chunk.
+    // partials) depends on the batch, not monotonically (integer division of the CTA slots). Past
+    // one wave of one CTA per (b, kv head) every batch gets one chunk.
     size_t ws = 0;
     dsattn_softmax_context_params q = p;
-    const int64_t last_split = kDecodeWaves * decode_slots(p) / p.num_kv_heads;
+    const int64_t last_split = decode_slots(p) / p.num_kv_heads;
     for (int64_t b = 1; b <= std::min<int64_t>(p.batch, last_split); ++b) {
       q.batch = b;
       ws = std::max(ws, decode_ws_bytes(q, decode_splits(q)));
