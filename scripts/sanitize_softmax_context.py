@@ -1,5 +1,6 @@
 """Small SoftmaxContext calls covering every kernel (decode + combine, decode with a cluster merge,
-decode without split, append + Hopper and mma.sync prefill, generic fp32 / odd-head-size path, the
+decode without split, append + FlashInfer (work list kernel, FlashInfer kernel, the mma.sync kernel
+for flagged rows: none, and one row at the cache's capacity), our Hopper and mma.sync prefill, generic fp32 / odd-head-size path, the
 rejected-row path), for `compute-sanitizer --tool memcheck|racecheck python3
 scripts/sanitize_softmax_context.py`. Checks results loosely (the pytest suite applies the accuracy
 rule); exits nonzero on any failure."""
@@ -35,6 +36,11 @@ ok &= case(torch.bfloat16, 2, 1, 16, 16, 128, [1000, 37], 1100, rotary_dim=128) 
 ok &= case(torch.float16, 8, 1, 32, 32, 128, [700] * 8, 710, rotary_dim=128)  # 2 splits: cluster merge on sm_90
 ok &= case(torch.bfloat16, 64, 1, 4, 4, 64, list(range(64)), 70, rotary_dim=32, rotary_style=1)
 ok &= case(torch.bfloat16, 2, 2, 8, 2, 256, [0, 77], 80, local_window=20)
+# FlashInfer prefill (sm_90a, CC 9.0): causal GQA with a partial last key tile; non-causal (192-key
+# tiles); a row whose last key tile would reach past Tmax (computed by the mma.sync kernel)
+ok &= case(torch.float16, 2, 150, 4, 2, 128, [0, 40], 300, rotary_dim=128)
+ok &= case(torch.bfloat16, 2, 130, 2, 2, 128, [7, 0], 200, causal=0, rotary_dim=64)
+ok &= case(torch.float16, 2, 130, 2, 1, 128, [100, 5], 235, rotary_dim=128)
 ok &= case(torch.float16, 2, 70, 3, 3, 128, [0, 30], 100, rotary_dim=64, alibi_slopes=[0.1, 0.2, 0.3])
 ok &= case(torch.float16, 2, 70, 3, 3, 128, [0, 30], 100, path=MMA, rotary_dim=64, alibi_slopes=[0.1, 0.2, 0.3])
 ok &= case(torch.bfloat16, 1, 65, 4, 1, 64, [3], 70, causal=0)
