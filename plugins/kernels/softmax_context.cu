@@ -602,16 +602,18 @@ __global__ void __launch_bounds__(128) generic_kernel(Args a) {
 // ---------------------------------------------------------------------------------------------
 // FlashInfer prefill path (sm90/prefill_fa3.h): its work list, filled on the device so that the call
 // needs no host copy of seq_lens / start_pos (CUDA-graph capturable). Its structure follows from B, S,
-// H. The (row, head) pairs are taken in groups of HB consecutive heads of one row (HB * T <= G, so a
-// group's tiles fill about one band of CTAs): the CTAs then work on a few heads at a time and those
-// heads' keys stay in L2 (a heavy-first order over all pairs at once has every head in flight and, at
-// batch 8 x 32 heads x 2048 keys, re-reads K/V from HBM: 0.6x cuDNN on the H100). Inside a group the
-// order is heavy-first: entry i = ((g * T + T - 1 - t) * HB + hh) is query tile t (causal: the last
-// tiles see the most keys) of group g = b * H / HB + h / HB, head h = g % (H / HB) * HB + hh. The
-// persistent grid has G CTAs (one per SM); band k = i / G of the order goes to CTA i % G (k even) or
-// G - 1 - i % G (k odd), so every CTA gets one entry of each band and the snake evens the sums out.
-// CTA c holds n_c = nb (+ 1 for the CTAs of the last, partial band) entries from work_indptr[c];
-// entry i sits at work_indptr[c] + k.
+// H. The (row, head) pairs q = b * H + h are taken in groups of P consecutive pairs whose keys and
+// values fit in L2 together (fa3_group_pairs): the CTAs then work on one group at a time and re-read
+// its K/V from L2. (A heavy-first order over all pairs at once has every head in flight: at batch 8
+// x 32 heads x 2048 keys, 256 MB, K/V came from HBM again for every query tile: 0.61x cuDNN on the
+// H100; groups of 8 heads, one CTA band each, fixed that (0.83x) but left too few tiles per group to
+// balance batch 1: 0.65x, against 1.05x with all 32 heads, 32 MB, in one group.) Inside a group of
+// Pg pairs starting at pair q0 the order is heavy-first: entry i = q0 * T + (T - 1 - t) * Pg + (q - q0)
+// is query tile t of pair q (causal: the last tiles see the most keys). The persistent grid has G
+// CTAs (one per SM); band k = i / G of the order goes to CTA i % G (k even) or G - 1 - i % G (k
+// odd), so every CTA gets one entry of each band and the snake evens the sums out. CTA c holds n_c =
+// nb (+ 1 for the CTAs of the last, partial band) entries from work_indptr[c]; entry i sits at
+// work_indptr[c] + k.
 struct Fa3Work {
   int32_t* tok_flag;  // [B * S], written by the append kernel
   int32_t* row_flag;  // [B]
@@ -633,7 +635,7 @@ __device__ __forceinline__ int fa3_cta_start(int c, int nb, int rem, int G) {
 // which the kernel skips) when the append kernel saw a NaN / inf value that the FlashInfer kernel
 // could multiply by a zero probability; the mma.sync kernel launched after it computes those rows.
 // K/V rows of row b: n = b * Hkv * Tmax + j of the kernel's view (kv_indptr = that of j = start_pos).
-__global__ void __launch_bounds__(256) fa3_worklist_kernel(Args a, Fa3Work w, int G, int T, int HB) {
+__global__ void __launch_bounds__(256) fa3_worklist_kernel(Args a, Fa3Work w, int G, int T, int P) {
   __shared__ int s_flag;
   const int b = blockIdx.x;
   const int64_t N = (int64_t)a.B * a.H * T;
@@ -656,8 +658,9 @@ __global__ void __launch_bounds__(256) fa3_worklist_kernel(Args a, Fa3Work w, in
   const int kv_ptr = (int)((int64_t)b * a.Hkv * a.Tmax + s0);  // < 2^31: fa3_route
   for (int idx = threadIdx.x; idx < a.H * T; idx += blockDim.x) {
     const int t = idx / a.H, h = idx % a.H;
-    const int64_t g = (int64_t)b * (a.H / HB) + h / HB;
-    const int64_t i = (g * T + (T - 1 - t)) * HB + h % HB;
+    const int64_t q = (int64_t)b * a.H + h, q0 = q / P * P;
+    const int64_t Pg = min((int64_t)P, (int64_t)a.B * a.H - q0);
+    const int64_t i = q0 * T + (int64_t)(T - 1 - t) * Pg + (q - q0);
     const int k = (int)(i / G), r = (int)(i % G);
     const int c = (k & 1) ? G - 1 - r : r;
     const int e = fa3_cta_start(c, nb, rem, G) + k;
@@ -673,15 +676,6 @@ __global__ void __launch_bounds__(256) fa3_worklist_kernel(Args a, Fa3Work w, in
 
 // ---------------------------------------------------------------------------------------------
 // Host side.
-
-// Heads per group of the FlashInfer work list: the largest divisor HB of H with HB * T <= G (one band
-// of CTAs), at least 1.
-int fa3_head_group(int64_t H, int64_t T, int64_t G) {
-  int64_t hb = 1;
-  for (int64_t d = 1; d <= H; ++d)
-    if (H % d == 0 && d * T <= G) hb = d;
-  return (int)hb;
-}
 
 int sm_count() {
   static int cached[64] = {0};
@@ -707,6 +701,24 @@ bool pdl_supported() {
 }
 
 size_t elem_size(dsattn_dtype t) { return t == DSATTN_FLOAT32 ? 4 : 2; }
+
+// (row, head) pairs per group of the FlashInfer work list: as many as keep their K/V (2 S D elements
+// per KV head: the prompt's own keys, the common prefill) within two thirds of L2, at least 1.
+int fa3_group_pairs(const dsattn_softmax_context_params& p) {
+  static int cached[64] = {0};
+  int dev = 0, l2 = 0;
+  if (cudaGetDevice(&dev) == cudaSuccess && dev >= 0 && dev < 64 && cached[dev] > 0) {
+    l2 = cached[dev];
+  } else {
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev) != cudaSuccess ||
+        l2 <= 0)
+      l2 = 50 << 20;
+    if (dev >= 0 && dev < 64) cached[dev] = l2;
+  }
+  const double kv_per_pair = 2.0 * p.seq_len * p.head_size * elem_size(p.dtype) * p.num_kv_heads / p.num_heads;
+  const int64_t n = (int64_t)(l2 * (2.0 / 3.0) / kv_per_pair);
+  return (int)std::max<int64_t>(1, std::min<int64_t>(n, p.batch * p.num_heads));
+}
 
 bool decode_supported(const dsattn_softmax_context_params& p) {
   const int64_t rows = p.seq_len * (p.num_heads / p.num_kv_heads);
@@ -1043,8 +1055,7 @@ cudaError_t launch_prefill(const Args& a0, const dsattn_softmax_context_params& 
   if (e != cudaSuccess) return e;
 #if DSATTN_HAVE_SM90_LIBS
   if (fa3) {
-    fa3_worklist_kernel<<<a.B, 256, 0, st>>>(a, w, sm_count(), fa3_q_tiles(p),
-                                             fa3_head_group(p.num_heads, fa3_q_tiles(p), sm_count()));
+    fa3_worklist_kernel<<<a.B, 256, 0, st>>>(a, w, sm_count(), fa3_q_tiles(p), fa3_group_pairs(p));
     if ((e = cudaGetLastError()) != cudaSuccess) return e;
     fa3::Args f = {};
     f.q = a.q_ws;
