@@ -1,7 +1,9 @@
 """Small SoftmaxContext calls covering every kernel (decode with the in-launch split merge at 2..64
-chunks, a workspace holding garbage; decode without split;
-append + Hopper and mma.sync prefill, generic fp32 / odd-head-size path, the rejected-row path), for
-`compute-sanitizer --tool memcheck|racecheck|synccheck python3 scripts/sanitize_softmax_context.py`. Checks results loosely (the pytest suite applies the accuracy
+chunks, a workspace holding garbage; decode without split; append + FlashInfer prefill (work list
+kernel, FlashInfer kernel, the mma.sync kernel for flagged rows: none, and one row at the cache's
+capacity), our Hopper and mma.sync prefill, generic fp32 / odd-head-size path, the rejected-row
+path), for `compute-sanitizer --tool memcheck|racecheck|synccheck python3
+scripts/sanitize_softmax_context.py`. Checks results loosely (the pytest suite applies the accuracy
 rule); exits nonzero on any failure."""
 import sys
 
@@ -42,6 +44,11 @@ ok &= case(torch.float16, 1, 1, 1, 1, 128, [5000], 5001, rotary_dim=128)  # 64 s
 ok &= case(torch.bfloat16, 1, 1, 8, 1, 128, [3000], 3001, rotary_dim=128, garbage_ws=True)  # GQA 8: 47 splits
 ok &= case(torch.bfloat16, 64, 1, 4, 4, 64, list(range(64)), 70, rotary_dim=32, rotary_style=1)
 ok &= case(torch.bfloat16, 2, 2, 8, 2, 256, [0, 77], 80, local_window=20)
+# FlashInfer prefill (sm_90a, CC 9.0): causal GQA with a partial last key tile; non-causal (192-key
+# tiles); a row whose last key tile would reach past Tmax (computed by the mma.sync kernel)
+ok &= case(torch.float16, 2, 150, 4, 2, 128, [0, 40], 300, rotary_dim=128)
+ok &= case(torch.bfloat16, 2, 130, 2, 2, 128, [7, 0], 200, causal=0, rotary_dim=64)
+ok &= case(torch.float16, 2, 130, 2, 1, 128, [100, 5], 235, rotary_dim=128)
 ok &= case(torch.float16, 2, 70, 3, 3, 128, [0, 30], 100, rotary_dim=64, alibi_slopes=[0.1, 0.2, 0.3])
 ok &= case(torch.float16, 2, 70, 3, 3, 128, [0, 30], 100, path=MMA, rotary_dim=64, alibi_slopes=[0.1, 0.2, 0.3])
 ok &= case(torch.bfloat16, 1, 65, 4, 1, 64, [3], 70, causal=0)

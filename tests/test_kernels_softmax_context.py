@@ -242,6 +242,23 @@ CASES = {
                                                    Tmax=1000, rd=128, scale=-0.06, window=200),
     "prefill_bf16_d128_scale0p4_noncausal_ragged": dict(dtype=BF16, B=2, S=257, H=2, Hkv=1, D=128, lens=[0, 611],
                                                         Tmax=900, causal=0, rd=64, scale=0.4, starts=[0, 9]),
+    # fp16/bf16 D = 128 prefill without ALiBi / window, scale > 0: FlashInfer's kernel on Hopper (q
+    # token-major from the append kernel, device-built work list): B = 1 and B = 8, ragged rows, left
+    # padding with query rows that see no key, GQA, key ranges ending inside a key tile (128 causal,
+    # 192 non-causal), a row whose last key tile would pass Tmax (computed by the mma.sync kernel)
+    "prefill_fa3_f16_b1_s2048_causal": dict(dtype=F16, B=1, S=2048, H=4, Hkv=4, D=128, lens=[0], Tmax=2048,
+                                            rd=128),
+    "prefill_fa3_bf16_b8_ragged_gqa4_leftpad": dict(dtype=BF16, B=8, S=300, H=8, Hkv=2, D=128,
+                                                    lens=[0, 5, 129, 1000, 0, 77, 255, 2], Tmax=1400,
+                                                    starts=[0, 0, 3, 500, 10, 0, 100, 0], rd=128),
+    "prefill_fa3_f16_b8_noncausal_layout1": dict(dtype=F16, B=8, S=257, H=4, Hkv=4, D=128,
+                                                 lens=[0, 190, 600, 1, 64, 0, 383, 17], Tmax=900,
+                                                 starts=[0, 7, 0, 0, 64, 3, 0, 9], layout=1, causal=0, rd=64,
+                                                 style=1),
+    "prefill_fa3_bf16_rows_without_keys": dict(dtype=BF16, B=2, S=200, H=4, Hkv=1, D=128, lens=[0, 50], Tmax=300,
+                                               starts=[37, 120], rd=64, scale=0.2),
+    "prefill_fa3_f16_capacity_row_exact_kernel": dict(dtype=F16, B=3, S=130, H=4, Hkv=2, D=128, lens=[0, 100, 5],
+                                                      Tmax=235, rd=128),
 }
 
 # The mma.sync prefill stays the fallback (sm_80, builds without sm_90a): on Hopper it runs only
@@ -263,6 +280,36 @@ def test_prefill_mma_fallback_matches_reference(name, seed):
     case = dict(CASES[name])
     # the mma.sync kernel, even where wgmma applies
     _check_case(seed, case.pop("dtype"), path=softmax_context.PATH_PREFILL_MMA, **case)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [F16, BF16])
+@pytest.mark.parametrize("causal", [1, 0])
+def test_prefill_takes_the_flashinfer_kernel_on_hopper(dtype, causal, seed):
+    """On compute capability 9.0 a 16-bit D = 128 prefill without ALiBi / window runs FlashInfer's
+    kernel (plus the mma.sync kernel, whose CTAs leave at once when no row is flagged); with ALiBi it
+    runs our own Hopper kernel instead. The GPU scripts build with the FlashInfer headers required."""
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("FlashInfer's sm_90a kernel needs compute capability 9.0")
+    from torch.profiler import ProfilerActivity, profile
+
+    B, S, H, D, Tmax = 2, 300, 4, 128, 400
+    qkv, pk, pv = _make(dtype, B, S, H, H, D, None, Tmax, seed)
+    lens = torch.tensor([0, 50], dtype=torch.int32, device="cuda")
+
+    def kernels(**kw):
+        softmax_context.softmax_context(qkv, pk, pv, lens, num_heads=H, head_size=D, causal=causal, **kw)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            softmax_context.softmax_context(qkv, pk, pv, lens, num_heads=H, head_size=D, causal=causal, **kw)
+            torch.cuda.synchronize()
+        return [e.name for e in prof.events() if e.device_type.name == "CUDA"]
+
+    names = kernels()
+    assert any("PrefillWithKVCacheKernel" in n for n in names), names
+    assert any("fa3_worklist_kernel" in n for n in names), names
+    names = kernels(alibi_slopes=_alibi(H))
+    assert not any("PrefillWithKVCacheKernel" in n for n in names), names
 
 
 @pytest.mark.gpu
@@ -348,16 +395,16 @@ def test_bad_arguments_raise():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("S", [1, 97])
-def test_cuda_graph_capture_and_replay(S, seed):
-    """The whole op (the programmatic-dependent decode launch) captures into a CUDA graph; replays
-    with new inputs give the eager result."""
+@pytest.mark.parametrize("S,B,dt", [(1, 2, F16), (97, 2, F16), (200, 8, BF16)])
+def test_cuda_graph_capture_and_replay(S, B, dt, seed):
+    """The whole op (the programmatic-dependent decode launch; for prefill on Hopper the work list
+    built on the device and FlashInfer's kernel) captures into a CUDA graph; replays with new inputs
+    and new seq_lens give the eager result."""
     from dsattn.export import ops
 
-    B, H, D, Tmax = 2, 32, 128, 2200
-    dt = F16
+    H, D, Tmax = 32, 128, 2300
     qkv, pk, pv = _make(dt, B, S, H, H, D, None, Tmax, seed)
-    lens = torch.tensor([2047, 1000], dtype=torch.int32, device="cuda")
+    lens = torch.tensor([2047, 1000, 0, 5, 129, 700, 1999, 64][:B], dtype=torch.int32, device="cuda")
     kw = dict(num_heads=H, head_size=D, rotary_dim=D)
     out = torch.full((B, S, H * D), float("nan"), dtype=dt, device="cuda")
     status = torch.empty(1, dtype=torch.int32, device="cuda")
@@ -372,6 +419,7 @@ def test_cuda_graph_capture_and_replay(S, seed):
             softmax_context.softmax_context(qkv, pk, pv, lens, out=out, status=status, workspace=ws, check=False, **kw)
     torch.cuda.current_stream().wait_stream(s)
     qkv.copy_(torch.randn_like(qkv, dtype=torch.float32).to(dt))
+    lens.copy_(lens.flip(0))  # the device-side work list follows new lengths without a new capture
     pk.copy_(k0)
     pv.copy_(v0)
     out.fill_(float("nan"))

@@ -1,6 +1,6 @@
 """The SoftmaxContext CUDA kernels under the numeric contract (OPS.md "Non-finite values"), fp16 and
 bf16, on every path: single-token decode (split-KV, the chunks merged in the launch by the last CTA
-of each row; one wave of chunks and several), multi-row decode (GQA x tokens), the Hopper wgmma
+of each row), multi-row decode (GQA x tokens), FlashInfer's prefill (Hopper), our Hopper wgmma
 prefill, the mma.sync prefill (forced) and the generic kernel.
 
 - NaN / inf in every cache row that no new token of the row sees (left padding, windowed out,
@@ -10,6 +10,12 @@ prefill, the mma.sync prefill (forced) and the generic kernel.
   group), every other element bit-identical to the run with 0 in its place.
 - NaN in q: that (token, head) row is NaN in full, never zeros; a row with no visible key is zeros.
 The expected NaN positions are derived from the masks here and must also be the fp32 reference's.
+
+FlashInfer's kernel (cases marked fa3) multiplies masked keys' values by a zero probability, so a batch
+row whose loaded masked keys hold NaN / inf (the causal diagonal of this call's tokens, the rows past
+the row's end in its last key tile) is computed by the mma.sync kernel instead: there the poisoned
+run's other elements match the clean run within the accuracy floor (another kernel, other rounding),
+not bit for bit.
 """
 from __future__ import annotations
 
@@ -45,6 +51,10 @@ CASES = {
                                             starts=[13, 40], window=100, rd=128, path=MMA),
     "prefill_d128_causal_alibi": dict(B=1, S=257, H=2, Hkv=1, D=128, lens=[130], Tmax=400, starts=[7],
                                       alibi=True),
+    "prefill_d128_fa3_causal_leftpad": dict(B=2, S=300, H=4, Hkv=2, D=128, lens=[0, 700], Tmax=1100,
+                                            starts=[13, 40], rd=128, fa3=True),
+    "prefill_d128_fa3_noncausal": dict(B=2, S=150, H=2, Hkv=2, D=128, lens=[0, 333], Tmax=600, starts=[0, 20],
+                                       causal=0, fa3=True),
     "prefill_d64_window": dict(B=2, S=200, H=3, Hkv=3, D=64, lens=[0, 333], Tmax=600, starts=[0, 20], window=64),
     "prefill_d96_generic": dict(B=2, S=97, H=3, Hkv=1, D=96, lens=[0, 300], Tmax=420, starts=[2, 9], window=30),
 }
@@ -108,6 +118,14 @@ def _same_bits(a, b):
     return torch.equal(a.view(torch.int16), b.view(torch.int16))
 
 
+def _same_as_clean(c, got, clean):
+    """Bit-identical, or for the FlashInfer cases within twice the accuracy floor (module docstring)."""
+    if not c.get("fa3"):
+        return _same_bits(got, clean)
+    tol = 2e-3 if got.dtype == F16 else 1.6e-2
+    return bool(((got.float() - clean.float()).abs() <= tol).all())
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [F16, BF16])
 @pytest.mark.parametrize("poison", ["nan", "inf"])
@@ -128,7 +146,7 @@ def test_masked_cache_rows_never_reach_the_context(name, poison, dtype, seed):
     got = _run(c, qkv, pk1, pv1)
     assert not torch.isnan(clean).any() and bool((clean != 7.0).any())
     assert torch.isfinite(got).all(), "a masked cache row reached the context"
-    assert _same_bits(got, clean), "masked cache rows changed the context"
+    assert _same_as_clean(c, got, clean), "masked cache rows changed the context"
 
 
 def _partial_keys(c):
@@ -137,7 +155,9 @@ def _partial_keys(c):
             if vis[b, :, j].any() and not vis[b, :, j].all()]
 
 
-PARTIAL = [n for n in sorted(CASES) if CASES[n]["S"] > 1]
+# keys seen by some tokens of a call only: multi-token calls with a causal or window mask
+PARTIAL = [n for n in sorted(CASES)
+           if CASES[n]["S"] > 1 and (CASES[n].get("causal", 1) or CASES[n].get("window", 0))]
 
 
 @pytest.mark.gpu
@@ -171,7 +191,7 @@ def test_value_of_a_partially_masked_key(name, dtype, seed):
     got = _run(c, qkv1, pk, pv1)
     assert torch.equal(torch.isnan(got), expect), "NaN positions (masked keys must not add any)"
     assert torch.equal(_reference_nan(c, qkv1, pk, pv1), expect), "the reference's NaN positions"
-    assert _same_bits(torch.where(expect, clean, got), clean), "elements the NaN does not reach changed"
+    assert _same_as_clean(c, torch.where(expect, clean, got), clean), "elements the NaN does not reach changed"
 
 
 @pytest.mark.gpu

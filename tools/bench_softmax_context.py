@@ -9,7 +9,9 @@ Cases (LLaMA-7B / BLOOM-7b1 attention: 32 heads x 128, MHA, rotate_half rotary):
   - prefill, S = 2048, causal, batch 1 / 8, two rows each, both from per-kernel device times of the
     CUDA profiler on BOTH sides (eager CUDA events around cuDNN include its host-side launch path,
     which inflated its B=1 time):
-      * attention: our attention kernel(s) against the SDPA attention kernel(s);
+      * attention: our attention kernel(s) (every kernel but the cache write: on Hopper FlashInfer's
+        kernel, its work-list kernel and the mma.sync kernel for flagged rows) against the SDPA
+        attention kernel(s);
       * whole op: all our kernels (rotary + cache write + attention) against cuDNN's attention alone.
     TFLOP/s at 2*B*H*S^2*D (the causal convention of the FlashAttention papers).
 Targets (per dtype): decode B=1 <= 14 us including the append; decode B=8 >= 2.9 TB/s and no slower
@@ -156,7 +158,11 @@ def prefill_rows(lib, dt, dname, ceil, quick):
         lens = torch.zeros(B, dtype=torch.int32, device="cuda")
         out = torch.empty(B, S, H * D, device="cuda", dtype=dt)
         status = torch.empty(1, dtype=torch.int32, device="cuda")
-        ws = torch.empty(B * H * S * D * 2, dtype=torch.uint8, device="cuda")
+        p = softmax_context._params(qkv, pk, pv, lens, None, out, status, None, num_heads=H, num_kv_heads=H,
+                                    head_size=D, scale=1.0 / D ** 0.5, qkv_layout=0, causal=1, local_window=0,
+                                    rotary_dim=D, rotary_style=0, rope_theta=10000.0,
+                                    path=softmax_context.PATH_AUTO)
+        ws = torch.empty(max(1, softmax_context.workspace_size(p, lib)), dtype=torch.uint8, device="cuda")
         softmax_context.softmax_context(qkv, pk, pv, lens, num_heads=H, head_size=D, rotary_dim=D, lib=lib,
                                         out=out, status=status, workspace=ws)
 

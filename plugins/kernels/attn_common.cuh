@@ -23,7 +23,14 @@ struct Args {
   const float* alibi;
   void* ctx;
   int32_t* status;
-  void* q_ws;  // rotated q, T [B, H, S, D] (prefill paths only)
+  void* q_ws;  // rotated q (prefill paths only): T [B, H, S, D], or [B, S, H, D] when q_tok_major
+  // FlashInfer prefill path only (else NULL): tok_flag int32 [B, S], written by the append kernel
+  // (1: token s of row b makes row b unsafe for that kernel, see softmax_context.cu); row_flag int32
+  // [B], the OR over the row: the mma.sync kernel then computes only the rows flagged there.
+  int32_t* tok_flag;
+  const int32_t* row_flag;
+  int q_tok_major;
+  int kv_tile;  // key tile of the FlashInfer kernel (rows past a row's end that its last tile reads)
   int B, S, H, Hkv, D, Tmax, group;
   float scale_log2;  // scale * log2(e): logits are kept in the log2 domain (exp2)
   float rope_theta;
@@ -220,7 +227,8 @@ cudaError_t launch_prefill_mma(const Args& a, dsattn_dtype dtype, cudaStream_t s
 
 namespace dsattn {
 namespace attn {
-// Hopper prefill (softmax_context_prefill_sm90.cu): fp16/bf16, D == 128, wgmma. Usable only when
+// Hopper prefill (softmax_context_prefill_sm90.cu): fp16/bf16, D == 128, wgmma; the ALiBi / window /
+// scale <= 0 cases, FlashInfer's kernel takes the rest (softmax_context.cu). Usable only when
 // the current device is compute capability 9.0 and the build holds sm_90a code for it. Reads q from
 // qkv and rotates it itself with the cos/sin table the append kernel wrote at a.q_ws
 // (float2 {cos, sin} [B][S][rotary_dim / 2]); K/V from the caches (the append kernel ran first).

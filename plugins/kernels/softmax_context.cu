@@ -6,8 +6,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "attn_common.cuh"
+#if DSATTN_HAVE_SM90_LIBS
+#include "sm90/prefill_fa3.h"
+#endif
 
 namespace dsattn {
 namespace attn {
@@ -36,17 +40,30 @@ constexpr unsigned long long kArriveTag = 0x7FA5C3D1E29Bull << 16;
 constexpr unsigned long long kArriveCountMask = 0xffffull;
 
 // ---------------------------------------------------------------------------------------------
-// Append: one block per new token (b, s). Rotates k (and q when write_q), cos/sin table of this
-// token's position in shared memory (one sincosf per frequency instead of one per element),
-// writes k, v to the caches and either the rotated q to the workspace [B, H, S, D] (write_q: the
-// mma.sync / generic prefill kernels read it there) or this token's cos/sin table to the workspace
-// (float2 [B][S][rotary_dim / 2]: the Hopper prefill kernel rotates q itself, so q skips a round
-// trip through device memory: a third less traffic here). 16-byte vectors throughout; the rotary
-// partner of an element comes from the same vector (rotate_every_two) or from one more 16-byte
-// load (rotate_half with rotary_dim / 2 a multiple of the vector), else element by element.
+// Append: one block per new token (b, s). Rotates k (and q unless q_mode is kQTable), cos/sin table
+// of this token's position in shared memory (one sincosf per frequency instead of one per element),
+// writes k, v to the caches and, by q_mode: the rotated q to the workspace as [B, H, S, D]
+// (kQHeadMajor: the mma.sync / generic prefill kernels) or [B, S, H, D] (kQTokenMajor: the FlashInfer
+// kernel, whose q rows are tokens like its output rows), or this token's cos/sin table (kQTable,
+// float2 [B][S][rotary_dim / 2]: our Hopper kernel rotates q itself, so q skips a round trip through
+// device memory). 16-byte vectors throughout; the rotary partner of an element comes from the same
+// vector (rotate_every_two) or from one more 16-byte load (rotate_half with rotary_dim / 2 a multiple
+// of the vector), else element by element.
+//
+// With a.tok_flag (FlashInfer path) the block also writes tok_flag[b * S + s]: 1 when a NaN / inf
+// value could reach row b's context through a masked key there. That kernel multiplies the values of
+// every key of a loaded tile by its probability, 0 for a masked key, and 0 x NaN = NaN (OPS.md: masked
+// keys are excluded). Its key range for row b is [start_pos, L) (left padding is never loaded), so the
+// only masked keys it loads are this call's new tokens on the causal diagonal, and the rows past L up
+// to the end of the last key tile (other cache rows, or another head's). The block checks the value
+// of its own token (causal only: without causal every new token is visible to every query row) and
+// overhang rows L + s, L + s + S, ...; keys need no check, the kernel replaces a masked logit by -inf.
+enum QMode { kQTable = 0, kQHeadMajor = 1, kQTokenMajor = 2 };
+
 template <typename T>
-__global__ void __launch_bounds__(256) append_kernel(Args a, int write_q) {
+__global__ void __launch_bounds__(256) append_kernel(Args a, int q_mode) {
   constexpr int VEC = 16 / sizeof(T);
+  constexpr uint32_t kExpMask = sizeof(T) == 2 ? (std::is_same<T, __half>::value ? 0x7c00u : 0x7f80u) : 0u;
   __shared__ int s_flag;
   __shared__ float s_cos[DSATTN_ATTN_MAX_HEAD_SIZE / 2], s_sin[DSATTN_ATTN_MAX_HEAD_SIZE / 2];
   const int s = blockIdx.x, b = blockIdx.y;
@@ -56,6 +73,7 @@ __global__ void __launch_bounds__(256) append_kernel(Args a, int write_q) {
   const int seq = a.seq_lens[b];
   const int s0 = a.start_pos ? a.start_pos[b] : 0;
   const int rd = a.rotary_dim;
+  const bool write_q = q_mode != kQTable;
   if (rd > 0) {
     const float pos = (float)(seq + s - s0);
     float2* tab = write_q ? nullptr : static_cast<float2*>(a.q_ws) + ((int64_t)b * a.S + s) * (rd / 2);
@@ -75,6 +93,8 @@ __global__ void __launch_bounds__(256) append_kernel(Args a, int write_q) {
   const int nchunks = (qh + 2 * a.Hkv) * cpr;
   const int half = rd >> 1;
   const bool chunk_pair = a.rotary_style == 0 && half % VEC == 0;
+  const bool check_v = a.tok_flag && a.causal;
+  uint32_t nonfinite = 0;
   for (int c = threadIdx.x; c < nchunks; c += blockDim.x) {
     const int i = c / cpr, d0 = (c % cpr) * VEC;
     // i -> (kind 0 q / 1 k / 2 v, head): q heads first (when written), then k, then v heads
@@ -112,12 +132,45 @@ __global__ void __launch_bounds__(256) append_kernel(Args a, int write_q) {
         }
       }
     }
+    if (kExpMask && check_v && kind == 2) {
+      const uint4 m = nonfinite16_mask(in.u, kExpMask);
+      nonfinite |= m.x | m.y | m.z | m.w;
+    }
     T* dst;
     if (kind == 0)
-      dst = static_cast<T*>(a.q_ws) + (((int64_t)b * a.H + head) * a.S + s) * D;
+      dst = static_cast<T*>(a.q_ws) + (q_mode == kQTokenMajor ? (((int64_t)b * a.S + s) * a.H + head) * D
+                                                              : (((int64_t)b * a.H + head) * a.S + s) * D);
     else
       dst = static_cast<T*>(kind == 1 ? a.kc : a.vc) + cache_off(a, b, head, seq + s);
     *reinterpret_cast<uint4*>(dst + d0) = out.u;
+  }
+  if (kExpMask && a.tok_flag) {
+    // Overhang rows of the last key tile: [L, end) with end = s0 + the key range rounded up to whole
+    // tiles. The kernel reads them at row n = b * Hkv * Tmax + j of its K/V view (past Tmax: the next
+    // head's rows), zeros from n = nnz_kv on (the last batch row's end of the cache).
+    const int L = seq + a.S;
+    const int64_t end = s0 + ((int64_t)(L - s0) + a.kv_tile - 1) / a.kv_tile * a.kv_tile;
+    const int64_t nnz_kv = ((int64_t)(a.B - 1) * a.Hkv + 1) * a.Tmax;
+    const T* vc = static_cast<const T*>(a.vc);
+    for (int64_t j = (int64_t)L + s; j < end; j += a.S) {
+      const int64_t n = (int64_t)b * a.Hkv * a.Tmax + j;
+      if (n >= nnz_kv) break;
+      // Past Tmax the rows belong to another (row, KV head), whose new tokens this very launch may be
+      // writing: what they will hold is unknown here, so the row takes the exact kernel (only rows
+      // within a key tile of the cache's capacity).
+      if (j >= a.Tmax) {
+        nonfinite = 1;
+        break;
+      }
+      for (int c = threadIdx.x; c < a.Hkv * cpr; c += blockDim.x) {
+        const int hk = c / cpr, d0 = (c % cpr) * VEC;
+        const uint4 v = *reinterpret_cast<const uint4*>(vc + (n + (int64_t)hk * a.Tmax) * D + d0);
+        const uint4 m = nonfinite16_mask(v, kExpMask);
+        nonfinite |= m.x | m.y | m.z | m.w;
+      }
+    }
+    const int any = __syncthreads_or(nonfinite != 0);
+    if (threadIdx.x == 0) a.tok_flag[(int64_t)b * a.S + s] = any ? 1 : 0;
   }
 }
 
@@ -585,6 +638,81 @@ __global__ void __launch_bounds__(128) generic_kernel(Args a) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// FlashInfer prefill path (sm90/prefill_fa3.h): its work list, filled on the device so that the call
+// needs no host copy of seq_lens / start_pos (CUDA-graph capturable). Its structure follows from B, S,
+// H. The (row, head) pairs q = b * H + h are taken in groups of P consecutive pairs whose keys and
+// values fit in L2 together (fa3_group_pairs): the CTAs then work on one group at a time and re-read
+// its K/V from L2. (A heavy-first order over all pairs at once has every head in flight: at batch 8
+// x 32 heads x 2048 keys, 256 MB, K/V came from HBM again for every query tile: 0.61x cuDNN on the
+// H100; groups of 8 heads, one CTA band each, fixed that (0.83x) but left too few tiles per group to
+// balance batch 1: 0.65x, against 1.05x with all 32 heads, 32 MB, in one group.) Inside a group of
+// Pg pairs starting at pair q0 the order is heavy-first: entry i = q0 * T + (T - 1 - t) * Pg + (q - q0)
+// is query tile t of pair q (causal: the last tiles see the most keys). The persistent grid has G
+// CTAs (one per SM); band k = i / G of the order goes to CTA i % G (k even) or G - 1 - i % G (k
+// odd), so every CTA gets one entry of each band and the snake evens the sums out. CTA c holds n_c =
+// nb (+ 1 for the CTAs of the last, partial band) entries from work_indptr[c]; entry i sits at
+// work_indptr[c] + k.
+struct Fa3Work {
+  int32_t* tok_flag;  // [B * S], written by the append kernel
+  int32_t* row_flag;  // [B]
+  int32_t* work_indptr;  // [G + 1]
+  int32_t* head_indices;
+  int32_t* qo_tile_indices;
+  int32_t* qo_indptr;
+  int32_t* kv_indptr;
+  int32_t* qo_lens;
+  int32_t* kv_lens;
+  int32_t* batch_indices;
+};
+
+__device__ __forceinline__ int fa3_cta_start(int c, int nb, int rem, int G) {
+  return c * nb + ((nb & 1) ? max(0, c - (G - rem)) : min(c, rem));
+}
+
+// Grid B, block b: the entries of row b. Row b is flagged (row_flag, and its entries get qo_len 0,
+// which the kernel skips) when the append kernel saw a NaN / inf value that the FlashInfer kernel
+// could multiply by a zero probability; the mma.sync kernel launched after it computes those rows.
+// K/V rows of row b: n = b * Hkv * Tmax + j of the kernel's view (kv_indptr = that of j = start_pos).
+__global__ void __launch_bounds__(256) fa3_worklist_kernel(Args a, Fa3Work w, int G, int T, int P) {
+  __shared__ int s_flag;
+  const int b = blockIdx.x;
+  const int64_t N = (int64_t)a.B * a.H * T;
+  const int nb = (int)(N / G), rem = (int)(N % G);
+  if (first_bad_row(a, &s_flag) >= 0) {
+    // The call writes nothing (header: cache overflow): an empty work list keeps the kernel idle.
+    if (b == 0)
+      for (int c = threadIdx.x; c <= G; c += blockDim.x) w.work_indptr[c] = 0;
+    return;
+  }
+  int f = 0;
+  for (int s = threadIdx.x; s < a.S; s += blockDim.x) f |= w.tok_flag[(int64_t)b * a.S + s];
+  const int flagged = __syncthreads_or(f);
+  if (threadIdx.x == 0) w.row_flag[b] = flagged;
+  if (b == 0)
+    for (int c = threadIdx.x; c <= G; c += blockDim.x) w.work_indptr[c] = fa3_cta_start(c, nb, rem, G);
+  const int seq = a.seq_lens[b];
+  const int s0 = a.start_pos ? a.start_pos[b] : 0;
+  const int kv_len = seq + a.S - s0;
+  const int kv_ptr = (int)((int64_t)b * a.Hkv * a.Tmax + s0);  // < 2^31: fa3_route
+  for (int idx = threadIdx.x; idx < a.H * T; idx += blockDim.x) {
+    const int t = idx / a.H, h = idx % a.H;
+    const int64_t q = (int64_t)b * a.H + h, q0 = q / P * P;
+    const int64_t Pg = min((int64_t)P, (int64_t)a.B * a.H - q0);
+    const int64_t i = q0 * T + (int64_t)(T - 1 - t) * Pg + (q - q0);
+    const int k = (int)(i / G), r = (int)(i % G);
+    const int c = (k & 1) ? G - 1 - r : r;
+    const int e = fa3_cta_start(c, nb, rem, G) + k;
+    w.head_indices[e] = h;
+    w.qo_tile_indices[e] = t;
+    w.qo_indptr[e] = b * a.S;
+    w.kv_indptr[e] = kv_ptr;
+    w.qo_lens[e] = flagged ? 0 : a.S;
+    w.kv_lens[e] = kv_len;
+    w.batch_indices[e] = b;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Host side.
 
 int sm_count() {
@@ -611,6 +739,24 @@ bool pdl_supported() {
 }
 
 size_t elem_size(dsattn_dtype t) { return t == DSATTN_FLOAT32 ? 4 : 2; }
+
+// (row, head) pairs per group of the FlashInfer work list: as many as keep their K/V (2 S D elements
+// per KV head: the prompt's own keys, the common prefill) within two thirds of L2, at least 1.
+int fa3_group_pairs(const dsattn_softmax_context_params& p) {
+  static int cached[64] = {0};
+  int dev = 0, l2 = 0;
+  if (cudaGetDevice(&dev) == cudaSuccess && dev >= 0 && dev < 64 && cached[dev] > 0) {
+    l2 = cached[dev];
+  } else {
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev) != cudaSuccess ||
+        l2 <= 0)
+      l2 = 50 << 20;
+    if (dev >= 0 && dev < 64) cached[dev] = l2;
+  }
+  const double kv_per_pair = 2.0 * p.seq_len * p.head_size * elem_size(p.dtype) * p.num_kv_heads / p.num_heads;
+  const int64_t n = (int64_t)(l2 * (2.0 / 3.0) / kv_per_pair);
+  return (int)std::max<int64_t>(1, std::min<int64_t>(n, p.batch * p.num_heads));
+}
 
 bool decode_supported(const dsattn_softmax_context_params& p) {
   const int64_t rows = p.seq_len * (p.num_heads / p.num_kv_heads);
@@ -729,6 +875,75 @@ cudaError_t validate(const dsattn_softmax_context_params* p, char* msg, size_t n
   return cudaSuccess;
 }
 
+// Prefill: rotated q [B, H, S, D] or [B, S, H, D] (mma.sync / generic / FlashInfer paths) or, on our
+// Hopper path, the cos/sin table float2 [B, S, rotary_dim / 2] in the same space (larger only when
+// H == 1).
+size_t prefill_q_ws_bytes(const dsattn_softmax_context_params& p) {
+  const size_t q_bytes = (size_t)p.batch * p.num_heads * p.seq_len * p.head_size * elem_size(p.dtype);
+  const size_t tab_bytes = (size_t)p.batch * p.seq_len * (p.rotary_dim / 2) * 2 * sizeof(float);
+  return align256(std::max(q_bytes, tab_bytes));
+}
+
+#if DSATTN_HAVE_SM90_LIBS
+int fa3_q_tiles(const dsattn_softmax_context_params& p) { return (int)((p.seq_len + fa3::kTileQ - 1) / fa3::kTileQ); }
+
+// The FlashInfer path's int32 arrays after the q region (Fa3Work): tok_flag [B * S], row_flag [B],
+// work_indptr [G + 1] (G = SM count), 7 entry arrays [B * H * tiles]. Reserved for every 16-bit prefill
+// with head size 128 (whether the call takes that path depends on pointers and the device, which the
+// size must not).
+size_t fa3_ws_bytes(const dsattn_softmax_context_params& p) {
+  if ((p.dtype != DSATTN_FLOAT16 && p.dtype != DSATTN_BFLOAT16) || p.head_size != fa3::kHeadDim) return 0;
+  const size_t n = (size_t)p.batch * p.num_heads * fa3_q_tiles(p);
+  return align256((size_t)p.batch * p.seq_len * 4) + align256((size_t)p.batch * 4) +
+         align256((size_t)(sm_count() + 1) * 4) + 7 * align256(n * 4);
+}
+
+Fa3Work fa3_work(const dsattn_softmax_context_params& p, void* ws) {
+  char* c = static_cast<char*>(ws) + prefill_q_ws_bytes(p);
+  const size_t n = (size_t)p.batch * p.num_heads * fa3_q_tiles(p);
+  auto take = [&](size_t count) {
+    int32_t* r = reinterpret_cast<int32_t*>(c);
+    c += align256(count * 4);
+    return r;
+  };
+  Fa3Work w;
+  w.tok_flag = take((size_t)p.batch * p.seq_len);
+  w.row_flag = take((size_t)p.batch);
+  w.work_indptr = take((size_t)sm_count() + 1);
+  w.head_indices = take(n);
+  w.qo_tile_indices = take(n);
+  w.qo_indptr = take(n);
+  w.kv_indptr = take(n);
+  w.qo_lens = take(n);
+  w.kv_lens = take(n);
+  w.batch_indices = take(n);
+  return w;
+}
+#else
+size_t fa3_ws_bytes(const dsattn_softmax_context_params&) { return 0; }
+#endif
+
+// Whether a prefill call takes the FlashInfer kernel: sm_90a build with the FlashInfer headers, a
+// compute capability 9.0 device, float16 / bfloat16, head size 128, and what that kernel expresses
+// exactly: no ALiBi, no local window, scale > 0 (it scales logits after masking them to -inf, so
+// scale <= 0 would turn a masked logit into +inf or NaN). Its int32 work list and row indices bound
+// B * Hkv * Tmax, B * S and the entry count. Everything else: our own kernels (launch_prefill).
+bool fa3_route(const dsattn_softmax_context_params& p) {
+#if DSATTN_HAVE_SM90_LIBS
+  if (p.path != DSATTN_SOFTMAX_CONTEXT_PATH_AUTO) return false;
+  if ((p.dtype != DSATTN_FLOAT16 && p.dtype != DSATTN_BFLOAT16) || p.head_size != fa3::kHeadDim) return false;
+  if (p.alibi_slopes || p.local_window > 0 || !(p.scale > 0.f)) return false;
+  const int64_t lim = (int64_t)1 << 31;
+  if (p.batch * p.num_kv_heads * p.max_seq_len >= lim || p.batch * p.seq_len >= lim ||
+      p.batch * p.num_heads * fa3_q_tiles(p) >= lim)
+    return false;
+  return prefill_sm90_usable(p.dtype, (int)p.head_size);
+#else
+  (void)p;
+  return false;
+#endif
+}
+
 size_t workspace_bytes(const dsattn_softmax_context_params& p) {
   if (p.batch == 0 || p.seq_len == 0) return 0;
   if (decode_supported(p)) {
@@ -745,11 +960,7 @@ size_t workspace_bytes(const dsattn_softmax_context_params& p) {
     }
     return ws;
   }
-  // Prefill: rotated q [B, H, S, D] (mma.sync / generic paths) or, on the Hopper path, the cos/sin
-  // table float2 [B, S, rotary_dim / 2] in the same space (larger only when H == 1).
-  const size_t q_bytes = (size_t)p.batch * p.num_heads * p.seq_len * p.head_size * elem_size(p.dtype);
-  const size_t tab_bytes = (size_t)p.batch * p.seq_len * (p.rotary_dim / 2) * 2 * sizeof(float);
-  return align256(std::max(q_bytes, tab_bytes));
+  return prefill_q_ws_bytes(p) + fa3_ws_bytes(p);
 }
 
 // Whether the decode kernel that runs on this device was compiled for sm_90+ (PTX and binary
@@ -822,14 +1033,75 @@ cudaError_t launch_decode<__nv_bfloat16>(const Args& a, const DecodeBufs& w, int
   }
 }
 
+// Prefill: the append kernel, then the attention kernel of the path:
+//   FlashInfer (fa3_route): q token-major in the workspace, the work list kernel, the FlashInfer
+//     kernel, then the mma.sync kernel for the rows the work list left out (row_flag; normally none:
+//     its CTAs leave at once);
+//   our Hopper kernel (sm_90a on CC 9.0, D = 128: ALiBi, local window or scale <= 0), q rotated in
+//     the kernel from the append kernel's cos/sin table;
+//   mma.sync (fp16/bf16, D 64 / 128), q [B, H, S, D] from the append kernel;
+//   the generic kernel otherwise.
 template <typename T>
-cudaError_t launch_prefill(const Args& a, dsattn_dtype dtype, int32_t path, cudaStream_t st) {
-  const bool sm90 = path == DSATTN_SOFTMAX_CONTEXT_PATH_AUTO && prefill_sm90_usable(dtype, a.D);
-  append_kernel<T><<<dim3(a.S, a.B), 256, 0, st>>>(a, sm90 ? 0 : 1);
+cudaError_t launch_prefill(const Args& a0, const dsattn_softmax_context_params& p, void* ws, cudaStream_t st) {
+  Args a = a0;
+  const bool fa3 = fa3_route(p);
+  const bool sm90 = !fa3 && p.path == DSATTN_SOFTMAX_CONTEXT_PATH_AUTO && prefill_sm90_usable(p.dtype, a.D);
+#if DSATTN_HAVE_SM90_LIBS
+  Fa3Work w = {};
+  if (fa3) {
+    w = fa3_work(p, ws);
+    a.tok_flag = w.tok_flag;
+    a.q_tok_major = 1;
+    a.kv_tile = a.causal ? fa3::kTileKvCausal : fa3::kTileKvFull;
+  }
+#else
+  (void)ws;
+#endif
+  append_kernel<T><<<dim3(a.S, a.B), 256, 0, st>>>(a, fa3 ? kQTokenMajor : (sm90 ? kQTable : kQHeadMajor));
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  if (sm90) return launch_prefill_sm90(a, dtype, st);
-  if (prefill_mma_supported(dtype, a.D)) return launch_prefill_mma(a, dtype, st);
+#if DSATTN_HAVE_SM90_LIBS
+  if (fa3) {
+    fa3_worklist_kernel<<<a.B, 256, 0, st>>>(a, w, sm_count(), fa3_q_tiles(p), fa3_group_pairs(p));
+    if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    fa3::Args f = {};
+    f.q = a.q_ws;
+    f.q_stride_n = (int64_t)a.H * a.D;  // q and context rows are tokens: [B, S, H, D]
+    f.q_stride_h = a.D;
+    f.o = a.ctx;
+    f.o_stride_n = (int64_t)a.H * a.D;
+    f.o_stride_h = a.D;
+    f.nnz_qo = (int64_t)a.B * a.S;
+    // The caches [B, Hkv, Tmax, D] as rows n of head h: (n, d, h) at n D + d + h Tmax D. Row b's key
+    // j is n = b Hkv Tmax + j of head hk; the last head's last row is n = (B - 1) Hkv Tmax + Tmax - 1,
+    // so that is the extent (the TMA unit reads rows past it as zeros).
+    f.k = a.kc;
+    f.v = a.vc;
+    f.kv_stride_n = a.D;
+    f.kv_stride_h = (int64_t)a.Tmax * a.D;
+    f.nnz_kv = ((int64_t)(a.B - 1) * a.Hkv + 1) * a.Tmax;
+    f.work_indptr = w.work_indptr;
+    f.head_indices = w.head_indices;
+    f.qo_tile_indices = w.qo_tile_indices;
+    f.qo_indptr = w.qo_indptr;
+    f.kv_indptr = w.kv_indptr;
+    f.qo_lens = w.qo_lens;
+    f.kv_lens = w.kv_lens;
+    f.batch_indices = w.batch_indices;
+    f.num_qo_heads = a.H;
+    f.num_kv_heads = a.Hkv;
+    f.scale = p.scale;
+    if (p.dtype == DSATTN_FLOAT16)
+      e = a.causal ? fa3::prefill_f16_causal(f, st) : fa3::prefill_f16_full(f, st);
+    else
+      e = a.causal ? fa3::prefill_bf16_causal(f, st) : fa3::prefill_bf16_full(f, st);
+    if (e != cudaSuccess) return e;
+    a.row_flag = w.row_flag;
+    return launch_prefill_mma(a, p.dtype, st);
+  }
+#endif
+  if (sm90) return launch_prefill_sm90(a, p.dtype, st);
+  if (prefill_mma_supported(p.dtype, a.D)) return launch_prefill_mma(a, p.dtype, st);
   generic_kernel<T><<<dim3((a.S + 3) / 4, a.H, a.B), 128, 0, st>>>(a);
   return cudaGetLastError();
 }
@@ -856,7 +1128,7 @@ extern "C" cudaError_t dsattn_softmax_context(const dsattn_softmax_context_param
   const size_t need = workspace_bytes(*p);
   if (need > 0 && (!workspace || workspace_bytes_given < need || reinterpret_cast<uintptr_t>(workspace) % 256))
     return cudaErrorInvalidValue;
-  Args a;
+  Args a = {};
   a.qkv = p->qkv;
   a.kc = p->key_cache;
   a.vc = p->value_cache;
@@ -898,8 +1170,8 @@ extern "C" cudaError_t dsattn_softmax_context(const dsattn_softmax_context_param
     }
   }
   switch (p->dtype) {
-    case DSATTN_FLOAT16: return launch_prefill<__half>(a, p->dtype, p->path, stream);
-    case DSATTN_BFLOAT16: return launch_prefill<__nv_bfloat16>(a, p->dtype, p->path, stream);
-    default: return launch_prefill<float>(a, p->dtype, p->path, stream);
+    case DSATTN_FLOAT16: return launch_prefill<__half>(a, *p, workspace, stream);
+    case DSATTN_BFLOAT16: return launch_prefill<__nv_bfloat16>(a, *p, workspace, stream);
+    default: return launch_prefill<float>(a, *p, workspace, stream);
   }
 }

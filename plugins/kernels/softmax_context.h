@@ -19,10 +19,17 @@
 //     head) in the workspace; it needs no particular workspace contents on entry, see
 //     decode_arrive in softmax_context.cu);
 //   - prefill (fp16/bf16 with D in {64, 128}): an append kernel (rotary + cache write), then a
-//     tensor-core flash-attention kernel: on sm_90a builds running on CC 9.0 with D = 128, a wgmma
-//     kernel that reads q from qkv and rotates it itself (cos/sin table from the append kernel);
-//     otherwise mma.sync m16n8k16 reading the rotated q the append kernel wrote to the workspace
-//     (params.path = DSATTN_SOFTMAX_CONTEXT_PATH_PREFILL_MMA forces it: tests);
+//     tensor-core flash-attention kernel. On sm_90a builds with the FlashInfer headers, running on
+//     CC 9.0, with D = 128, no ALiBi, local_window == 0 and scale > 0: FlashInfer's FA3-style kernel
+//     (sm90/prefill_fa3.h) on the rotated q the append kernel wrote (token-major) and the caches in
+//     place, over a work list a small kernel builds on the device from seq_lens / start_pos (no host
+//     sync; CUDA-graph capturable), then the mma.sync kernel for the rows that kernel must not compute
+//     (a NaN / inf value in a key it would load while masked: OPS.md excludes masked keys, FlashInfer
+//     multiplies them by zero; normally no row, and its blocks leave at once). Other D = 128 cases on
+//     CC 9.0 (ALiBi, local window, scale <= 0): our wgmma kernel, which reads q from qkv and rotates it
+//     itself (cos/sin table from the append kernel). Otherwise mma.sync m16n8k16 reading the rotated
+//     q the append kernel wrote to the workspace (params.path = DSATTN_SOFTMAX_CONTEXT_PATH_PREFILL_MMA
+//     forces it: tests);
 //   - anything else (fp32 prefill, other head sizes): the append kernel, then a simple CUDA-core
 //     kernel (correct, not tuned).
 //
@@ -40,7 +47,8 @@
 // concurrently provided they share no workspace, status, cache or context buffer. The workspace
 // is scratch: its contents between calls do not matter (other users may overwrite it). On sm_90
 // the decode kernel is launched with programmatic dependent launch (stream-capture safe;
-// verified in a CUDA graph). The prefill path sets its kernel's dynamic shared-memory limit on every call.
+// verified in a CUDA graph). The prefill paths set their kernels' dynamic shared-memory limit (and
+// the FlashInfer path builds its TMA descriptors, host-side) on every call.
 #pragma once
 #include "dsattn_common.h"
 
@@ -86,9 +94,10 @@ typedef struct dsattn_softmax_context_params {
   int32_t path;                // DSATTN_SOFTMAX_CONTEXT_PATH_AUTO (0), or a forced kernel path (tests)
 } dsattn_softmax_context_params;
 
-// Bytes of scratch device memory dsattn_softmax_context needs (rotated q for the mma.sync prefill
-// path or the cos/sin table of the wgmma one, fp32 partial results of the decode split). Depends on the sizes, dtype and the current device's
-// SM count only (not on pointers). Returns 0 for params that dsattn_softmax_context would reject.
+// Bytes of scratch device memory dsattn_softmax_context needs (rotated q for the FlashInfer / mma.sync
+// prefill paths or the cos/sin table of our wgmma one, the FlashInfer path's work list and row flags,
+// fp32 partial results of the decode split). Depends on the sizes, dtype and the current device's
+// SM count only (not on pointers); a bound for every batch' <= batch. Returns 0 for params that dsattn_softmax_context would reject.
 // The workspace must be 256-byte aligned (cudaMalloc memory is).
 size_t dsattn_softmax_context_workspace_size(const dsattn_softmax_context_params* p);
 

@@ -96,6 +96,9 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Args a) {
   T* sK = sQ + kBM * D;
   T* sV = sK + 2 * kBN * D;
   __shared__ int s_flag;
+  // Behind the FlashInfer kernel this kernel computes only the rows that kernel skipped (row_flag,
+  // softmax_context.cu); the others leave at once.
+  if (a.row_flag && a.row_flag[blockIdx.z] == 0) return;
   if (first_bad_row(a, &s_flag) >= 0) return;
 
   // Grid (H, query tiles, B): blocks start in x-fastest order, so every head's heaviest (last,
@@ -108,14 +111,17 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Args a) {
   const int lo = tk.lo, hi = tk.hi;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const T* qg = static_cast<const T*>(a.q_ws) + (((int64_t)b * a.H + h) * a.S + m0) * D;
+  // q rows of this (b, h): [B, H, S, D] (stride D) or token-major [B, S, H, D] (stride H * D)
+  const int64_t q_rs = a.q_tok_major ? (int64_t)a.H * D : D;
+  const T* qg = static_cast<const T*>(a.q_ws) +
+                (a.q_tok_major ? (((int64_t)b * a.S + m0) * a.H + h) * D : (((int64_t)b * a.H + h) * a.S + m0) * D);
   const T* kg = static_cast<const T*>(a.kc) + cache_off(a, b, hk, 0);
   const T* vg = static_cast<const T*>(a.vc) + cache_off(a, b, hk, 0);
 
   for (int c = tid; c < kBM * CH; c += kThreads) {
     const int r = c / CH, ch = c % CH;
     const bool ok = r < rows_here;
-    cp_async16(sQ + swz<D>(r, ch), qg + (ok ? (int64_t)r * D : 0) + ch * 8, ok);
+    cp_async16(sQ + swz<D>(r, ch), qg + (ok ? (int64_t)r * q_rs : 0) + ch * 8, ok);
   }
   auto load_kv = [&](int stage, int n0) {
     T* dk = sK + stage * kBN * D;

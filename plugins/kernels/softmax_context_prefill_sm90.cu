@@ -1,4 +1,6 @@
 // dsattn::SoftmaxContext prefill for Hopper (sm_90a): wgmma tensor cores, fp16/bf16, D = 128.
+// Runs the cases FlashInfer's kernel (sm90/prefill_fa3.h) does not express: ALiBi, a local window,
+// scale <= 0 (softmax_context.cu: fa3_route); the others take FlashInfer's kernel.
 //
 // Grid (H, ceil(S / 128), B), 256 threads = 2 warpgroups; warpgroup w owns query rows
 // [64 w, 64 w + 64) of a 128-row tile. Q (rotated here, from qkv and the append kernel's cos/sin
