@@ -1,5 +1,5 @@
-"""Small Int8MatMul cases over every kernel path (skinny incl. split-K and small groups, tiled wgmma
-and mma.sync, fp32), for `compute-sanitizer --tool memcheck|racecheck python3
+"""Small Int8MatMul cases over every kernel path (skinny incl. split-K and small groups, tiled: CUTLASS on
+sm_90 for N % 8 == 0, and mma.sync, fp32), for `compute-sanitizer --tool memcheck|racecheck python3
 scripts/sanitize_int8_matmul.py`. Checks results loosely against the fp32 reference (the pytest
 suite applies the accuracy rule); exits nonzero on any failure."""
 import sys
@@ -15,6 +15,9 @@ cases = [  # (M, N, K, group_size, path)
     (3, 37, 1040, 16, im.PATH_SKINNY), (9, 130, 1152, 128, im.PATH_SKINNY), (17, 64, 4096, 0, im.PATH_SKINNY),
     (130, 131, 1040, 0, im.PATH_TILED), (5, 99, 1152, 64, im.PATH_TILED), (200, 260, 1152, 0, im.PATH_TILED),
     (130, 131, 1040, 0, im.PATH_TILED_MMA), (5, 99, 1152, 64, im.PATH_TILED_MMA), (70, 33, 960, 32, im.PATH_AUTO),
+    # CUTLASS on sm_90 (N % 8 == 0): per channel with a partial k tile, groups of 64 and 128,
+    # partial token and feature tiles
+    (130, 136, 1040, 0, im.PATH_TILED), (257, 264, 1088, 64, im.PATH_TILED), (40, 128, 1024, 128, im.PATH_AUTO),
 ]
 for dt in (torch.float16, torch.bfloat16, torch.float32):
     for M, N, K, g, path in cases:

@@ -230,3 +230,19 @@ def test_install_deepspeed_script_refuses_an_empty_wheel_folder(tmp_path):
     assert r.returncode == 2 and "no deepspeed-*.whl" in r.stderr
     r = subprocess.run(["bash", str(script), "--env", "/opt/x"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip().startswith("export PYTHONPATH=/opt/x") and "/opt/x/bin:" in r.stdout
+
+
+def test_int8_matmul_cases_and_targets():
+    """The Int8MatMul section measures the M range of the targets in both scale modes, and judges
+    each row against its M's target (M <= 16: 1.75x / 1.6x faster; 32..512: >= 1.0x; 2048: >= 0.9x)."""
+    from dsattn.tools import bench_int8_matmul as b
+
+    assert {M for M, N in b.CASES if N == 12288} == {1, 4, 16, 32, 64, 128, 256, 512, 2048}
+    assert (2048, 4096) in b.CASES and b.GROUPS == (0, 128)
+    assert set(b.CROSSOVER_M) == {32, 64, 128, 256, 512}
+    base = {"cuBLAS fp16 matmul": 100.0, "DeepSpeed dequant+GEMM": 300.0}
+    assert b._target(1, 0, 100 / 1.76, base)["met"] and not b._target(16, 0, 100 / 1.7, base)["met"]
+    assert b._target(16, 128, 100 / 1.61, base)["met"] and not b._target(4, 128, 100 / 1.59, base)["met"]
+    assert b._target(32, 128, 99.0, base)["met"] and not b._target(512, 0, 101.0, base)["met"]
+    assert b._target(2048, 0, 111.0, base)["met"] and not b._target(2048, 128, 112.0, base)["met"]
+    assert b._target(64, 0, 50.0, {}) == {}

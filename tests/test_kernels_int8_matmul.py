@@ -7,7 +7,8 @@ dequantized in fp32 and rounded to T, x @ w^T in T, + bias in T) and floor is 1e
 8e-3 (bf16). float32 T: fp64 reference, torch fp32 (no TF32) error, floor 1e-5. Weights cover the
 whole int8 range (-128 included), scales are random per group, outputs are O(1). Outputs are
 NaN-poisoned first; NaN never passes. Every kernel path is checked on its own (forced), plus the
-automatic choice.
+automatic choice. On an H100 (compute capability 9.0) PATH_TILED is CUTLASS's mixed-input GEMM for
+N % 8 == 0 (the library must be built with its sm_90a sources: scripts/gpu_all.sh requires them).
 """
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ def test_small_groups(lib, seed, dtype, group, M):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("M", [1, 16, 64, 300])
+@pytest.mark.parametrize("M", [1, 16, 64, 300, 2048])
 def test_bench_shape(lib, seed, dtype, M):
     # The benchmark shape (K 4096, N 12288) on every path, per channel and group 128.
     K, N = 4096, 12288
@@ -127,6 +128,82 @@ def test_bench_shape(lib, seed, dtype, M):
         for path in _paths(dtype, group):
             x, q, scale, b = _make((M,), K, N, group, dtype, True, seed + path)
             _check(_run(lib, x, q, scale, b, group, path), x, q, scale, b, group)
+
+
+def _is_sm90():
+    return torch.cuda.get_device_capability() == (9, 0)
+
+
+def _cutlass_k(group):
+    # K not a multiple of the 128-wide tiles: a partial last 64-k tile per channel (1040 = 16.25 x 64),
+    # an odd number of 64-k tiles with group 64 (1088 = 17 x 64), 11 groups of 128 (1408).
+    return {0: 1040, 64: 1088, 128: 1408}[group]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("group", [0, 64, 128])
+@pytest.mark.parametrize("M", [1, 17, 33, 160, 257, 1001, 2048])
+def test_cutlass_path(lib, seed, dtype, group, M):
+    # The tiled path on sm_90 (CUTLASS) with N % 8 == 0 but not a multiple of the 128 tile (1000),
+    # partial token tiles (odd M), forced and automatic, with and without bias. Row 5 has all-zero
+    # scales (the normalised group scales must give 0, not NaN); with groups, row 7 has a 300x spread
+    # between its first group and the others (rel ~1/300 in T).
+    from dsattn.tools.kernels import int8_matmul
+
+    K, N = _cutlass_k(group), 1000
+    for i, path in enumerate([int8_matmul.PATH_TILED, int8_matmul.PATH_AUTO]):
+        x, q, scale, b = _make((M,), K, N, group, dtype, with_bias=(i + M) % 2 == 0, seed=seed + i)
+        scale[5] = 0
+        if group:
+            scale[7, 1:] /= 300.0
+        out = _run(lib, x, q, scale, b, group, path)
+        _check(out, x, q, scale, b, group)
+        want = b[5].float() if b is not None else torch.zeros((), device="cuda")
+        torch.testing.assert_close(out[:, 5].float(), want.expand(M), rtol=0, atol=0)
+    if group and _is_sm90():
+        # The build has the CUTLASS path (it alone needs a workspace at N 1000 for group calls).
+        p = int8_matmul.Int8MatMulParams(M=M, N=N, K=K, group_size=group, dtype=1 if dtype == torch.float16 else 2)
+        assert int8_matmul.workspace_size(p, lib=lib) >= 4 * N + 2 * N * (K // group), \
+            "libdsattn_kernels.so was built without the sm_90a CUTLASS sources"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("group", [0, 128])
+def test_cutlass_m2048_model_shapes(lib, seed, dtype, group):
+    # The benchmark's M 2048 cases: N 4096 (output projection) and 12288 (QKV), K 4096, with bias.
+    from dsattn.tools.kernels import int8_matmul
+
+    for N in (4096, 12288):
+        x, q, scale, b = _make((2048,), 4096, N, group, dtype, True, seed + N)
+        _check(_run(lib, x, q, scale, b, group, int8_matmul.PATH_AUTO), x, q, scale, b, group)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("group", [0, 128])
+@pytest.mark.parametrize("M", [8, 300])
+def test_cuda_graph_capture(lib, seed, dtype, group, M):
+    # Captured once (skinny at M 8, tiled / CUTLASS at M 300), replayed on new inputs written into
+    # the captured buffers: no host sync, no allocation, no per-call host state in the kernels.
+    from dsattn.tools.kernels import int8_matmul
+
+    K, N = 1024, 512
+    x, q, scale, b = _make((M,), K, N, group, dtype, True, seed)
+    out = torch.full((M, N), float("nan"), dtype=dtype, device="cuda")
+    int8_matmul.int8_matmul(x, q, scale, b, group_size=group, lib=lib, out=out)  # warm-up outside capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        int8_matmul.int8_matmul(x, q, scale, b, group_size=group, lib=lib, out=out)
+    for i in range(2):
+        x2, q2, scale2, b2 = _make((M,), K, N, group, dtype, True, seed + 100 + i)
+        x.copy_(x2)
+        q.copy_(q2)
+        scale.copy_(scale2)
+        b.copy_(b2)
+        out.fill_(float("nan"))
+        g.replay()
+        torch.cuda.synchronize()
+        _check(out, x, q, scale, b, group)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -163,6 +240,11 @@ def test_empty_m(lib):
     s = torch.ones(32, 1, device="cuda")
     out = int8_matmul.int8_matmul(x, q, s, lib=lib)
     assert out.shape == (0, 32)
+    for path in (int8_matmul.PATH_AUTO, int8_matmul.PATH_TILED):  # a shape the CUTLASS path takes
+        x = torch.empty(3, 0, 256, dtype=torch.bfloat16, device="cuda")
+        q = torch.ones(64, 256, dtype=torch.int8, device="cuda")
+        out = int8_matmul.int8_matmul(x, q, torch.ones(64, 4, device="cuda"), group_size=64, lib=lib, path=path)
+        assert out.shape == (3, 0, 64)
 
 
 def test_python_validation(lib):
@@ -218,6 +300,16 @@ def test_c_validation(lib):
     assert int8_matmul.raw_call(ok, buf.data_ptr(), ws, lib=lib) == 0
     torch.cuda.synchronize()
     assert not torch.isnan(out).any()
+    if ws > 0:  # the CUTLASS path's group scales (N % 8 == 0, group % 64 == 0): required on every path
+        for path in (int8_matmul.PATH_AUTO, int8_matmul.PATH_SKINNY, int8_matmul.PATH_TILED):
+            assert int8_matmul.raw_call(params(path=path), buf.data_ptr(), ws - 1, lib=lib) == 1
+            assert int8_matmul.raw_call(params(path=path), 0, 0, lib=lib) == 1
+        # any alignment of the workspace pointer is accepted
+        buf3 = torch.empty(ws + 1, dtype=torch.uint8, device="cuda")
+        out.fill_(float("nan"))
+        assert int8_matmul.raw_call(params(path=int8_matmul.PATH_TILED), buf3.data_ptr() + 1, ws, lib=lib) == 0
+        torch.cuda.synchronize()
+        assert not torch.isnan(out).any()
     bad = [
         params(K=250), params(K=0), params(N=0), params(M=-1), params(group_size=-64), params(group_size=48),
         params(group_size=40), params(dtype=7), params(input=None), params(weight=None),
@@ -254,10 +346,10 @@ def test_workspace_bound_is_monotone(lib):
     """workspace_size(M) bounds the need of every M' <= M (the plugin sizes it for its max M)."""
     from dsattn.tools.kernels import int8_matmul
 
-    for N, K in [(64, 256), (4096, 4096), (300, 8192)]:
+    for N, K, group in [(64, 256, 0), (4096, 4096, 0), (300, 8192, 0), (4096, 4096, 128), (64, 256, 64)]:
         prev = 0
         for M in range(1, 200):
-            p = int8_matmul.Int8MatMulParams(M=M, N=N, K=K, group_size=0, dtype=1)
+            p = int8_matmul.Int8MatMulParams(M=M, N=N, K=K, group_size=group, dtype=1)
             w = int8_matmul.workspace_size(p, lib=lib)
             assert w >= prev, (N, K, M, w, prev)
             prev = w

@@ -110,8 +110,9 @@ class Int8MatMulPlugin final : public PluginBase {
     p.weight = static_cast<int8_t const*>(workspaceQueryPointer(1));
     p.weight_scale = static_cast<float const*>(workspaceQueryPointer(2));
     p.output = workspaceQueryPointer(3);
-    // Small M uses split-K partial sums in the workspace, large M none: the engine runs every M up
-    // to the profile's max with this one size, so take the maximum over the small-M range and max M.
+    // Small M uses split-K partial sums in the workspace, the Hopper tiled path with group scales
+    // a fixed-size scale buffer: the engine runs every M up to the profile's max with this one
+    // size, so take the maximum over the small-M range and max M.
     int64_t const mMax = p.M;
     size_t ws = 0;
     for (int64_t m = 1; m <= mMax; m = (m < 128 ? m + 1 : mMax)) {

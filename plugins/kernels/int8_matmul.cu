@@ -1,17 +1,20 @@
 // dsattn::Int8MatMul kernels: y = x @ dequant(W)^T + bias with an int8 [N, K] weight (OPS.md §3).
 //
 // Three paths, chosen by dsattn_int8_matmul (see choose_path):
-//  * skinny (M <= 160, and the fallback for any valid group size): a weight-streaming kernel that
+//  * skinny (M <= 32 where the CUTLASS kernel runs, else M <= 160; and the fallback for any valid
+//    group size): a weight-streaming kernel that
 //    computes y^T = W x^T on the tensor cores ("swap AB": 16 weight rows are the mma's M side, up
 //    to 8 tokens its N side). Each lane loads 16 contiguous int8 weights with one 16-byte
 //    streaming load, converts them to T in registers (exact: |q| <= 128 fits T's mantissa) and
 //    feeds mma.sync m16n8k16 with fp32 accumulation; the group scale multiplies the fp32 partial
 //    sum of each group. Split-K across blocks through an fp32 workspace when N is too small to
 //    fill the GPU.
-//  * tiled (larger M, fp16/bf16, group_size 0 or a multiple of 64): on sm_90a a wgmma kernel
-//    (128 x 128 tiles; the int8 tile is converted to T in shared memory, never in device memory);
-//    elsewhere an mma.sync kernel (128 x 128 tiles, int8 tile converted in registers). Both: a
-//    cp.async ring, x tile XOR-swizzled, per-channel scales on the fp32 sums in the epilogue.
+//  * tiled (larger M, fp16/bf16, group_size 0 or a multiple of 64): on a compute capability 9.0
+//    device, in a build with the sm_90a CUTLASS sources, and N % 8 == 0, CUTLASS's warp-specialised
+//    mixed-input GEMM (sm90/int8_gemm_sm90.h: TMA, int8 tile converted in registers and fed to
+//    register-sourced wgmma, scales and bias in the epilogue); elsewhere an mma.sync kernel
+//    (128 x 128 tiles, int8 tile converted in registers, a cp.async ring, x tile XOR-swizzled,
+//    per-channel scales on the fp32 sums in the epilogue).
 //  * fp32 T: a plain CUDA-core kernel with fp32 FMA (correct, untuned).
 //
 // The k permutation shared by the two mma.sync kernels. The mma fragment of lane (g = lane/4,
@@ -25,16 +28,17 @@
 // why a scale applied to mma sums needs the chunk inside one group: group_size % 64 == 0 for one
 // mma per step; 32- and 16-multiples use 2 or 4 masked mmas per step (skinny kernel only).
 #include "int8_matmul.h"
-#include "sm90_ptx.cuh"
+#if DSATTN_HAVE_SM90_LIBS
+#include "sm90/int8_gemm_sm90.h"
+#endif
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <type_traits>
 
 namespace {
-
-using namespace dsattn::sm90;
 
 constexpr int kChunk = 64;  // k per chunk (see the permutation above)
 
@@ -674,262 +678,55 @@ cudaError_t launch_tiled_mma(const dsattn_int8_matmul_params& prm, cudaStream_t 
 }
 
 // ---------------------------------------------------------------------------------------------
-// wgmma path (sm_90a): block tile 128 x BN x 64, 2 warpgroups of 64 rows of M. Per 64-k chunk:
-// cp.async brings the x tile (T) and the int8 weight tile into a STAGES-slot ring (STAGES - 2
-// chunks ahead; launch_tiled picks BN = 128, STAGES = 3);
-// all 256 threads convert the int8 tile to T into one of two B buffers; each warpgroup then
-// issues 4 asynchronous wgmma m64nBNk16 (A = its 64 x rows, B = the converted tile, both read
-// from shared memory in the K-major 128-byte-swizzled layout) and waits for the previous chunk's
-// group only, so the conversion of chunk k+1 overlaps the tensor cores working on chunk k.
-// The converted tile lives only in shared memory. Per-channel scales multiply the fp32 sums in
-// the epilogue (weights converted exactly); group scales (group % 64 == 0) are applied during the
-// conversion, in fp32, rounding q * scale to T once (what PyTorch does with a T weight).
+// tiled path on Hopper: CUTLASS's warp-specialised mixed-input GEMM (sm90/int8_gemm_sm90.h), in
+// sm_90a code only, built when the CUTLASS headers were found (DSATTN_HAVE_SM90_LIBS).
 // ---------------------------------------------------------------------------------------------
 
-constexpr int kWgXBytes = kBM * kChunk * 2;  // 16 KiB of x per stage
-template <int BN, int STAGES>
-struct WgCfg {
-  static constexpr int kQBytes = BN * kChunk;      // int8 weight per stage
-  static constexpr int kBBytes = BN * kChunk * 2;  // converted weight per buffer (2 buffers)
-  static constexpr int kSmem = STAGES * (kWgXBytes + kQBytes) + 2 * kBBytes + 1024;  // + 1 KiB alignment
-};
-
-#define DSATTN_INT8_WGMMA_DEVICE (defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL))
-#if !defined(__CUDA_ARCH__) || DSATTN_INT8_WGMMA_DEVICE  // sm_90a device code (and the host pass)
-// d (64 x BN fp32, BN / 2 per thread) += A (64 x 16, smem) * B (16 x BN, smem), both K-major.
-template <typename T, int BN>
-__device__ __forceinline__ void wgmma_m64k16(float (&d)[BN / 2], uint64_t da, uint64_t db, int acc_in);
-
-template <>
-__device__ __forceinline__ void wgmma_m64k16<__half, 128>(float (&d)[64], uint64_t da, uint64_t db, int acc_in) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(da), "l"(db), "r"(acc_in));
-}
-
-template <>
-__device__ __forceinline__ void wgmma_m64k16<__nv_bfloat16, 128>(float (&d)[64], uint64_t da, uint64_t db, int acc_in) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(da), "l"(db), "r"(acc_in));
-}
-
-// Shared-memory matrix descriptor: K-major, 128-byte swizzle (rows of 128 B, 8-row groups 1024 B
-// apart = stride byte offset; the leading byte offset is unused in this mode).
-__device__ __forceinline__ uint64_t wg_desc(uint32_t addr) {
-  return uint64_t((addr & 0x3FFFF) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
-}
-__device__ __forceinline__ void sts128(uint32_t addr, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
-  asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" ::"r"(addr), "r"(a), "r"(b), "r"(c), "r"(d));
-}
-
-
-// 4 int8 -> T(q * s) pairs (lo = e0,e1; hi = e2,e3), q * s computed in fp32 and rounded once.
-template <typename T>
-__device__ __forceinline__ void cvt_scaled(uint32_t w, float s, uint32_t& lo, uint32_t& hi) {
-  const uint32_t u = w ^ 0x80808080u;
-  const float magic = 8388736.0f;  // 2^23 + 128
-  const float f0 = (__uint_as_float(__byte_perm(u, 0x4B000000u, 0x7440)) - magic) * s;
-  const float f1 = (__uint_as_float(__byte_perm(u, 0x4B000000u, 0x7441)) - magic) * s;
-  const float f2 = (__uint_as_float(__byte_perm(u, 0x4B000000u, 0x7442)) - magic) * s;
-  const float f3 = (__uint_as_float(__byte_perm(u, 0x4B000000u, 0x7443)) - magic) * s;
-  lo = pack2<T>(f0, f1);
-  hi = pack2<T>(f2, f3);
-}
-#endif
-
-template <typename T, bool GROUPED, int BN, int STAGES, int MINB>
-__global__ void __launch_bounds__(256, MINB) int8_wgmma_kernel(const TiledArgs a) {
-#if DSATTN_INT8_WGMMA_DEVICE
-  using C = WgCfg<BN, STAGES>;
-  constexpr int kRows = BN / 64;  // weight rows each thread converts per chunk
-  extern __shared__ unsigned char smem_raw[];
-  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
-  const uint32_t base = (raw + 1023u) & ~1023u;  // swizzle atoms are 1024-byte aligned
-  const uint32_t xs0 = base;
-  const uint32_t qs0 = xs0 + STAGES * kWgXBytes;
-  const uint32_t bs0 = qs0 + STAGES * C::kQBytes;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int wg = warp >> 2, wq = warp & 3;
-
-  int m_tile, n_tile;
-  {
-    const int per_group = kRasterGroup * a.n_tiles;
-    const int grp = blockIdx.x / per_group;
-    const int first_m = grp * kRasterGroup;
-    const int gsize = min(a.m_tiles - first_m, kRasterGroup);
-    const int r = blockIdx.x % per_group;
-    m_tile = first_m + r % gsize;
-    n_tile = r / gsize;
-  }
-  const int64_t m0 = int64_t(m_tile) * kBM, n0 = int64_t(n_tile) * BN;
-  const T* x = static_cast<const T*>(a.x);
-
-  auto load_stage = [&](int slot, int kc) {
-    const uint32_t xs = xs0 + slot * kWgXBytes;
-    const uint32_t qs = qs0 + slot * C::kQBytes;
-    const int64_t k0 = int64_t(kc) * kChunk;
-#pragma unroll
-    for (int i = 0; i < (kBM * 8) / 256; ++i) {  // x: 128 rows x 8 chunks of 16 B, swizzled
-      const int id = tid + i * 256;
-      const int row = id >> 3, ch = id & 7;
-      const int64_t m = m0 + row, k = k0 + ch * 8;
-      const bool v = m < a.M && k < a.K;
-      cp_async16(xs + row * 128 + ((ch ^ (row & 7)) << 4), v ? static_cast<const void*>(x + m * a.K + k) : a.x, v);
-    }
-#pragma unroll
-    for (int i = 0; i < (BN * 4) / 256; ++i) {  // int8 w: BN rows x 4 chunks of 16 B
-      const int id = tid + i * 256;
-      const int row = id >> 2, ch = id & 3;
-      const int64_t n = n0 + row, k = k0 + ch * 16;
-      const bool v = n < a.N && k < a.K;
-      cp_async16(qs + row * 64 + (ch << 4), v ? static_cast<const void*>(a.w + n * a.K + k) : a.w, v);
-    }
-  };
-
-  float acc[BN / 2];
-  // Group scales of this thread's conversion rows, loaded one chunk ahead (hides their latency).
-  float sc[kRows];
-  auto load_scales = [&](int kc) {
-#pragma unroll
-    for (int i = 0; i < kRows; ++i) {
-      const int64_t n = n0 + (tid >> 2) + 64 * i;
-      sc[i] = (n < a.N && kc < a.chunks) ? __ldg(a.scale + n * a.ngroups + (int64_t(kc) * kChunk) / a.group) : 0.f;
-    }
-  };
-  if constexpr (GROUPED) load_scales(0);
-
-#pragma unroll
-  for (int s = 0; s < STAGES - 2; ++s) {
-    if (s < a.chunks) load_stage(s, s);
-    cp_async_commit();
-  }
-  for (int kc = 0; kc < a.chunks; ++kc) {
-    cp_async_wait<STAGES - 3>();  // this thread's copies of chunk kc landed
-    fence_proxy_async();              // ... and are visible to the tensor cores' (async) reads
-    __syncthreads();  // all copies of chunk kc landed; wgmma of chunk kc-2 finished in both warpgroups
-    {
-      const int pre = kc + STAGES - 2;  // into the slot of chunk kc-2
-      if (pre < a.chunks) load_stage(pre % STAGES, pre);
-      cp_async_commit();
-    }
-    // Convert the int8 tile into B buffer kc % 2 (last read by the wgmma of chunk kc-2).
-    {
-      const uint32_t qs = qs0 + (kc % STAGES) * C::kQBytes;
-      const uint32_t bs = bs0 + (kc & 1) * C::kBBytes;
-      const int ch = tid & 3;
-#pragma unroll
-      for (int i = 0; i < kRows; ++i) {
-        const int row = (tid >> 2) + 64 * i;
-        const uint4 q = lds128(qs + row * 64 + ch * 16);
-        uint32_t o[8];
-        if constexpr (GROUPED) {
-          cvt_scaled<T>(q.x, sc[i], o[0], o[1]);
-          cvt_scaled<T>(q.y, sc[i], o[2], o[3]);
-          cvt_scaled<T>(q.z, sc[i], o[4], o[5]);
-          cvt_scaled<T>(q.w, sc[i], o[6], o[7]);
-        } else {
-          Cvt<T>::run(q.x, o[0], o[1]);
-          Cvt<T>::run(q.y, o[2], o[3]);
-          Cvt<T>::run(q.z, o[4], o[5]);
-          Cvt<T>::run(q.w, o[6], o[7]);
-        }
-        sts128(bs + row * 128 + (((2 * ch) ^ (row & 7)) << 4), o[0], o[1], o[2], o[3]);
-        sts128(bs + row * 128 + (((2 * ch + 1) ^ (row & 7)) << 4), o[4], o[5], o[6], o[7]);
-      }
-    }
-    if constexpr (GROUPED) load_scales(kc + 1);
-    fence_proxy_async();
-    __syncthreads();
-    wg_fence();
-    {
-      const uint32_t xa = xs0 + (kc % STAGES) * kWgXBytes + wg * 64 * 128;
-      const uint32_t bb = bs0 + (kc & 1) * C::kBBytes;
-#pragma unroll
-      for (int k = 0; k < 4; ++k)  // the first mma of the kernel ignores the (uninitialized) sums
-        wgmma_m64k16<T, BN>(acc, wg_desc(xa + 32 * k), wg_desc(bb + 32 * k), kc > 0 || k > 0);
-    }
-    wg_commit();
-    wg_wait<1>();  // chunk kc-1 done (its B buffer and x slot are reused at kc+1)
-  }
-  wg_wait<0>();
-  fence_regs(acc);
-  cp_async_wait<0>();
-
-  // Epilogue. acc[4j + e]: row wq*16 + lane/4 (+8 for e >= 2), column 8j + 2(lane%4) + (e & 1).
-  T* out = static_cast<T*>(a.out);
-  const T* bias = static_cast<const T*>(a.bias);
-  const bool pair_store = (a.N % 2) == 0;
-  const int64_t mr = m0 + wg * 64 + wq * 16 + (lane >> 2);
-#pragma unroll
-  for (int j = 0; j < BN / 8; ++j) {
-    const int64_t n = n0 + 8 * j + 2 * (lane & 3);
-    if (n >= a.N) continue;
-    const bool n1 = n + 1 < a.N;
-    float s0 = 1.f, s1 = 1.f;
-    if constexpr (!GROUPED) {
-      s0 = __ldg(a.scale + n);
-      s1 = n1 ? __ldg(a.scale + n + 1) : 0.f;
-    }
-    const float b0 = bias ? to_f32<T>(bias[n]) : 0.f;
-    const float b1 = (bias && n1) ? to_f32<T>(bias[n + 1]) : 0.f;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t m = mr + 8 * h;
-      if (m >= a.M) continue;
-      const T v0 = from_f32<T>(fmaf(acc[4 * j + 2 * h], s0, b0));
-      const T v1 = from_f32<T>(fmaf(acc[4 * j + 2 * h + 1], s1, b1));
-      T* o = out + m * a.N + n;
-      if (pair_store) {
-        struct __align__(4) T2 { T lo, hi; };
-        *reinterpret_cast<T2*>(o) = T2{v0, v1};
-      } else {
-        o[0] = v0;
-        if (n1) o[1] = v1;
-      }
-    }
-  }
-#endif
-}
-
-// True when the wgmma kernel has sm_90a code for the current device (else the mma.sync one runs).
-template <typename T, bool GROUPED, int BN, int STAGES, int MINB>
-bool wgmma_usable() {
+// True when the CUTLASS kernels can run this call: built, compute capability 9.0 (their only
+// code is sm_90a), and a shape they take (N % 8 == 0, group_size 0 or % 64 == 0).
+bool cutlass_usable(const dsattn_int8_matmul_params& p) {
+#if DSATTN_HAVE_SM90_LIBS
+  if (!dsattn::int8_sm90::shape_supported(p.M, p.N, p.K, p.group_size)) return false;
   int dev = 0, major = 0, minor = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return false;
   if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
     return false;
-  if (major != 9 || minor != 0) return false;
-  cudaFuncAttributes attr{};
-  if (cudaFuncGetAttributes(&attr, int8_wgmma_kernel<T, GROUPED, BN, STAGES, MINB>) != cudaSuccess) return false;
-  return attr.binaryVersion == 90;
+  return major == 9 && minor == 0;
+#else
+  (void)p;
+  return false;
+#endif
 }
 
-template <typename T, bool GROUPED, int BN, int STAGES, int MINB>
-cudaError_t launch_wgmma_t(const dsattn_int8_matmul_params& prm, cudaStream_t s) {
-  using C = WgCfg<BN, STAGES>;
-  const TiledArgs a = tiled_args(prm, BN);
-  auto kern = int8_wgmma_kernel<T, GROUPED, BN, STAGES, MINB>;
-  cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
-  if (e != cudaSuccess) return e;
-  kern<<<unsigned(int64_t(a.m_tiles) * a.n_tiles), 256, C::kSmem, s>>>(a);
-  return cudaGetLastError();
+// Scratch of the CUTLASS path for these sizes (0 where it can never run them).
+size_t cutlass_workspace(const dsattn_int8_matmul_params& p) {
+#if DSATTN_HAVE_SM90_LIBS
+  const int64_t m = std::max<int64_t>(p.M, 1);  // the need does not depend on M
+  if (p.dtype == DSATTN_FLOAT32 || !dsattn::int8_sm90::shape_supported(m, p.N, p.K, p.group_size)) return 0;
+  return dsattn::int8_sm90::workspace_size(p.N, p.K, p.group_size);
+#else
+  (void)p;
+  return 0;
+#endif
 }
 
-// The tiled path: wgmma where the device and the build allow it (sm_90a), else mma.sync.
+// The CUTLASS kernel of the call's scale mode and dtype (cutlass_usable(prm) was checked).
 template <typename T>
-cudaError_t launch_tiled(const dsattn_int8_matmul_params& prm, cudaStream_t s) {
-  // 128 x 128 tiles, 3 stages (one chunk of prefetch), two blocks per SM: measured faster than
-  // 128 x 256 with 4 or 5 stages and one block per SM on the H100 (docs/KERNELS.md).
-  constexpr int BN = 128, S = 3, B = 2;
-  if (prm.group_size == 0 && wgmma_usable<T, false, BN, S, B>()) return launch_wgmma_t<T, false, BN, S, B>(prm, s);
-  if (prm.group_size != 0 && wgmma_usable<T, true, BN, S, B>()) return launch_wgmma_t<T, true, BN, S, B>(prm, s);
-  return launch_tiled_mma<T>(prm, s);
+cudaError_t launch_cutlass(const dsattn_int8_matmul_params& prm, void* ws, cudaStream_t s) {
+#if DSATTN_HAVE_SM90_LIBS
+  namespace c = dsattn::int8_sm90;
+  const c::GemmArgs a{prm.input, prm.weight, prm.weight_scale, prm.bias, prm.output,
+                      prm.M, prm.N, prm.K, prm.group_size};
+  constexpr bool f16 = std::is_same<T, __half>::value;
+  if (prm.group_size == 0) return f16 ? c::run_f16_channel(a, ws, s) : c::run_bf16_channel(a, ws, s);
+  return f16 ? c::run_f16_group(a, ws, s) : c::run_bf16_group(a, ws, s);
+#else
+  (void)prm;
+  (void)ws;
+  (void)s;
+  return cudaErrorNotSupported;
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1016,13 +813,22 @@ bool tiled_supported(const dsattn_int8_matmul_params* p) {
   return p->dtype != DSATTN_FLOAT32 && (p->group_size == 0 || p->group_size % 64 == 0);
 }
 
-// Crossover between the weight-streaming skinny kernel and the tiled kernel (measured on H100 at
-// K 4096, N 12288; see docs/KERNELS.md).
+// Crossovers between the weight-streaming skinny kernel and the tiled kernels: the largest M that
+// runs skinny. Up to 32 tokens one skinny block holds every token (4 n8 tiles), so the weights
+// stream from HBM once at the full rate (1.7-1.8x cuBLAS fp16 at M <= 16); past 32 it reads each
+// weight tile again per 32-token group and is down to 0.92-0.99x cuBLAS at M 64 (H100, KERNELS.md),
+// while the CUTLASS kernel's time stays nearly flat up to its 128-token tile. Chosen from that
+// design argument; awaits the H100 crossover measurement (tools/bench_int8_matmul.py times both
+// paths forced at M 32..512, both scale modes).
+constexpr int64_t kSkinnyMaxMCutlass = 32;
+// Where the CUTLASS kernel cannot run (no sm_90a build, another device, N % 8 != 0), the tiled
+// path is the mma.sync kernel; 160 is the crossover measured on the H100 against the earlier
+// (faster) wgmma tiled kernel, so it is a lower bound for the mma.sync kernel's crossover.
 constexpr int64_t kSkinnyMaxM = 160;
 
-int choose_path(const dsattn_int8_matmul_params* p) {
+int choose_path(const dsattn_int8_matmul_params* p, bool cutlass) {
   if (p->dtype == DSATTN_FLOAT32) return DSATTN_INT8_PATH_FP32;
-  if (p->M <= kSkinnyMaxM || !tiled_supported(p)) return DSATTN_INT8_PATH_SKINNY;
+  if (!tiled_supported(p) || p->M <= (cutlass ? kSkinnyMaxMCutlass : kSkinnyMaxM)) return DSATTN_INT8_PATH_SKINNY;
   return DSATTN_INT8_PATH_TILED;
 }
 
@@ -1041,7 +847,9 @@ extern "C" size_t dsattn_int8_matmul_workspace_size(const dsattn_int8_matmul_par
     need = std::max(need, skinny_workspace(m, p->N, p->K));
     if (m == p->M) break;
   }
-  return need;
+  // The CUTLASS path's scratch (group scales) does not depend on M; required for every M, since
+  // params.path may force the tiled path at any M.
+  return std::max(need, cutlass_workspace(*p));
 }
 
 extern "C" cudaError_t dsattn_int8_matmul(const dsattn_int8_matmul_params* p, void* workspace, size_t workspace_bytes,
@@ -1055,18 +863,24 @@ extern "C" cudaError_t dsattn_int8_matmul(const dsattn_int8_matmul_params* p, vo
   if (!aligned(p->input, 16) || !aligned(p->weight, 16) || !aligned(p->output, 16) ||
       !aligned(p->weight_scale, 4) || (p->bias && !aligned(p->bias, es)))
     return cudaErrorInvalidValue;
-  if (path == DSATTN_INT8_PATH_AUTO) path = choose_path(p);
+  const bool cutlass = (path == DSATTN_INT8_PATH_AUTO || path == DSATTN_INT8_PATH_TILED) && tiled_supported(p) &&
+                       cutlass_usable(*p);
+  if (path == DSATTN_INT8_PATH_AUTO) path = choose_path(p, cutlass);
   if ((path == DSATTN_INT8_PATH_FP32) != (p->dtype == DSATTN_FLOAT32)) return cudaErrorInvalidValue;
   if ((path == DSATTN_INT8_PATH_TILED || path == DSATTN_INT8_PATH_TILED_MMA) && !tiled_supported(p))
     return cudaErrorInvalidValue;
-  // One rule for every path (the plugin sizes the workspace once): the scratch of
-  // dsattn_int8_matmul_workspace_size, which covers every path of these params.
-  const size_t need = p->dtype == DSATTN_FLOAT32 ? 0 : skinny_workspace(p->M, p->N, p->K);
+  // One rule for every path and device (the plugin sizes the workspace once): the scratch this M
+  // needs on any path, which dsattn_int8_matmul_workspace_size bounds.
+  const size_t need =
+      p->dtype == DSATTN_FLOAT32 ? 0 : std::max(skinny_workspace(p->M, p->N, p->K), cutlass_workspace(*p));
   if (need > 0 && (!workspace || workspace_bytes < need)) return cudaErrorInvalidValue;
   const bool f16 = p->dtype == DSATTN_FLOAT16;
   switch (path) {
     case DSATTN_INT8_PATH_FP32: return launch_fp32(*p, stream);
-    case DSATTN_INT8_PATH_TILED: return f16 ? launch_tiled<__half>(*p, stream) : launch_tiled<__nv_bfloat16>(*p, stream);
+    case DSATTN_INT8_PATH_TILED:
+      if (cutlass)
+        return f16 ? launch_cutlass<__half>(*p, workspace, stream) : launch_cutlass<__nv_bfloat16>(*p, workspace, stream);
+      return f16 ? launch_tiled_mma<__half>(*p, stream) : launch_tiled_mma<__nv_bfloat16>(*p, stream);
     case DSATTN_INT8_PATH_TILED_MMA:
       return f16 ? launch_tiled_mma<__half>(*p, stream) : launch_tiled_mma<__nv_bfloat16>(*p, stream);
     default:

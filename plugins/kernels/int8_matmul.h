@@ -2,19 +2,27 @@
 //
 //   output[m, n] = sum_k input[m, k] * (weight_scale[n, k / group] * weight[n, k]) + bias[n]
 //
-// with group = K when group_size == 0 (per output channel). Accumulation is fp32; scales are
-// applied in fp32 (to per-group partial sums, or, on the large-M wgmma path with group_size > 0,
-// to each weight before rounding it to T). The dequantized weight is never written to device
-// memory: int8 tiles are converted to T in registers / shared memory.
+// with group = K when group_size == 0 (per output channel). Accumulation is fp32. The dequantized
+// weight is never written to device memory: int8 tiles are converted to T in registers / shared
+// memory.
 //
 // Paths (chosen inside dsattn_int8_matmul by M and dtype; params.path forces one for tests):
-//   - M <= 160: weight-streaming tensor-core kernel (mma.sync, int8 converted in registers),
+//   - small M: weight-streaming tensor-core kernel (mma.sync, int8 converted in registers),
 //     split-K through the workspace when N is small; also the path for group sizes that are not
-//     multiples of 64;
-//   - larger M: tiled tensor-core kernel (wgmma on sm_90a with the int8 tile converted in shared
-//     memory; mma.sync elsewhere); group scales are folded into the converted weight (q * scale
-//     in fp32, rounded once to T) on the wgmma path, applied to fp32 sums elsewhere;
+//     multiples of 64. It runs M <= 32 where the CUTLASS kernel below is available, else M <= 160;
+//   - larger M: tiled tensor-core kernel. On a compute capability 9.0 device, when the library was
+//     built with the sm_90a CUTLASS sources and N % 8 == 0: CUTLASS's warp-specialised
+//     mixed-input GEMM (TMA, register-sourced wgmma on the int8 weight converted in registers);
+//     elsewhere an mma.sync kernel;
 //   - float32 T: a simple CUDA-core path (correct, not tuned).
+//
+// Numerics (fp16 / bf16): int8 -> T conversion is exact. Per channel, every path multiplies the
+// fp32 sum by the fp32 scale and adds the bias in fp32, rounding to T once. Group scales: the
+// skinny and mma.sync kernels multiply fp32 per-group partial sums by the fp32 scale; the CUTLASS
+// kernel normalises each row's scales by their largest magnitude smax[n] (fp32), multiplies each
+// weight by rel = T(scale / smax[n]) in T (q * rel rounded to T once), accumulates in fp32 and
+// applies smax[n] and the bias in fp32 at the end. rel lies in [-1, 1], so fp16 does not lose the
+// bits of small raw scales to its subnormal range (only ratios below 2^-14 within one row would).
 //
 // CUDA headers only: no TensorRT, no PyTorch. Thread-safety: the functions keep no state; calls
 // on different streams may run concurrently provided they do not share a workspace.
@@ -38,10 +46,11 @@ extern "C" {
 // a path that does not support the call's dtype / group_size is rejected (cudaErrorInvalidValue).
 #define DSATTN_INT8_PATH_AUTO 0       // choose by dtype, M and group_size
 // SKINNY: weight streaming; fp16/bf16, any valid group_size, any M (slow for large M).
-// TILED: tensor-core tiles (wgmma on sm_90a, else mma.sync); fp16/bf16, group_size 0 or % 64 == 0.
+// TILED: the best tiled kernel for the device and shape (CUTLASS on sm_90 where it applies, else
+// mma.sync); fp16/bf16, group_size 0 or % 64 == 0.
 // FP32: float32 T only.
-// TILED_MMA: the mma.sync tiled kernel even where wgmma applies (keeps the sm_80 path testable on
-// an H100); same conditions as TILED.
+// TILED_MMA: the mma.sync tiled kernel even where CUTLASS applies (keeps the sm_80 path testable
+// on an H100); same conditions as TILED.
 #define DSATTN_INT8_PATH_SKINNY 1
 #define DSATTN_INT8_PATH_TILED 2
 #define DSATTN_INT8_PATH_FP32 3
@@ -61,11 +70,14 @@ typedef struct dsattn_int8_matmul_params {
   int32_t path;               // DSATTN_INT8_PATH_AUTO (0), or a forced kernel path (tests, benchmarks)
 } dsattn_int8_matmul_params;
 
-// Bytes of scratch device memory dsattn_int8_matmul needs (split-K partial sums of the small-M
-// path, fp32; nonzero only when N is small, e.g. N 4096 at M <= 64). The value is an upper bound
-// for every M' <= p->M with the same N, K and dtype, so a plugin can size it once for its largest M.
-// Depends on M, N, K and dtype only (not on pointers). 0 when no scratch is needed and for params
-// that dsattn_int8_matmul would reject.
+// Bytes of scratch device memory dsattn_int8_matmul needs: split-K partial sums of the small-M
+// path (fp32; nonzero only when N is small, e.g. N 4096 at M <= 64) and, for group_size a multiple
+// of 64 with N % 8 == 0 in a build with the sm_90a CUTLASS sources, the CUTLASS path's normalised
+// group scales (4 N + 2 N K / group_size bytes, rounded up; at any M >= 1, since params.path may
+// force that path). The value is an upper bound for every M' <= p->M with the same N, K,
+// group_size and dtype, so a plugin can size it once for its largest M. Depends on those sizes
+// only (not on pointers, not on the device). 0 when no scratch is needed and for params that
+// dsattn_int8_matmul would reject. Any alignment of the workspace pointer is accepted.
 size_t dsattn_int8_matmul_workspace_size(const dsattn_int8_matmul_params* p);
 
 // Enqueues the matmul on `stream`. Validates host-side and returns cudaErrorInvalidValue (nothing

@@ -1,6 +1,6 @@
-// Hopper (sm_90a) PTX wrappers shared by the wgmma kernels (int8_matmul.cu's tiled path,
-// softmax_context_prefill_sm90.cu). Device-side only; the functions are inline, so nothing is
-// emitted unless a kernel compiled for sm_90a uses them. CUDA headers only.
+// Hopper (sm_90a) PTX wrappers of the wgmma kernels (softmax_context_prefill_sm90.cu).
+// Device-side only; the functions are inline, so nothing is emitted unless a kernel compiled for
+// sm_90a uses them. CUDA headers only.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -1,0 +1,66 @@
+// Int8MatMul's large-M path on Hopper (sm_90a): CUTLASS's warp-specialised mixed-input GEMM
+// (TMA loads, one producer warp, two consumer warpgroups converting the int8 tile in registers and
+// issuing register-sourced wgmma). Internal to libdsattn_kernels.so: int8_matmul.cu calls these
+// only when the library was built with the sm_90a sources (DSATTN_HAVE_SM90_LIBS) and the device is
+// compute capability 9.0; the sources exist in sm_90a code only.
+//
+// The narrow operand of CUTLASS's mixed-input mainloop must be its A operand (A goes through the
+// registers), so the GEMM is computed transposed: A = weight [N, K] (K-major), B = input [M, K]
+// (K-major), D = output^T [N, M] column-major, which is exactly our row-major [M, N] output.
+// Per-row (of D, i.e. per output feature n) scale and bias are applied in the epilogue in fp32.
+//
+// Numerics (T = fp16 or bf16, fp32 accumulation):
+//   per channel (group_size 0): q converted to T exactly, sum_k x * q in fp32, then
+//     T(sum * scale[n] + bias[n]) with the fp32 scale (exact, as the other paths);
+//   groups (group_size % 64 == 0): the scales of row n are normalised by their largest magnitude
+//     smax[n] (fp32), rel = T(scale[n, j] / smax[n]) in [-1, 1]; the mainloop multiplies each
+//     converted weight by rel in T (q * rel rounded to T once), and the epilogue computes
+//     T(sum * smax[n] + bias[n]) in fp32. Normalising keeps rel away from fp16's subnormal range
+//     (a raw scale of ~1e-5 would lose most of its bits in fp16); a row whose scales are all zero
+//     gets rel 0 and smax 0.
+#pragma once
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+namespace dsattn::int8_sm90 {
+
+struct GemmArgs {
+  const void* input;   // T [M, K]
+  const int8_t* weight;  // int8 [N, K]
+  const float* scale;  // float32 [N, K / group]
+  const void* bias;    // T [N] or NULL
+  void* output;        // T [M, N]
+  int64_t M, N, K;
+  int64_t group_size;  // 0 = per channel
+};
+
+// The shapes this path takes: N % 8 == 0 (16-byte rows of the transposed output for the TMA store),
+// group_size 0 or a multiple of 64 (the mainloop's k tile; one scale per k tile), M, N, K within
+// int32 (TMA coordinates). Alignment of the pointers is checked by dsattn_int8_matmul (16 bytes).
+inline bool shape_supported(int64_t M, int64_t N, int64_t K, int64_t group_size) {
+  const int64_t lim = 0x7fffffff;
+  return M >= 1 && M <= lim && N >= 8 && N <= lim && N % 8 == 0 && K >= 16 && K <= lim && K % 16 == 0 &&
+         (group_size == 0 || (group_size % 64 == 0 && K % group_size == 0));
+}
+
+// Scratch bytes of a call: with groups, the normalised scales in the layout CUTLASS loads
+// (smax fp32 [N], then rel T [K / group_size, N rounded up to 8], each 256-byte aligned) plus 256
+// bytes to align the caller's pointer; 0 per channel. The same for every M of a shape (the kernel
+// itself takes no workspace: persistent tile scheduler, no stream-K).
+inline size_t workspace_size(int64_t N, int64_t K, int64_t group_size) {
+  if (group_size == 0) return 0;
+  const size_t a = 256;
+  const size_t smax = (size_t(N) * 4 + a - 1) / a * a;
+  const size_t rel = (size_t(K / group_size) * size_t((N + 7) / 8 * 8) * 2 + a - 1) / a * a;
+  return a + smax + rel;
+}
+
+// One instantiation per file (sm90/int8_gemm_sm90_*.cu). Enqueue on `stream`; no host sync, no
+// allocation (CUDA-graph capturable). `workspace` holds workspace_size(...) bytes.
+cudaError_t run_f16_channel(const GemmArgs& a, void* workspace, cudaStream_t stream);
+cudaError_t run_bf16_channel(const GemmArgs& a, void* workspace, cudaStream_t stream);
+cudaError_t run_f16_group(const GemmArgs& a, void* workspace, cudaStream_t stream);
+cudaError_t run_bf16_group(const GemmArgs& a, void* workspace, cudaStream_t stream);
+
+}  // namespace dsattn::int8_sm90
