@@ -4,7 +4,7 @@
 # cases of every kernel path (scripts/sanitize_*.py) and of the plugin harness, then
 # `dsattn bench kernels` (BENCHMARKS.md).
 #   carry: .device/unpack.sh .device/trt-include.tgz .device/ort-include .device/flashinfer-data.tgz .whl
-#          [.device/ort/...]
+#          [.device/deepspeed] [.device/ort/...]
 # Usage: bash scripts/gpu_all.sh [native] [ort] [bench]
 # $OUT gets: summary.txt, pytest_<part>.log, BENCHMARKS.md, logs.tgz (all logs).
 set -uo pipefail
@@ -26,6 +26,10 @@ export PYTHONPATH="${PYTHONPATH:-}"
 # pure-Python wheels the device image lacks (polygraphy), carried in .whl/
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+# DeepSpeed's own inference ops for the bench's DeepSpeed section (scripts/install_deepspeed.sh).
+if [ -d .device/deepspeed ]; then
+  bash scripts/install_deepspeed.sh >"$logs/deepspeed_install.log" 2>&1 && eval "$(bash scripts/install_deepspeed.sh --env)"
 fi
 step install 120 python3 -m pip install -q --no-deps --no-build-isolation -e .
 trt="${TENSORRT_INCLUDE_DIR:-/opt/dsattn/trt/include}"
@@ -83,7 +87,7 @@ if has ort; then
 fi
 if has bench; then
   # BENCH_ARGS (e.g. "--only softmax_context --quick") narrows the run.
-  step bench 300 python3 -m dsattn.tools.cli bench kernels --out "$out/BENCHMARKS.md" ${BENCH_ARGS:-}
+  step bench 500 python3 -m dsattn.tools.cli bench kernels --out "$out/BENCHMARKS.md" ${BENCH_ARGS:-}
   tail -60 "$logs/bench.log"
 fi
 echo; echo "== summary =="; printf '%s\n' "${summary[@]}" | tee "$out/summary.txt"
