@@ -46,8 +46,9 @@ inline bool shape_supported(int64_t M, int64_t N, int64_t K, int64_t group_size)
 
 // Scratch bytes of a call: with groups, the normalised scales in the layout CUTLASS loads
 // (smax fp32 [N], then rel T [K / group_size, N rounded up to 8], each 256-byte aligned) plus 256
-// bytes to align the caller's pointer; 0 per channel. The same for every M of a shape (the kernel
-// itself takes no workspace: persistent tile scheduler, no stream-K).
+// bytes to align the caller's pointer; 0 per channel. The same for every M of a shape (the
+// kernels of KernelId take no scratch of their own: persistent data-parallel scheduler, no
+// stream-K).
 inline size_t workspace_size(int64_t N, int64_t K, int64_t group_size) {
   if (group_size == 0) return 0;
   const size_t a = 256;
@@ -56,11 +57,58 @@ inline size_t workspace_size(int64_t N, int64_t K, int64_t group_size) {
   return a + smax + rel;
 }
 
-// One instantiation per file (sm90/int8_gemm_sm90_*.cu). Enqueue on `stream`; no host sync, no
-// allocation (CUDA-graph capturable). `workspace` holds workspace_size(...) bytes.
+// The kernel configurations the library instantiates (tile, cluster, schedule, scheduler: see
+// KernelConfig in int8_gemm_sm90.cuh). Candidates are timed against each other and cuBLAS outside
+// the library (tools/tuning/); only the ones some shape chooses are compiled in, one .cu per
+// configuration x dtype x scale mode (each CUTLASS instantiation takes about a minute and a few
+// GB of compiler memory).
+enum class KernelId : int {
+  k128x128,  // 128 features x 128 tokens, cooperative, no cluster, persistent
+};
+
+// Which configuration runs M tokens x N output features: the first row with N <= max_n and
+// M <= max_m (the last row takes every shape). One row until the H100 measurements of the
+// tools/tuning candidates choose per shape.
+struct KernelChoice {
+  int64_t max_n, max_m;
+  KernelId kernel;
+};
+constexpr int64_t kAnySize = INT64_MAX;
+constexpr KernelChoice kKernelTable[] = {
+    {kAnySize, kAnySize, KernelId::k128x128},
+};
+inline KernelId choose_kernel(int64_t M, int64_t N) {
+  for (const KernelChoice& c : kKernelTable)
+    if (N <= c.max_n && M <= c.max_m) return c.kernel;
+  return kKernelTable[sizeof(kKernelTable) / sizeof(kKernelTable[0]) - 1].kernel;
+}
+
+// One instantiation per file (sm90/int8_gemm_sm90_<config>_<dtype>_<scales>.cu). Enqueue on
+// `stream`; no host sync, no allocation (CUDA-graph capturable). `workspace` holds
+// workspace_size(...) bytes.
+template <KernelId K>
 cudaError_t run_f16_channel(const GemmArgs& a, void* workspace, cudaStream_t stream);
+template <KernelId K>
 cudaError_t run_bf16_channel(const GemmArgs& a, void* workspace, cudaStream_t stream);
+template <KernelId K>
 cudaError_t run_f16_group(const GemmArgs& a, void* workspace, cudaStream_t stream);
+template <KernelId K>
 cudaError_t run_bf16_group(const GemmArgs& a, void* workspace, cudaStream_t stream);
+
+// The kernel of configuration K for the call's dtype and scale mode.
+template <KernelId K>
+cudaError_t run_kernel(const GemmArgs& a, bool f16, void* workspace, cudaStream_t stream) {
+  if (a.group_size == 0)
+    return f16 ? run_f16_channel<K>(a, workspace, stream) : run_bf16_channel<K>(a, workspace, stream);
+  return f16 ? run_f16_group<K>(a, workspace, stream) : run_bf16_group<K>(a, workspace, stream);
+}
+
+// choose_kernel's configuration; a KernelId added above gets its case here.
+inline cudaError_t run(const GemmArgs& a, bool f16, void* workspace, cudaStream_t stream) {
+  switch (choose_kernel(a.M, a.N)) {
+    case KernelId::k128x128: return run_kernel<KernelId::k128x128>(a, f16, workspace, stream);
+  }
+  return cudaErrorInvalidValue;
+}
 
 }  // namespace dsattn::int8_sm90
