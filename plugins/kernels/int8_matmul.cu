@@ -711,15 +711,29 @@ size_t cutlass_workspace(const dsattn_int8_matmul_params& p) {
 #endif
 }
 
-// The CUTLASS kernel of the call's scale mode and dtype (cutlass_usable(prm) was checked).
+#if DSATTN_HAVE_SM90_LIBS
+// The kernel of configuration K for the call's dtype and scale mode.
+template <dsattn::int8_sm90::KernelId K>
+cudaError_t run_cutlass_kernel(const dsattn::int8_sm90::GemmArgs& a, bool f16, void* ws, cudaStream_t s) {
+  namespace c = dsattn::int8_sm90;
+  if (a.group_size == 0) return f16 ? c::run_f16_channel<K>(a, ws, s) : c::run_bf16_channel<K>(a, ws, s);
+  return f16 ? c::run_f16_group<K>(a, ws, s) : c::run_bf16_group<K>(a, ws, s);
+}
+#endif
+
+// The CUTLASS kernel of the call's scale mode and dtype, in the configuration int8_gemm_sm90.h's
+// table gives its M and N (cutlass_usable(prm) was checked). A KernelId added there gets its case.
 template <typename T>
 cudaError_t launch_cutlass(const dsattn_int8_matmul_params& prm, void* ws, cudaStream_t s) {
 #if DSATTN_HAVE_SM90_LIBS
   namespace c = dsattn::int8_sm90;
   const c::GemmArgs a{prm.input, prm.weight, prm.weight_scale, prm.bias, prm.output,
                       prm.M, prm.N, prm.K, prm.group_size};
-  // The configuration comes from int8_gemm_sm90.h's table (by M and N).
-  return c::run(a, std::is_same<T, __half>::value, ws, s);
+  constexpr bool f16 = std::is_same<T, __half>::value;
+  switch (c::choose_kernel(prm.M, prm.N)) {
+    case c::KernelId::k128x128: return run_cutlass_kernel<c::KernelId::k128x128>(a, f16, ws, s);
+  }
+  return cudaErrorInvalidValue;
 #else
   (void)prm;
   (void)ws;

@@ -83,9 +83,10 @@ inline KernelId choose_kernel(int64_t M, int64_t N) {
   return kKernelTable[sizeof(kKernelTable) / sizeof(kKernelTable[0]) - 1].kernel;
 }
 
-// One instantiation per file (sm90/int8_gemm_sm90_<config>_<dtype>_<scales>.cu). Enqueue on
-// `stream`; no host sync, no allocation (CUDA-graph capturable). `workspace` holds
-// workspace_size(...) bytes.
+// One instantiation per file (sm90/int8_gemm_sm90_<config>_<dtype>_<scales>.cu), called by
+// int8_matmul.cu's dispatch (kept out of this header: a call here would instantiate every
+// configuration in each file that includes the definitions). Enqueue on `stream`; no host sync,
+// no allocation (CUDA-graph capturable). `workspace` holds workspace_size(...) bytes.
 template <KernelId K>
 cudaError_t run_f16_channel(const GemmArgs& a, void* workspace, cudaStream_t stream);
 template <KernelId K>
@@ -94,21 +95,5 @@ template <KernelId K>
 cudaError_t run_f16_group(const GemmArgs& a, void* workspace, cudaStream_t stream);
 template <KernelId K>
 cudaError_t run_bf16_group(const GemmArgs& a, void* workspace, cudaStream_t stream);
-
-// The kernel of configuration K for the call's dtype and scale mode.
-template <KernelId K>
-cudaError_t run_kernel(const GemmArgs& a, bool f16, void* workspace, cudaStream_t stream) {
-  if (a.group_size == 0)
-    return f16 ? run_f16_channel<K>(a, workspace, stream) : run_bf16_channel<K>(a, workspace, stream);
-  return f16 ? run_f16_group<K>(a, workspace, stream) : run_bf16_group<K>(a, workspace, stream);
-}
-
-// choose_kernel's configuration; a KernelId added above gets its case here.
-inline cudaError_t run(const GemmArgs& a, bool f16, void* workspace, cudaStream_t stream) {
-  switch (choose_kernel(a.M, a.N)) {
-    case KernelId::k128x128: return run_kernel<KernelId::k128x128>(a, f16, workspace, stream);
-  }
-  return cudaErrorInvalidValue;
-}
 
 }  // namespace dsattn::int8_sm90
