@@ -732,6 +732,7 @@ cudaError_t launch_cutlass(const dsattn_int8_matmul_params& prm, void* ws, cudaS
   constexpr bool f16 = std::is_same<T, __half>::value;
   switch (c::choose_kernel(prm.M, prm.N)) {
     case c::KernelId::k128x128: return run_cutlass_kernel<c::KernelId::k128x128>(a, f16, ws, s);
+    case c::KernelId::k128x256: return run_cutlass_kernel<c::KernelId::k128x256>(a, f16, ws, s);
   }
   return cudaErrorInvalidValue;
 #else

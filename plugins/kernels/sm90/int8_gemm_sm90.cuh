@@ -108,6 +108,12 @@ template <>
 struct KernelConfig<KernelId::k128x128> {
   using type = Config<128, 128, 1, 1, false, false>;
 };
+// 128 x 256 cooperative, no cluster, persistent: half the int8 -> T conversions per FLOP of 128 x
+// 128 (each warpgroup converts its weight fragment once for 256 tokens).
+template <>
+struct KernelConfig<KernelId::k128x256> {
+  using type = Config<128, 256, 1, 1, false, false>;
+};
 
 template <typename Cfg, typename T>  // T: cutlass::half_t or cutlass::bfloat16_t
 struct EpilogueOf {

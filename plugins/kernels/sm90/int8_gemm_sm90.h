@@ -64,18 +64,30 @@ inline size_t workspace_size(int64_t N, int64_t K, int64_t group_size) {
 // GB of compiler memory).
 enum class KernelId : int {
   k128x128,  // 128 features x 128 tokens, cooperative, no cluster, persistent
+  k128x256,  // 128 features x 256 tokens, cooperative, no cluster, persistent
 };
 
 // Which configuration runs M tokens x N output features: the first row with N <= max_n and
-// M <= max_m (the last row takes every shape). One row until the H100 measurements of the
-// tools/tuning candidates choose per shape.
+// M <= max_m (the last row takes every shape). From the tools/tuning run on the H100 (K 4096, fp16 /
+// bf16, per-channel / group 128; microseconds, 128x128 vs 128x256): 128 x 256 converts each int8
+// weight once per 256 tokens instead of 128 (M 2048, N 12288: 322 vs 294 per channel, 379 vs 307
+// group 128), and wins wherever its tile count fills the 132 SMs as evenly (M 256 at N 12288: one
+// partial wave either way, 52.8 vs 45.6; M 1024 at N 4096: 53.9 vs 47.8); 128 x 128 wins where its
+// twice as many tiles fill the waves better (M 512 at N 12288: 2.9 waves vs 1.45, 79.9 vs 89.0; M
+// <= 512 at N 4096) and where 256 tokens would be mostly padding (M <= 128). Stream-K, ping-pong,
+// 64 x 128 and 2x1 clusters were measured too and are not instantiated (tools/tuning/README.md).
 struct KernelChoice {
   int64_t max_n, max_m;
   KernelId kernel;
 };
 constexpr int64_t kAnySize = INT64_MAX;
 constexpr KernelChoice kKernelTable[] = {
-    {kAnySize, kAnySize, KernelId::k128x128},
+    {4096, 512, KernelId::k128x128},
+    {4096, kAnySize, KernelId::k128x256},
+    {kAnySize, 128, KernelId::k128x128},
+    {kAnySize, 256, KernelId::k128x256},
+    {kAnySize, 512, KernelId::k128x128},
+    {kAnySize, kAnySize, KernelId::k128x256},
 };
 inline KernelId choose_kernel(int64_t M, int64_t N) {
   for (const KernelChoice& c : kKernelTable)
