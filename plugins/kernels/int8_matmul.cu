@@ -1,8 +1,8 @@
 // dsattn::Int8MatMul kernels: y = x @ dequant(W)^T + bias with an int8 [N, K] weight (OPS.md §3).
 //
 // Three paths, chosen by dsattn_int8_matmul (see choose_path):
-//  * skinny (M <= 32 where the CUTLASS kernel runs, else M <= 160; and the fallback for any valid
-//    group size): a weight-streaming kernel that
+//  * skinny (where the CUTLASS kernel runs: M <= 32, or M <= 64 when N <= 4096; else M <= 160;
+//    and the fallback for any valid group size): a weight-streaming kernel that
 //    computes y^T = W x^T on the tensor cores ("swap AB": 16 weight rows are the mma's M side, up
 //    to 8 tokens its N side). Each lane loads 16 contiguous int8 weights with one 16-byte
 //    streaming load, converts them to T in registers (exact: |q| <= 128 fits T's mantissa) and
@@ -711,7 +711,18 @@ size_t cutlass_workspace(const dsattn_int8_matmul_params& p) {
 #endif
 }
 
-// The CUTLASS kernel of the call's scale mode and dtype (cutlass_usable(prm) was checked).
+#if DSATTN_HAVE_SM90_LIBS
+// The kernel of configuration K for the call's dtype and scale mode.
+template <dsattn::int8_sm90::KernelId K>
+cudaError_t run_cutlass_kernel(const dsattn::int8_sm90::GemmArgs& a, bool f16, void* ws, cudaStream_t s) {
+  namespace c = dsattn::int8_sm90;
+  if (a.group_size == 0) return f16 ? c::run_f16_channel<K>(a, ws, s) : c::run_bf16_channel<K>(a, ws, s);
+  return f16 ? c::run_f16_group<K>(a, ws, s) : c::run_bf16_group<K>(a, ws, s);
+}
+#endif
+
+// The CUTLASS kernel of the call's scale mode and dtype, in the configuration int8_gemm_sm90.h's
+// table gives its M and N (cutlass_usable(prm) was checked). A KernelId added there gets its case.
 template <typename T>
 cudaError_t launch_cutlass(const dsattn_int8_matmul_params& prm, void* ws, cudaStream_t s) {
 #if DSATTN_HAVE_SM90_LIBS
@@ -719,8 +730,11 @@ cudaError_t launch_cutlass(const dsattn_int8_matmul_params& prm, void* ws, cudaS
   const c::GemmArgs a{prm.input, prm.weight, prm.weight_scale, prm.bias, prm.output,
                       prm.M, prm.N, prm.K, prm.group_size};
   constexpr bool f16 = std::is_same<T, __half>::value;
-  if (prm.group_size == 0) return f16 ? c::run_f16_channel(a, ws, s) : c::run_bf16_channel(a, ws, s);
-  return f16 ? c::run_f16_group(a, ws, s) : c::run_bf16_group(a, ws, s);
+  switch (c::choose_kernel(prm.M, prm.N)) {
+    case c::KernelId::k128x128: return run_cutlass_kernel<c::KernelId::k128x128>(a, f16, ws, s);
+    case c::KernelId::k128x256: return run_cutlass_kernel<c::KernelId::k128x256>(a, f16, ws, s);
+  }
+  return cudaErrorInvalidValue;
 #else
   (void)prm;
   (void)ws;
@@ -814,13 +828,24 @@ bool tiled_supported(const dsattn_int8_matmul_params* p) {
 }
 
 // Crossovers between the weight-streaming skinny kernel and the tiled kernels: the largest M that
-// runs skinny. Up to 32 tokens one skinny block holds every token (4 n8 tiles), so the weights
-// stream from HBM once at the full rate (1.7-1.8x cuBLAS fp16 at M <= 16); past 32 it reads each
-// weight tile again per 32-token group and is down to 0.92-0.99x cuBLAS at M 64 (H100, KERNELS.md),
-// while the CUTLASS kernel's time stays nearly flat up to its 128-token tile. Chosen from that
-// design argument; awaits the H100 crossover measurement (tools/bench_int8_matmul.py times both
-// paths forced at M 32..512, both scale modes).
-constexpr int64_t kSkinnyMaxMCutlass = 32;
+// runs skinny, by N. Up to 32 tokens one skinny block holds every token (4 n8 tiles), so the
+// weights stream from HBM once at the full rate (1.7-1.8x cuBLAS fp16 at M <= 16); past 32 it
+// reads each weight tile again per 32-token group. The CUTLASS kernel's time stays nearly flat up
+// to its token tile, but with few output features it has few tiles for 132 SMs: at N 4096, M 64
+// the skinny kernel took 17.8 us against the CUTLASS kernel's 27.2 us (H100, fp16 per channel),
+// while at N 12288 the CUTLASS kernel is ahead from M 64 on. First row with N <= max_n wins.
+struct SkinnyCrossover {
+  int64_t max_n, max_m;
+};
+constexpr SkinnyCrossover kSkinnyMaxMCutlass[] = {
+    {4096, 64},
+    {INT64_MAX, 32},
+};
+int64_t skinny_max_m_cutlass(int64_t N) {
+  for (const SkinnyCrossover& c : kSkinnyMaxMCutlass)
+    if (N <= c.max_n) return c.max_m;
+  return kSkinnyMaxMCutlass[sizeof(kSkinnyMaxMCutlass) / sizeof(kSkinnyMaxMCutlass[0]) - 1].max_m;
+}
 // Where the CUTLASS kernel cannot run (no sm_90a build, another device, N % 8 != 0), the tiled
 // path is the mma.sync kernel; 160 is the crossover measured on the H100 against the earlier
 // (faster) wgmma tiled kernel, so it is a lower bound for the mma.sync kernel's crossover.
@@ -828,7 +853,8 @@ constexpr int64_t kSkinnyMaxM = 160;
 
 int choose_path(const dsattn_int8_matmul_params* p, bool cutlass) {
   if (p->dtype == DSATTN_FLOAT32) return DSATTN_INT8_PATH_FP32;
-  if (!tiled_supported(p) || p->M <= (cutlass ? kSkinnyMaxMCutlass : kSkinnyMaxM)) return DSATTN_INT8_PATH_SKINNY;
+  if (!tiled_supported(p) || p->M <= (cutlass ? skinny_max_m_cutlass(p->N) : kSkinnyMaxM))
+    return DSATTN_INT8_PATH_SKINNY;
   return DSATTN_INT8_PATH_TILED;
 }
 

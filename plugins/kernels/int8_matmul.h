@@ -9,7 +9,8 @@
 // Paths (chosen inside dsattn_int8_matmul by M and dtype; params.path forces one for tests):
 //   - small M: weight-streaming tensor-core kernel (mma.sync, int8 converted in registers),
 //     split-K through the workspace when N is small; also the path for group sizes that are not
-//     multiples of 64. It runs M <= 32 where the CUTLASS kernel below is available, else M <= 160;
+//     multiples of 64. It runs M <= 32 (M <= 64 when N <= 4096) where the CUTLASS kernel below is
+//     available, else M <= 160;
 //   - larger M: tiled tensor-core kernel. On a compute capability 9.0 device, when the library was
 //     built with the sm_90a CUTLASS sources and N % 8 == 0: CUTLASS's warp-specialised
 //     mixed-input GEMM (TMA, register-sourced wgmma on the int8 weight converted in registers);

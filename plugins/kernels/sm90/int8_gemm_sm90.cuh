@@ -1,6 +1,6 @@
 // CUTLASS mixed-input GEMM behind int8_gemm_sm90.h (layouts, numerics and shapes: see there).
-// Included by one .cu per (dtype, scale mode): each instantiates one kernel, since a CUTLASS
-// mainloop + epilogue instantiation takes minutes and GBs of compiler memory.
+// Included by one .cu per (configuration, dtype, scale mode): each instantiates one kernel, since
+// a CUTLASS mainloop + epilogue instantiation takes minutes and GBs of compiler memory.
 #pragma once
 #include "int8_gemm_sm90.h"
 
@@ -77,16 +77,47 @@ namespace dsattn::int8_sm90 {
 
 using namespace cute;
 
-// 128 (output features) x 128 (tokens) x 64 (k) tiles, cooperative schedule (both consumer
-// warpgroups on one tile), no cluster: the k tile of 64 is the smallest group size this path
-// takes (CUTLASS loads one scale per k tile), and one tile of 128 tokens keeps the transposed
-// problem's N side (tokens) from being padded much at the M where this path starts.
-using TileShape = Shape<_128, _128, _64>;
-using ClusterShape = Shape<_1, _1, _1>;
-constexpr int kTileK = 64;
+// A kernel configuration. Tile: TILE_N output features (CUTLASS's M side, the int8 weight rows
+// each consumer warpgroup converts) x TILE_T tokens (CUTLASS's N side) x 64 k; the k tile of 64 is
+// the smallest group size this path takes (CUTLASS loads one scale per k tile). Each converted
+// weight feeds TILE_T tokens' worth of wgmma, so a wider token tile spends less conversion per
+// flop, while a narrower one pads less at small M. Cluster CLUSTER_N x CLUSTER_T CTAs (TMA
+// multicast of the shared operand), cooperative (both consumer warpgroups on one tile, TILE_N >=
+// 128) or ping-pong (one tile per warpgroup, epilogue overlapped with the other's mainloop)
+// schedule, persistent data-parallel or stream-K tile scheduler (stream-K needs a kernel
+// workspace, see run_config()). The library instantiates the configurations of int8_gemm_sm90.h's
+// KernelId enum (KernelConfig below); others are tuning candidates built outside the library.
+template <int TILE_N, int TILE_T, int CLUSTER_N, int CLUSTER_T, bool PINGPONG, bool STREAM_K>
+struct Config {
+  using TileShape = Shape<Int<TILE_N>, Int<TILE_T>, _64>;
+  using ClusterShape = Shape<Int<CLUSTER_N>, Int<CLUSTER_T>, _1>;
+  using KernelSchedule = cute::conditional_t<PINGPONG, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
+                                             cutlass::gemm::KernelTmaWarpSpecializedCooperative>;
+  using EpilogueSchedule = cute::conditional_t<PINGPONG, cutlass::epilogue::TmaWarpSpecialized,
+                                               cutlass::epilogue::TmaWarpSpecializedCooperative>;
+  using TileScheduler = cute::conditional_t<STREAM_K, cutlass::gemm::StreamKScheduler, cutlass::gemm::PersistentScheduler>;
+  static_assert(PINGPONG || TILE_N >= 128, "the cooperative schedule splits the tile's rows over two warpgroups");
+  static_assert(!(PINGPONG && STREAM_K), "CUTLASS's ping-pong kernel has no stream-K scheduler");
+};
 
-template <typename T>  // cutlass::half_t or cutlass::bfloat16_t
+template <KernelId K>
+struct KernelConfig;
+// 128 x 128 cooperative, no cluster, persistent: one tile of 128 tokens keeps the transposed
+// problem's token side from being padded much at the M where this path starts.
+template <>
+struct KernelConfig<KernelId::k128x128> {
+  using type = Config<128, 128, 1, 1, false, false>;
+};
+// 128 x 256 cooperative, no cluster, persistent: half the int8 -> T conversions per FLOP of 128 x
+// 128 (each warpgroup converts its weight fragment once for 256 tokens).
+template <>
+struct KernelConfig<KernelId::k128x256> {
+  using type = Config<128, 256, 1, 1, false, false>;
+};
+
+template <typename Cfg, typename T>  // T: cutlass::half_t or cutlass::bfloat16_t
 struct EpilogueOf {
+  using TileShape = typename Cfg::TileShape;
   // D = T(scale_row * acc + bias_row), fp32 compute; a NULL bias reads as 0. Alignment 1: the
   // caller's scale and bias pointers are only element-aligned, and each thread reads the values of
   // its own rows (not contiguous in the wgmma accumulator layout) anyway.
@@ -98,26 +129,27 @@ struct EpilogueOf {
       cutlass::epilogue::fusion::Sm90AccFetch,
       cutlass::epilogue::fusion::Sm90ColBroadcast<0, TileShape, T, float, RowVec, 1>>;
   using Collective = typename cutlass::epilogue::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, typename Cfg::ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, float, float,
       void, cutlass::layout::ColumnMajor, 8,  // no C operand
       T, cutlass::layout::ColumnMajor, 8,     // D = output^T [N, M], column-major = output [M, N]
-      cutlass::epilogue::TmaWarpSpecializedCooperative, Fusion>::CollectiveOp;
+      typename Cfg::EpilogueSchedule, Fusion>::CollectiveOp;
 };
 
-template <typename T, bool GROUPED>
+template <typename Cfg, typename T, bool GROUPED>
 struct GemmOf {
-  using Epilogue = typename EpilogueOf<T>::Collective;
+  using Epilogue = typename EpilogueOf<Cfg, T>::Collective;
   // A: the int8 weight (with its T group scales when grouped), K-major; B: the input, K-major.
   using ElementA = cute::conditional_t<GROUPED, cute::tuple<int8_t, T>, int8_t>;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,
       ElementA, cutlass::layout::RowMajor, 16,
       T, cutlass::layout::ColumnMajor, 8,
-      float, TileShape, ClusterShape,
+      float, typename Cfg::TileShape, typename Cfg::ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-      cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>;
+      typename Cfg::KernelSchedule>::CollectiveOp;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue,
+                                                      typename Cfg::TileScheduler>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 };
 
@@ -143,9 +175,12 @@ __global__ void __launch_bounds__(256) group_scale_kernel(const float* __restric
   for (int64_t j = 0; j < G; ++j) rel[j * ld + n] = T(__ldg(s + j) * inv);
 }
 
-template <typename T, bool GROUPED>
-cudaError_t run(const GemmArgs& a, void* workspace, cudaStream_t stream) {
-  using G = GemmOf<T, GROUPED>;
+// kernel_ws: the CUTLASS kernel's own scratch (stream-K partial tiles), kernel_ws_bytes of it; the
+// library's configurations take none (nullptr, 0), and a configuration needing more fails the call.
+template <typename Cfg, typename T, bool GROUPED>
+cudaError_t run_config(const GemmArgs& a, void* workspace, cudaStream_t stream, void* kernel_ws = nullptr,
+                       size_t kernel_ws_bytes = 0) {
+  using G = GemmOf<Cfg, T, GROUPED>;
   using Gemm = typename G::Gemm;
   using Mainloop = typename G::Mainloop;
   using Epilogue = typename G::Epilogue;
@@ -193,10 +228,10 @@ cudaError_t run(const GemmArgs& a, void* workspace, cudaStream_t stream) {
 
   Gemm gemm;
   if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
-  // The persistent tile scheduler of this kernel needs no workspace (no stream-K reduction);
-  // workspace_size() reserves none.
-  if (Gemm::get_workspace_size(args) != 0) return cudaErrorNotSupported;
-  if (gemm.initialize(args, nullptr, stream) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
+  // The persistent data-parallel scheduler needs no workspace, and workspace_size() reserves none
+  // for the kernel; stream-K's reduction buffer comes from the caller.
+  if (Gemm::get_workspace_size(args) > kernel_ws_bytes) return cudaErrorNotSupported;
+  if (gemm.initialize(args, kernel_ws, stream) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
   if (gemm.run(stream) != cutlass::Status::kSuccess) {
     e = cudaGetLastError();
     return e != cudaSuccess ? e : cudaErrorLaunchFailure;
@@ -204,4 +239,25 @@ cudaError_t run(const GemmArgs& a, void* workspace, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+}  // namespace dsattn::int8_sm90
+
+namespace dsattn::int8_sm90 {
+// The entry points of int8_gemm_sm90.h; each sm90/int8_gemm_sm90_<config>_<dtype>_<scales>.cu
+// explicitly instantiates one of them for one KernelId.
+template <KernelId K>
+cudaError_t run_f16_channel(const GemmArgs& a, void* workspace, cudaStream_t stream) {
+  return run_config<typename KernelConfig<K>::type, cutlass::half_t, false>(a, workspace, stream);
+}
+template <KernelId K>
+cudaError_t run_bf16_channel(const GemmArgs& a, void* workspace, cudaStream_t stream) {
+  return run_config<typename KernelConfig<K>::type, cutlass::bfloat16_t, false>(a, workspace, stream);
+}
+template <KernelId K>
+cudaError_t run_f16_group(const GemmArgs& a, void* workspace, cudaStream_t stream) {
+  return run_config<typename KernelConfig<K>::type, cutlass::half_t, true>(a, workspace, stream);
+}
+template <KernelId K>
+cudaError_t run_bf16_group(const GemmArgs& a, void* workspace, cudaStream_t stream) {
+  return run_config<typename KernelConfig<K>::type, cutlass::bfloat16_t, true>(a, workspace, stream);
+}
 }  // namespace dsattn::int8_sm90

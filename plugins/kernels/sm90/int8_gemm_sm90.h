@@ -46,8 +46,9 @@ inline bool shape_supported(int64_t M, int64_t N, int64_t K, int64_t group_size)
 
 // Scratch bytes of a call: with groups, the normalised scales in the layout CUTLASS loads
 // (smax fp32 [N], then rel T [K / group_size, N rounded up to 8], each 256-byte aligned) plus 256
-// bytes to align the caller's pointer; 0 per channel. The same for every M of a shape (the kernel
-// itself takes no workspace: persistent tile scheduler, no stream-K).
+// bytes to align the caller's pointer; 0 per channel. The same for every M of a shape (the
+// kernels of KernelId take no scratch of their own: persistent data-parallel scheduler, no
+// stream-K).
 inline size_t workspace_size(int64_t N, int64_t K, int64_t group_size) {
   if (group_size == 0) return 0;
   const size_t a = 256;
@@ -56,11 +57,55 @@ inline size_t workspace_size(int64_t N, int64_t K, int64_t group_size) {
   return a + smax + rel;
 }
 
-// One instantiation per file (sm90/int8_gemm_sm90_*.cu). Enqueue on `stream`; no host sync, no
-// allocation (CUDA-graph capturable). `workspace` holds workspace_size(...) bytes.
+// The kernel configurations the library instantiates (tile, cluster, schedule, scheduler: see
+// KernelConfig in int8_gemm_sm90.cuh). Candidates are timed against each other and cuBLAS outside
+// the library (tools/tuning/); only the ones some shape chooses are compiled in, one .cu per
+// configuration x dtype x scale mode (each CUTLASS instantiation takes about a minute and a few
+// GB of compiler memory).
+enum class KernelId : int {
+  k128x128,  // 128 features x 128 tokens, cooperative, no cluster, persistent
+  k128x256,  // 128 features x 256 tokens, cooperative, no cluster, persistent
+};
+
+// Which configuration runs M tokens x N output features: the first row with N <= max_n and
+// M <= max_m (the last row takes every shape). From the tools/tuning run on the H100 (K 4096, fp16 /
+// bf16, per-channel / group 128; microseconds, 128x128 vs 128x256): 128 x 256 converts each int8
+// weight once per 256 tokens instead of 128 (M 2048, N 12288: 322 vs 294 per channel, 379 vs 307
+// group 128), and wins wherever its tile count fills the 132 SMs as evenly (M 256 at N 12288: one
+// partial wave either way, 52.8 vs 45.6; M 1024 at N 4096: 53.9 vs 47.8); 128 x 128 wins where its
+// twice as many tiles fill the waves better (M 512 at N 12288: 2.9 waves vs 1.45, 79.9 vs 89.0; M
+// <= 512 at N 4096) and where 256 tokens would be mostly padding (M <= 128). Stream-K, ping-pong,
+// 64 x 128 and 2x1 clusters were measured too and are not instantiated (tools/tuning/README.md).
+struct KernelChoice {
+  int64_t max_n, max_m;
+  KernelId kernel;
+};
+constexpr int64_t kAnySize = INT64_MAX;
+constexpr KernelChoice kKernelTable[] = {
+    {4096, 512, KernelId::k128x128},
+    {4096, kAnySize, KernelId::k128x256},
+    {kAnySize, 128, KernelId::k128x128},
+    {kAnySize, 256, KernelId::k128x256},
+    {kAnySize, 512, KernelId::k128x128},
+    {kAnySize, kAnySize, KernelId::k128x256},
+};
+inline KernelId choose_kernel(int64_t M, int64_t N) {
+  for (const KernelChoice& c : kKernelTable)
+    if (N <= c.max_n && M <= c.max_m) return c.kernel;
+  return kKernelTable[sizeof(kKernelTable) / sizeof(kKernelTable[0]) - 1].kernel;
+}
+
+// One instantiation per file (sm90/int8_gemm_sm90_<config>_<dtype>_<scales>.cu), called by
+// int8_matmul.cu's dispatch (kept out of this header: a call here would instantiate every
+// configuration in each file that includes the definitions). Enqueue on `stream`; no host sync,
+// no allocation (CUDA-graph capturable). `workspace` holds workspace_size(...) bytes.
+template <KernelId K>
 cudaError_t run_f16_channel(const GemmArgs& a, void* workspace, cudaStream_t stream);
+template <KernelId K>
 cudaError_t run_bf16_channel(const GemmArgs& a, void* workspace, cudaStream_t stream);
+template <KernelId K>
 cudaError_t run_f16_group(const GemmArgs& a, void* workspace, cudaStream_t stream);
+template <KernelId K>
 cudaError_t run_bf16_group(const GemmArgs& a, void* workspace, cudaStream_t stream);
 
 }  // namespace dsattn::int8_sm90

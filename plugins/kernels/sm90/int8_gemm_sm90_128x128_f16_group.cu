@@ -1,0 +1,7 @@
+// Int8MatMul on sm_90a, f16, group scales (group_size % 64 == 0) in the mainloop, configuration
+// KernelId::k128x128: one CUTLASS instantiation (int8_gemm_sm90.cuh).
+#include "int8_gemm_sm90.cuh"
+
+namespace dsattn::int8_sm90 {
+template cudaError_t run_f16_group<KernelId::k128x128>(const GemmArgs&, void*, cudaStream_t);
+}  // namespace dsattn::int8_sm90
