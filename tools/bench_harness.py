@@ -139,27 +139,6 @@ def short_kernel_name(name: str) -> str:
     return n[:cut].split("::")[-1].strip() or name
 
 
-def device_time_us(fn, *, iters: int = 5) -> float:
-    """Average device time per call of ``fn()``: every kernel it launches (CUDA profiler activity
-    records, device events only), over ``iters`` calls after one warm-up call. The attention-only
-    baselines (cuDNN SDPA) are timed this way, like our kernels, so that launch and host overheads of
-    eager calls count on neither side."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
-    tot = 0.0
-    for ev in prof.events():
-        if ev.device_type.name == "CUDA":
-            tot += ev.device_time if hasattr(ev, "device_time") else ev.cuda_time
-    return tot / iters
-
-
 def rotation_count(bytes_per_set: int, minimum: int = 2) -> int:
     """Input sets so that one sweep exceeds 2x L2 (each call then reads from HBM)."""
     return max(minimum, -(-2 * L2_BYTES // max(1, bytes_per_set)))
