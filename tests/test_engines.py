@@ -13,6 +13,7 @@ import types
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from trt_standin import StandInContext
 
 from dsattn.engines import build as build_mod
 from dsattn.engines import profiles
@@ -237,20 +238,6 @@ class _FakeTRT(types.SimpleNamespace):
             def __init__(self, level):
                 pass
 
-        class Context:
-            def __init__(self):
-                self.shapes, self.addr = {}, {}
-
-            def set_input_shape(self, name, shape):
-                self.shapes[name] = shape
-                return True
-
-            def set_tensor_address(self, name, ptr):
-                self.addr[name] = ptr
-
-            def get_tensor_shape(self, name):
-                return {"output": self.shapes["hidden_states"], "present_key": self.shapes["past_key"]}[name]
-
         class Engine:
             names = ["hidden_states", "past_key", "output", "present_key"]
             num_io_tensors = 4
@@ -268,7 +255,8 @@ class _FakeTRT(types.SimpleNamespace):
                 return "past_key" if n == "present_key" else None
 
             def create_execution_context(self):
-                trt.context = Context()
+                trt.context = StandInContext(
+                    lambda shapes, n: {"output": shapes["hidden_states"], "present_key": shapes["past_key"]}[n])
                 return trt.context
 
         class Registry:

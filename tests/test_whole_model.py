@@ -13,6 +13,7 @@ import torch
 
 pytest.importorskip("transformers")
 
+from trt_standin import StandInContext  # noqa: E402
 from whole_cases import FAMILIES, make_checkpoint  # noqa: E402
 
 from dsattn.export.model_onnx import export_hf_model  # noqa: E402
@@ -460,20 +461,9 @@ def test_trt_runtime_binds_presents_to_their_past_buffers(exported):
     _, out, _ = exported("llama")
     em = ExportedModel.open(out)
 
-    class Ctx:
-        def __init__(self):
-            self.shapes, self.addr = {}, {}
-
-        def set_input_shape(self, name, shape):
-            self.shapes[name] = shape
-            return True
-
-        def set_tensor_address(self, name, ptr):
-            self.addr[name] = ptr
-
-        def get_tensor_shape(self, name):  # what the engine infers from the bound input shapes
-            B, S = self.shapes["input_ids"]
-            return (B, S, em.spec.vocab_size) if name == "logits" else self.shapes[name.replace("present_", "past_")]
+    def output_shape(shapes, name):  # what the engine infers from the bound input shapes
+        B, S = shapes["input_ids"]
+        return (B, S, em.spec.vocab_size) if name == "logits" else shapes[name.replace("present_", "past_")]
 
     from dsattn.engines.runner import EngineRunner
 
@@ -486,7 +476,7 @@ def test_trt_runtime_binds_presents_to_their_past_buffers(exported):
         aliases = {o: o.replace("present_", "past_") for o in output_names[1:]}
 
         def __init__(self):
-            self._context = Ctx()
+            self._context = StandInContext(output_shape)
             self.ran = 0
 
         def _execute(self):
