@@ -13,17 +13,29 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
-// Whether `kernel` may be launched with programmatic stream serialization on the current device:
-// compute capability >= 9.0 and a binary built for it (the sm_80 build of a fat binary has no
-// griddepcontrol.wait). Cached per device and kernel by the caller's static.
-inline bool pdl_ok(const void* kernel) {
-  int dev = 0, major = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess || major < 9)
-    return false;
+// Lets the next PDL-launched grid of the stream be scheduled before this one ends.
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Whether Kernel may be launched with programmatic stream serialization on the current device:
+// compute capability >= 9.0 and the code that will run compiled for sm_90+ (a fat binary's sm_80
+// code, which a newer GPU could JIT, has no griddepcontrol.wait). Cached per device.
+template <auto Kernel>
+bool pdl_launch_ok() {
+  static int cached[64] = {};  // 0 unknown, 1 no, 2 yes
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  if (cached[dev]) return cached[dev] == 2;
+  int major = 0;
   cudaFuncAttributes fa = {};
-  const bool ok = cudaFuncGetAttributes(&fa, kernel) == cudaSuccess && fa.binaryVersion >= 90;
+  const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+                  major >= 9 && cudaFuncGetAttributes(&fa, reinterpret_cast<const void*>(Kernel)) == cudaSuccess &&
+                  fa.ptxVersion >= 90 && fa.binaryVersion >= 90;
   cudaGetLastError();
+  cached[dev] = ok ? 2 : 1;
   return ok;
 }
 

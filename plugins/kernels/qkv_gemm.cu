@@ -317,7 +317,7 @@ norm_rows_reg_kernel(const T* __restrict__ x, const T* __restrict__ gamma, const
 template <typename T, int R>
 cudaError_t launch_norm_reg(const T* x, const T* gamma, const T* beta, T* out, int64_t M, int K,
                             int norm_type, float eps, cudaStream_t s) {
-  static const bool pdl = dsattn::pdl_ok(reinterpret_cast<const void*>(norm_rows_reg_kernel<T, R>));
+  const bool pdl = dsattn::pdl_launch_ok<norm_rows_reg_kernel<T, R>>();
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3((unsigned)M);
   cfg.blockDim = dim3(kNormThreads);

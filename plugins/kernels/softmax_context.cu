@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "attn_common.cuh"
+#include "pdl.cuh"
 #if DSATTN_HAVE_SM90_LIBS
 #include "sm90/prefill_fa3.h"
 #endif
@@ -202,18 +203,6 @@ __device__ __noinline__ uint4 new_token_vec(const Args a, int b, int hk, int s, 
   return r.u;
 }
 
-// Programmatic dependent launch (sm_90): wait for the previous grid of the stream (complete and
-// visible); allow the next PDL-launched grid to be scheduled. No-ops elsewhere.
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
 // Split merge in the decode launch: which CTA of a (b, hk) group arrives last. One arrival word per
 // group in the workspace, which is scratch: between two calls the caller (a TensorRT engine) may
 // have written anything there. Invariant: at the start of every call each arrival word is either
@@ -726,18 +715,6 @@ int sm_count() {
   return n;
 }
 
-// Programmatic dependent launch needs compute capability >= 9.0 (griddepcontrol).
-bool pdl_supported() {
-  static int cached[64] = {0};  // 0 unknown, 1 no, 2 yes
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0) return false;
-  if (dev < 64 && cached[dev]) return cached[dev] == 2;
-  int major = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
-  if (dev < 64) cached[dev] = major >= 9 ? 2 : 1;
-  return major >= 9;
-}
-
 size_t elem_size(dsattn_dtype t) { return t == DSATTN_FLOAT32 ? 4 : 2; }
 
 // (row, head) pairs per group of the FlashInfer work list: as many as keep their K/V (2 S D elements
@@ -963,22 +940,6 @@ size_t workspace_bytes(const dsattn_softmax_context_params& p) {
   return prefill_q_ws_bytes(p) + fa3_ws_bytes(p);
 }
 
-// Whether the decode kernel that runs on this device was compiled for sm_90+ (PTX and binary
-// version of the loaded code; cached per device).
-template <typename T, int D, int RMAX>
-bool decode_sm90_code() {
-  static int cached[64] = {};  // 0 unknown, 1 no, 2 yes
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
-  if (cached[dev]) return cached[dev] == 2;
-  cudaFuncAttributes fa = {};
-  const bool ok = cudaFuncGetAttributes(&fa, decode_kernel<T, D, RMAX>) == cudaSuccess && fa.ptxVersion >= 90 &&
-                  fa.binaryVersion >= 90;
-  cudaGetLastError();
-  cached[dev] = ok ? 2 : 1;
-  return ok;
-}
-
 template <typename T, int D, int RMAX>
 cudaError_t launch_decode_t(const Args& a, const DecodeBufs& w, int nsplit, cudaStream_t st) {
   cudaLaunchConfig_t cfg = {};
@@ -986,10 +947,8 @@ cudaError_t launch_decode_t(const Args& a, const DecodeBufs& w, int nsplit, cuda
   cfg.blockDim = dim3(128);
   cfg.stream = st;
   cudaLaunchAttribute attr[1];
-  // PDL waits exist only in code compiled for sm_90+ (the library may also carry sm_80 code, which
-  // a newer GPU could JIT): check the code that will run. The kernel waits (griddepcontrol.wait)
-  // before any access.
-  if (pdl_supported() && decode_sm90_code<T, D, RMAX>()) {
+  // The kernel waits (pdl_wait) before any access.
+  if (pdl_launch_ok<decode_kernel<T, D, RMAX>>()) {
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
